@@ -1,0 +1,75 @@
+"""Floating-point formats the kernels work in, and correct rounding into the narrow ones.
+
+``resolution`` mode evaluates ``t = fl(w - fl(fl(a * alpha) * fl(1 / batch_size)))`` in the
+activation's own format.  float32 and float64 are computed natively.  float16 and bfloat16 are
+*emulated*: each operation is done in float64 and rounded to the narrow format with
+:func:`round_to_format`.  That equals native narrow arithmetic because float64 carries more than
+``2p + 2`` significand bits for every narrow ``p`` here, so the double rounding is innocuous
+(Figueroa, "When is double rounding innocuous?", 1995).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FloatFormat:
+    """An IEEE-style binary format: significand bits (with the implicit one), exponent range."""
+
+    name: str
+    precision: int
+    emin: int
+    max_finite: float
+    native: bool
+
+    def round(self, x: float) -> float:
+        """Round the Python float ``x`` to this format (ties to even); returns a Python float."""
+        if self.name == "float64":
+            return float(x)
+        if self.name == "float32":
+            return float(_np().float32(x))
+        return round_to_format(float(x), self.precision, self.emin, self.max_finite)
+
+
+def _np():
+    import numpy
+
+    return numpy
+
+
+FORMATS = {
+    "float64": FloatFormat("float64", 53, -1022, 1.7976931348623157e308, True),
+    "float32": FloatFormat("float32", 24, -126, 3.4028234663852886e38, True),
+    "float16": FloatFormat("float16", 11, -14, 65504.0, False),
+    "bfloat16": FloatFormat("bfloat16", 8, -126, 3.3895313892515355e38, False),
+}
+
+
+def round_to_format(x, precision, emin, max_finite):
+    """Round the float64 ``x`` to a binary format with ``precision`` significand bits.
+
+    Handles subnormals (quantum fixed below ``2**emin``), overflow to infinity, signed zeros,
+    infinities and NaN like IEEE 754 round-to-nearest-even.  Plain Python: the CPU kernels
+    compile it with ``numba.njit`` and the CUDA kernels with ``numba.cuda.jit(device=True)``,
+    so it calls no other Python function.
+    """
+    if x == 0.0 or x != x or math.isinf(x):
+        return x
+    exponent = math.frexp(x)[1] - 1  # x = m * 2**exponent with 1 <= |m| < 2
+    if exponent < emin:
+        exponent = emin
+    quantum = math.ldexp(1.0, exponent - precision + 1)
+    # x / quantum is exact (a power-of-two scaling); round it to an integer, ties to even.
+    scaled = x / quantum
+    whole = math.floor(scaled)
+    frac = scaled - whole
+    if frac > 0.5 or (frac == 0.5 and whole - 2.0 * math.floor(whole * 0.5) != 0.0):
+        whole += 1.0
+    rounded = whole * quantum
+    if abs(rounded) > max_finite:
+        return math.copysign(math.inf, x)
+    if rounded == 0.0:
+        return math.copysign(0.0, x)
+    return rounded

@@ -1,0 +1,232 @@
+"""Numba CPU kernels: row fingerprints, exact row comparison, greedy threshold assignment.
+
+Inputs are validated once in Python (``bundlelab/_validation.py``); the kernels contain no
+checks.  ``parallel=True`` with ``prange`` appears only in the driver loops over rows, and every
+kernel is cached on disk (``cache=True``) so the compile cost is paid once per machine, not once
+per run.
+
+Layout contract (shared with ``kernels/cuda.py``):
+
+* ``rows`` is a C-contiguous 2-D array of shape (n_samples, n_features), float32 or float64.
+  float16/bfloat16 activations arrive converted to float32 (exactly) and are processed by the
+  ``*_emulated`` kernels, which round every operation to the narrow format.
+* fingerprints are written to ``out`` of shape (n_samples, 2), uint64; ``nonfinite`` flags rows
+  whose transformed values are not all finite (the caller rejects or excludes those samples).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .. import _formats, _hashing
+
+_njit = numba.njit(cache=True, nogil=True)
+
+term_a = _njit(_hashing.term_a)
+term_b = _njit(_hashing.term_b)
+round_to_format = numba.njit(cache=True, nogil=True, inline="always")(
+    _formats.round_to_format
+)
+
+# Rows are processed in tiles that stay in L1: transform a tile into a scratch buffer, then hash
+# its canonical bit patterns.
+TILE = 1024
+
+
+@_njit
+def _hash_tile(bits, start, count, lane_a, lane_b):
+    for k in range(count):
+        x = np.uint64(bits[k])
+        pos = np.uint64(start + k)
+        lane_a += term_a(x, pos)
+        lane_b += term_b(x, pos)
+    return lane_a, lane_b
+
+
+@_njit
+def _emulated_value(v, w, alpha, invb, precision, emin, max_finite):
+    scaled = round_to_format(np.float64(v) * alpha, precision, emin, max_finite)
+    step = round_to_format(scaled * invb, precision, emin, max_finite)
+    return round_to_format(w - step, precision, emin, max_finite)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def fingerprints_native(rows, w, alpha, invb, bits_type, out, nonfinite):
+    """Fingerprint ``t = w - (a * alpha) * invb`` per row, in the rows' own dtype.
+
+    ``w``, ``alpha`` and ``invb`` must have the dtype of ``rows`` so the arithmetic stays in it;
+    ``bits_type`` is the unsigned integer type of the same width (np.uint32 or np.uint64).
+    """
+    n_samples, n_features = rows.shape
+    zero = rows.dtype.type(0)
+    for i in numba.prange(n_samples):
+        buf = np.empty(TILE, dtype=rows.dtype)
+        bits = buf.view(bits_type)
+        lane_a = np.uint64(0)
+        lane_b = np.uint64(0)
+        bad = False
+        for start in range(0, n_features, TILE):
+            count = min(TILE, n_features - start)
+            for k in range(count):
+                t = w - (rows[i, start + k] * alpha) * invb
+                # Adding +0.0 maps -0.0 to +0.0 and leaves every other value unchanged, so the
+                # bit patterns agree exactly when IEEE equality does (NaN aside).
+                t = t + zero
+                bad |= (t - t) != 0  # true for NaN and +-inf only
+                buf[k] = t
+            lane_a, lane_b = _hash_tile(bits, start, count, lane_a, lane_b)
+        out[i, 0] = lane_a
+        out[i, 1] = lane_b
+        nonfinite[i] = bad
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def fingerprints_emulated(rows, w, alpha, invb, precision, emin, max_finite, out, nonfinite):
+    """Fingerprint rows of a narrow format (float16/bfloat16) given as exact float32 values."""
+    n_samples, n_features = rows.shape
+    for i in numba.prange(n_samples):
+        buf = np.empty(TILE, dtype=np.float32)
+        bits = buf.view(np.uint32)
+        lane_a = np.uint64(0)
+        lane_b = np.uint64(0)
+        bad = False
+        for start in range(0, n_features, TILE):
+            count = min(TILE, n_features - start)
+            for k in range(count):
+                t = _emulated_value(rows[i, start + k], w, alpha, invb, precision, emin, max_finite)
+                t = np.float32(t) + np.float32(0.0)
+                bad |= (t - t) != 0  # true for NaN and +-inf only
+                buf[k] = t
+            lane_a, lane_b = _hash_tile(bits, start, count, lane_a, lane_b)
+        out[i, 0] = lane_a
+        out[i, 1] = lane_b
+        nonfinite[i] = bad
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def pairs_equal_native(rows, first, second, w, alpha, invb, out):
+    """``out[p]`` = transformed rows ``first[p]`` and ``second[p]`` are IEEE-equal everywhere."""
+    n_features = rows.shape[1]
+    for p in numba.prange(first.shape[0]):
+        i = first[p]
+        j = second[p]
+        equal = True
+        for k in range(n_features):
+            ti = w - (rows[i, k] * alpha) * invb
+            tj = w - (rows[j, k] * alpha) * invb
+            if not (ti == tj):
+                equal = False
+                break
+        out[p] = equal
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def pairs_equal_emulated(rows, first, second, w, alpha, invb, precision, emin, max_finite, out):
+    """Like :func:`pairs_equal_native` for narrow formats given as exact float32 values."""
+    n_features = rows.shape[1]
+    for p in numba.prange(first.shape[0]):
+        i = first[p]
+        j = second[p]
+        equal = True
+        for k in range(n_features):
+            ti = _emulated_value(rows[i, k], w, alpha, invb, precision, emin, max_finite)
+            tj = _emulated_value(rows[j, k], w, alpha, invb, precision, emin, max_finite)
+            if not (ti == tj):
+                equal = False
+                break
+        out[p] = equal
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def row_means(rows, means, tolerances, nonfinite):
+    """Row means in float64 and a bound on their rounding error.
+
+    ``|mean_i - mean_j| <= max_k |a_ik - a_jk|`` in exact arithmetic, so the means prune the
+    candidate pairs of ``threshold`` mode; the tolerance keeps the pruning conservative under
+    the rounding of the float64 sums (error <= n * u * sum|a|, u = 2**-53; we use 4x that).
+    """
+    n_samples, n_features = rows.shape
+    for i in numba.prange(n_samples):
+        total = 0.0
+        total_abs = 0.0
+        bad = False
+        for k in range(n_features):
+            v = np.float64(rows[i, k])
+            bad |= (v - v) != 0.0  # inf - inf and NaN - NaN are NaN; finite - itself is 0
+            total += v
+            total_abs += abs(v)
+        means[i] = total / n_features
+        nonfinite[i] = bad
+        tolerances[i] = 4.0 * 2.0**-53 * total_abs + 1e-300
+
+
+@_njit
+def _within(rows, i, j, scale, gamma):
+    for k in range(rows.shape[1]):
+        d = abs(np.float64(rows[i, k]) - np.float64(rows[j, k]))
+        if not (d * scale <= gamma):  # NaN compares false: a NaN row bundles with nothing
+            return False
+    return True
+
+
+@_njit
+def greedy_threshold(rows, means, tolerances, first_new, leaders, n_leaders, assign, scale, gamma):
+    """Greedy ``threshold``-mode assignment of ``rows[first_new:]`` to leaders.
+
+    Equivalent to "the first unassigned sample opens a bundle and takes every still-unassigned
+    sample within gamma": sample j joins the earliest leader within gamma, or becomes a leader.
+    ``leaders[:n_leaders]`` are row indices of the existing leaders (in opening order);
+    ``assign[j - first_new]`` receives the leader's position.  Returns the new leader count.
+    """
+    reach = gamma / scale * (1.0 + 1e-12)
+    for j in range(first_new, rows.shape[0]):
+        found = -1
+        for pos in range(n_leaders):
+            leader = leaders[pos]
+            gap = abs(means[j] - means[leader])
+            if gap <= reach + tolerances[j] + tolerances[leader]:
+                if _within(rows, j, leader, scale, gamma):
+                    found = pos
+                    break
+        if found < 0:
+            leaders[n_leaders] = j
+            found = n_leaders
+            n_leaders += 1
+        assign[j - first_new] = found
+    return n_leaders
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) every kernel for every dtype on a tiny input."""
+    for dtype, bits_type in ((np.float32, np.uint32), (np.float64, np.uint64)):
+        rows = np.zeros((2, 3), dtype=dtype)
+        one = dtype(1)
+        fingerprints_native(
+            rows, one, one, one, bits_type, np.empty((2, 2), np.uint64), np.empty(2, np.bool_)
+        )
+        pairs_equal_native(
+            rows, np.zeros(1, np.int64), np.ones(1, np.int64), one, one, one, np.empty(1, np.bool_)
+        )
+        means = np.empty(2)
+        tols = np.empty(2)
+        row_means(rows, means, tols, np.empty(2, np.bool_))
+        greedy_threshold(rows, means, tols, 0, np.empty(2, np.int64), 0, np.empty(2, np.int64), 1.0, 1.0)
+    rows = np.zeros((2, 3), dtype=np.float32)
+    fingerprints_emulated(
+        rows, 1.0, 1.0, 1.0, 11, -14, 65504.0, np.empty((2, 2), np.uint64), np.empty(2, np.bool_)
+    )
+    pairs_equal_emulated(
+        rows, np.zeros(1, np.int64), np.ones(1, np.int64), 1.0, 1.0, 1.0, 11, -14, 65504.0,
+        np.empty(1, np.bool_),
+    )
+
+
+__all__ = [
+    "fingerprints_native",
+    "fingerprints_emulated",
+    "pairs_equal_native",
+    "pairs_equal_emulated",
+    "row_means",
+    "greedy_threshold",
+]

@@ -1,0 +1,205 @@
+"""Results: one :class:`LayerResult` per layer, collected in a :class:`BundleReport`.
+
+The JSON schema (``bundlelab.report/1``) is stable and documented in ``docs/report-schema.md``::
+
+    {"schema": "bundlelab.report/1",
+     "params": {"mode": ..., "learning_rate": ..., "batch_size": ..., "weight_amplitude": ...,
+                "gamma": ..., "epsilon": ...},
+     "first_conflicting_layer": "<layer name>" | null,
+     "layers": [{"layer", "n_samples", "n_bundles", "n_conflicting", "entropy",
+                 "largest_bundle", "fully_conflicting", "n_classes", "max_entropy",
+                 "n_excluded", "n_features", "dtype", ["bundle_ids"]}, ...]}
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from ._atomic import atomic_write_text
+from ._errors import BundleLabError
+
+SCHEMA = "bundlelab.report/1"
+
+#: the per-layer columns of JSON records, CSV rows and tables, in order
+RECORD_FIELDS = (
+    "layer",
+    "n_samples",
+    "n_bundles",
+    "n_conflicting",
+    "entropy",
+    "largest_bundle",
+    "fully_conflicting",
+    "n_classes",
+    "max_entropy",
+    "n_excluded",
+    "n_features",
+    "dtype",
+)
+
+
+@dataclass(frozen=True, eq=False)
+class LayerResult:
+    """Bundles of one layer.
+
+    Attributes
+    ----------
+    layer : str
+        Layer name.
+    n_samples : int
+        Samples the bundles were computed on (excluded samples not counted).
+    n_bundles : int
+        Number of bundles.
+    n_conflicting : int
+        Bundles holding two or more distinct labels.
+    entropy : float
+        Bundle entropy ``(1/N) * sum_D |D| * H(D)`` (natural log).
+    largest_bundle : int
+        Size of the largest bundle.
+    fully_conflicting : bool
+        All samples fall into one bundle and it holds two or more labels.
+    n_classes : int
+        ``N_c``, the number of classes.
+    max_entropy : float
+        ``ln(N_c)``, the entropy of a fully conflicting bundle on balanced labels.
+    n_excluded : int
+        Samples left out because their activations were not finite.
+    n_features : int
+        Values per sample (the flattened layer output).
+    dtype : str
+        Floating-point format the bundles were computed in.
+    bundle_ids : numpy.ndarray of int64, shape (n_samples + n_excluded,)
+        Bundle id per input sample, numbered by first occurrence; -1 for excluded samples.
+    """
+
+    layer: str
+    n_samples: int
+    n_bundles: int
+    n_conflicting: int
+    entropy: float
+    largest_bundle: int
+    fully_conflicting: bool
+    n_classes: int
+    max_entropy: float
+    n_excluded: int
+    n_features: int
+    dtype: str
+    bundle_ids: np.ndarray = field(repr=False)
+
+    @property
+    def is_conflicting(self) -> bool:
+        """Whether some bundle of this layer holds samples of different labels."""
+        return self.n_conflicting > 0
+
+    def to_record(self, *, include_ids: bool = False) -> dict[str, Any]:
+        """A JSON-ready dict with the fields of :data:`RECORD_FIELDS`."""
+        record = {name: getattr(self, name) for name in RECORD_FIELDS}
+        if include_ids:
+            record["bundle_ids"] = self.bundle_ids.tolist()
+        return record
+
+
+class BundleReport(Sequence[LayerResult]):
+    """Bundles of several layers, in network order, with the parameters that produced them."""
+
+    def __init__(self, layers: Sequence[LayerResult], params: dict[str, Any] | None = None):
+        self.layers = list(layers)
+        self.params = dict(params or {})
+
+    # -- sequence protocol -------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self) -> Iterator[LayerResult]:
+        return iter(self.layers)
+
+    def __getitem__(self, key):  # type: ignore[override]
+        if isinstance(key, str):
+            for result in self.layers:
+                if result.layer == key:
+                    return result
+            raise KeyError(f"no layer named {key!r}; layers: {', '.join(self.names)}")
+        return self.layers[key]
+
+    @property
+    def names(self) -> list[str]:
+        """Layer names in order."""
+        return [result.layer for result in self.layers]
+
+    @property
+    def first_conflicting(self) -> LayerResult | None:
+        """The first layer (in network order) with a conflicting bundle, or None."""
+        return next((result for result in self.layers if result.is_conflicting), None)
+
+    def __repr__(self) -> str:
+        first = self.first_conflicting
+        where = first.layer if first else "none"
+        return f"BundleReport({len(self)} layers, first conflicting layer: {where})"
+
+    # -- export ------------------------------------------------------------------------------
+    def to_dict(self, *, include_ids: bool = False) -> dict[str, Any]:
+        """The report as plain data following the ``bundlelab.report/1`` schema."""
+        first = self.first_conflicting
+        return {
+            "schema": SCHEMA,
+            "params": self.params,
+            "first_conflicting_layer": first.layer if first else None,
+            "layers": [result.to_record(include_ids=include_ids) for result in self.layers],
+        }
+
+    def to_json(self, path=None, *, include_ids: bool = False) -> str:
+        """Serialise to JSON; written atomically to ``path`` when given.  Returns the text."""
+        text = json.dumps(self.to_dict(include_ids=include_ids), indent=2) + "\n"
+        if path is not None:
+            atomic_write_text(path, text)
+        return text
+
+    def to_csv(self, path=None) -> str:
+        """One CSV row per layer (columns :data:`RECORD_FIELDS`); atomic when ``path`` is given."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=RECORD_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for result in self.layers:
+            writer.writerow(result.to_record())
+        text = buffer.getvalue()
+        if path is not None:
+            atomic_write_text(path, text)
+        return text
+
+    def to_dataframe(self):
+        """A pandas DataFrame, one row per layer (requires pandas)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise BundleLabError(
+                "to_dataframe requires pandas. You can install it with `pip install pandas`"
+            ) from None
+        return pd.DataFrame([result.to_record() for result in self.layers], columns=RECORD_FIELDS)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BundleReport":
+        """Rebuild a report from :meth:`to_dict` output (bundle ids only if they were saved)."""
+        if data.get("schema") != SCHEMA:
+            raise BundleLabError(
+                f"not a bundlelab report: expected schema {SCHEMA!r}, got {data.get('schema')!r}"
+            )
+        layers = []
+        for record in data["layers"]:
+            ids = np.asarray(record.get("bundle_ids", []), dtype=np.int64)
+            fields = {name: record[name] for name in RECORD_FIELDS}
+            layers.append(LayerResult(**fields, bundle_ids=ids))
+        return cls(layers, data.get("params", {}))
+
+    def plot(self, path=None, *, ax=None):
+        """Bundle entropy per layer, with ``ln(N_c)`` and the first conflicting layer marked.
+
+        Returns the matplotlib Axes; saves a PNG atomically when ``path`` is given.
+        """
+        from .plotting import plot_report
+
+        return plot_report(self, path=path, ax=ax)

@@ -1,0 +1,178 @@
+"""Bundles of a layer whose outputs arrive batch by batch (e.g. from a training loop).
+
+Memory stays O(n_samples) per layer in ``resolution`` mode: only the 128-bit fingerprint, a
+non-finite flag and the label of each sample are kept, never the activations.
+
+Exactness guarantee
+-------------------
+The in-memory path (:func:`bundlelab.find_bundles`) confirms every candidate bundle by comparing
+the rows value by value, so its result is exact.  The streaming path cannot (the rows are gone),
+so it trusts the fingerprints: two different rows are merged only if both 64-bit lanes collide.
+Each lane is a sum of position-tagged splitmix64 mixes; treating it as a random function, the
+chance that any of N rows collides is below ``N**2 / 2**129`` (about 1e-32 for N = 1e6).  Rows
+that are equal are always merged (no false splits).  ``threshold`` mode keeps the rows of the
+bundle leaders (O(n_bundles * n_features)) and is exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._arrays import as_rows
+from ._errors import BundleLabError
+from ._validation import check_n_classes, encode_labels
+from .bundles import BundleOptions, _check_nonfinite, _layer_result, group_fingerprints
+from .kernels import get_backend
+from .kernels.backends import Transform
+from .report import LayerResult
+
+
+class BundleStream:
+    """Accumulate one layer's bundles over batches; call :meth:`result` at the end.
+
+    Parameters
+    ----------
+    layer : str, default='layer'
+        Layer name for the result and errors.
+    **options
+        Keywords of :func:`bundlelab.find_bundles` (mode, learning_rate, batch_size,
+        weight_amplitude, gamma, epsilon, nonfinite, device).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> stream = BundleStream(layer="block1")
+    >>> stream.update(np.zeros((2, 4), np.float32), [0, 1])
+    >>> stream.update(np.ones((1, 4), np.float32), [1])
+    >>> stream.result().n_bundles
+    2
+    """
+
+    def __init__(self, *, layer: str = "layer", **options):
+        self.layer = str(layer)
+        self.options = BundleOptions(**options)
+        self._labels: list[np.ndarray] = []
+        self._nonfinite: list[np.ndarray] = []
+        self._fingerprints: list[np.ndarray] = []
+        self._roots: list[np.ndarray] = []
+        self._leader_rows = None  # threshold mode: rows of the bundle leaders so far
+        self._leader_means = np.empty(0)
+        self._leader_tolerances = np.empty(0)
+        self._leader_index = np.empty(0, dtype=np.int64)  # sample index of each leader
+        self._n_samples = 0
+        self._n_features: int | None = None
+        self._fmt = None
+        self._device: str | None = None
+
+    @property
+    def n_samples(self) -> int:
+        """Samples seen so far."""
+        return self._n_samples
+
+    def update(self, activations: Any, labels: Any) -> None:
+        """Add a batch: activations of shape (batch, ...) and one label per sample."""
+        device = self._device or self.options.device_for(activations)
+        rows = as_rows(activations, device=device, layer=self.layer)
+        if self._n_features is None:
+            self._n_features, self._fmt, self._device = rows.n_features, rows.fmt, device
+        elif rows.n_features != self._n_features or rows.fmt != self._fmt:
+            raise BundleLabError(
+                f"layer {self.layer!r}: batch has {rows.n_features} {rows.fmt.name} values per "
+                f"sample, earlier batches had {self._n_features} {self._fmt.name}"
+            )
+        labels = np.asarray(labels.tolist() if hasattr(labels, "tolist") else labels)
+        if labels.shape[:1] != (rows.n_samples,):
+            raise BundleLabError(
+                f"layer {self.layer!r}: got {labels.shape[0] if labels.ndim else 1} labels for a "
+                f"batch of {rows.n_samples} samples"
+            )
+        backend = get_backend(device)
+        if self.options.mode == "resolution":
+            transform = Transform.for_format(
+                rows.fmt, self.options.weight_amplitude, self.options.learning_rate,
+                self.options.batch_size,
+            )
+            fingerprints, nonfinite = backend.fingerprints(rows.data, rows.fmt, transform)
+            if self.options.nonfinite == "keep" and nonfinite.any():
+                # NaN equals nothing: give each NaN row a fingerprint no other row can have.
+                fingerprints = fingerprints.copy()
+                for i in np.flatnonzero(nonfinite & _rows_with_nan(rows, nonfinite)):
+                    fingerprints[i] = (np.uint64(self._n_samples + i), np.uint64(2**64 - 1))
+            self._fingerprints.append(fingerprints)
+        else:
+            roots, nonfinite = self._threshold_update(rows, backend)
+            self._roots.append(roots)
+        self._nonfinite.append(nonfinite)
+        self._labels.append(labels)
+        self._n_samples += rows.n_samples
+
+    def _threshold_update(self, rows, backend) -> tuple[np.ndarray, np.ndarray]:
+        means, tolerances, nonfinite = backend.row_means(rows.data)
+        n_old = self._leader_index.shape[0]
+        if n_old:
+            combined = _concat_rows(self._leader_rows, rows.data, self._device)
+            means = np.concatenate([self._leader_means, means])
+            tolerances = np.concatenate([self._leader_tolerances, tolerances])
+        else:
+            combined = rows.data
+        leaders = np.empty(combined.shape[0], dtype=np.int64)
+        leaders[:n_old] = np.arange(n_old)
+        assign, n_leaders = backend.threshold_assign(
+            combined, means, tolerances, n_old, leaders, n_old,
+            self.options.threshold_scale, self.options.gamma,
+        )
+        new = leaders[n_old:n_leaders]
+        self._leader_rows = _take_rows(combined, leaders[:n_leaders], self._device)
+        self._leader_means = means[leaders[:n_leaders]]
+        self._leader_tolerances = tolerances[leaders[:n_leaders]]
+        self._leader_index = np.concatenate([self._leader_index, new - n_old + self._n_samples])
+        return self._leader_index[assign], nonfinite
+
+    def result(self, *, n_classes: int | None = None) -> LayerResult:
+        """The layer's bundles over every sample seen so far."""
+        if not self._n_samples:
+            raise BundleLabError(f"layer {self.layer!r}: no batch was added before result()")
+        nonfinite = np.concatenate(self._nonfinite)
+        keep = _check_nonfinite(nonfinite, self.options.nonfinite, self.layer)
+        if self.options.mode == "resolution":
+            roots = group_fingerprints(np.concatenate(self._fingerprints))
+        else:
+            roots = np.concatenate(self._roots)
+        codes, classes = encode_labels(np.concatenate(self._labels), self._n_samples, layer=self.layer)
+        return _layer_result(
+            roots, keep, codes, check_n_classes(n_classes, len(classes)), self.options,
+            layer=self.layer, n_features=self._n_features, dtype=self._fmt.name,
+        )
+
+
+def _rows_with_nan(rows, candidates: np.ndarray) -> np.ndarray:
+    """NaN in t iff NaN in a (w is finite), so look at the few flagged input rows."""
+    from ._arrays import to_host
+
+    flags = np.zeros(candidates.shape, dtype=bool)
+    index = np.flatnonzero(candidates)
+    host = to_host(rows.data) if rows.device == "cpu" else rows.data.copy_to_host()
+    flags[index] = np.isnan(host[index]).any(axis=1)
+    return flags
+
+
+def _concat_rows(first, second, device):
+    if device == "cpu":
+        return np.concatenate([first, second])
+    from numba import cuda
+
+    out = cuda.device_array((first.shape[0] + second.shape[0], first.shape[1]), dtype=first.dtype)
+    out[: first.shape[0]] = first
+    out[first.shape[0]:] = second
+    return out
+
+
+def _take_rows(rows, index: np.ndarray, device):
+    if device == "cpu":
+        return rows[index]
+    from numba import cuda
+
+    host = rows.copy_to_host()[index]  # leaders are few; a host round trip keeps this simple
+    return cuda.to_device(np.ascontiguousarray(host))
