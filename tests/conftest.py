@@ -1,0 +1,18 @@
+"""Test-suite setup.
+
+The CUDA kernels run under Numba's CUDA simulator unless BUNDLELAB_TEST_REAL_GPU=1 is set; the
+variable must be set before numba.cuda is first imported, hence here.
+"""
+
+import os
+
+if os.environ.get("BUNDLELAB_TEST_REAL_GPU") != "1":
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
