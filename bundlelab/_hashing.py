@@ -1,10 +1,13 @@
 """The row fingerprint, written once and compiled for both the CPU and the CUDA kernels.
 
 A row of transformed values ``t_0 .. t_{D-1}`` (canonical bit patterns: ``-0.0`` is turned into
-``+0.0`` first) is fingerprinted by two independent 64-bit lanes::
+``+0.0`` first) is cut into 64-bit words ``x_m``: for float64 the bits of ``t_m``; for the
+32-bit layout (float32, and float16/bfloat16, whose values are held as float32) the bits of
+``t_{2m}`` in the low half and ``t_{2m+1}`` in the high half (little-endian packing), with a
+zero high half after the last value of an odd-length row.  Two independent 64-bit lanes::
 
-    lane_a = sum_k splitmix64(bits(t_k) ^ (k * GOLDEN))          (mod 2**64)
-    lane_b = sum_k splitmix64(bits(t_k) + (k + 1) * SEED_B) * ODD  (mod 2**64)
+    lane_a = sum_m splitmix64(x_m ^ (m * GOLDEN))             (mod 2**64)
+    lane_b = sum_m splitmix64(x_m + (m + 1) * SEED_B) * ODD   (mod 2**64)
 
 Each term is a strong 64-bit mix of the value and its position, so the sums are
 position-sensitive, and being sums they can be accumulated in any order: a row split into tiles,

@@ -60,9 +60,6 @@ class KernelBackend(Protocol):
         ``leaders`` (capacity >= len(rows)) is updated in place.  Returns (assign, n_leaders)."""
 
 
-_BITS = {4: np.uint32, 8: np.uint64}
-
-
 class CpuBackend:
     """Numba kernels on the host; the reference every other backend must match bit for bit."""
 
@@ -81,7 +78,7 @@ class CpuBackend:
             cast = rows.dtype.type
             self._k.fingerprints_native(
                 rows, cast(transform.weight_amplitude), cast(transform.learning_rate),
-                cast(transform.inverse_batch_size), _BITS[rows.dtype.itemsize], out, nonfinite,
+                cast(transform.inverse_batch_size), out, nonfinite,
             )
         else:
             self._k.fingerprints_emulated(
@@ -119,6 +116,7 @@ class CpuBackend:
     def threshold_assign(self, rows, means, tolerances, first_new, leaders, n_leaders, scale, gamma):
         assign = np.empty(rows.shape[0] - first_new, dtype=np.int64)
         n_leaders = self._k.greedy_threshold(
-            rows, means, tolerances, first_new, leaders, n_leaders, assign, scale, gamma
+            rows, means, tolerances, self._k.probe_columns(rows), first_new, leaders, n_leaders,
+            assign, scale, gamma,
         )
         return assign, int(n_leaders)

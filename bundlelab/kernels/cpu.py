@@ -35,10 +35,10 @@ TILE = 1024
 
 
 @_njit
-def _hash_tile(bits, start, count, lane_a, lane_b):
-    for k in range(count):
-        x = np.uint64(bits[k])
-        pos = np.uint64(start + k)
+def _hash_tile(words, first_word, n_words, lane_a, lane_b):
+    for k in range(n_words):
+        x = words[k]
+        pos = np.uint64(first_word + k)
         lane_a += term_a(x, pos)
         lane_b += term_b(x, pos)
     return lane_a, lane_b
@@ -52,30 +52,37 @@ def _emulated_value(v, w, alpha, invb, precision, emin, max_finite):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def fingerprints_native(rows, w, alpha, invb, bits_type, out, nonfinite):
+def fingerprints_native(rows, w, alpha, invb, out, nonfinite):
     """Fingerprint ``t = w - (a * alpha) * invb`` per row, in the rows' own dtype.
 
-    ``w``, ``alpha`` and ``invb`` must have the dtype of ``rows`` so the arithmetic stays in it;
-    ``bits_type`` is the unsigned integer type of the same width (np.uint32 or np.uint64).
+    ``w``, ``alpha`` and ``invb`` must have the dtype of ``rows`` so the arithmetic stays in it.
     """
     n_samples, n_features = rows.shape
     zero = rows.dtype.type(0)
+    per_word = 8 // rows.itemsize
     for i in numba.prange(n_samples):
-        buf = np.empty(TILE, dtype=rows.dtype)
-        bits = buf.view(bits_type)
+        buf = np.zeros(TILE, dtype=rows.dtype)
+        words = buf.view(np.uint64)
         lane_a = np.uint64(0)
         lane_b = np.uint64(0)
         bad = False
+        row = rows[i]
         for start in range(0, n_features, TILE):
             count = min(TILE, n_features - start)
+            # A 1-D slice lets LLVM vectorise this loop; 2-D indexing with wraparound does not.
+            src = row[start:start + count]
             for k in range(count):
-                t = w - (rows[i, start + k] * alpha) * invb
+                t = w - (src[k] * alpha) * invb
                 # Adding +0.0 maps -0.0 to +0.0 and leaves every other value unchanged, so the
                 # bit patterns agree exactly when IEEE equality does (NaN aside).
                 t = t + zero
                 bad |= (t - t) != 0  # true for NaN and +-inf only
                 buf[k] = t
-            lane_a, lane_b = _hash_tile(bits, start, count, lane_a, lane_b)
+            if count % per_word:
+                buf[count] = zero  # pad the last word of an odd-length float32 row
+            lane_a, lane_b = _hash_tile(
+                words, start // per_word, (count + per_word - 1) // per_word, lane_a, lane_b
+            )
         out[i, 0] = lane_a
         out[i, 1] = lane_b
         nonfinite[i] = bad
@@ -86,19 +93,25 @@ def fingerprints_emulated(rows, w, alpha, invb, precision, emin, max_finite, out
     """Fingerprint rows of a narrow format (float16/bfloat16) given as exact float32 values."""
     n_samples, n_features = rows.shape
     for i in numba.prange(n_samples):
-        buf = np.empty(TILE, dtype=np.float32)
-        bits = buf.view(np.uint32)
+        buf = np.zeros(TILE, dtype=np.float32)
+        words = buf.view(np.uint64)
         lane_a = np.uint64(0)
         lane_b = np.uint64(0)
         bad = False
+        row = rows[i]
         for start in range(0, n_features, TILE):
             count = min(TILE, n_features - start)
+            src = row[start:start + count]
             for k in range(count):
-                t = _emulated_value(rows[i, start + k], w, alpha, invb, precision, emin, max_finite)
+                t = _emulated_value(src[k], w, alpha, invb, precision, emin, max_finite)
                 t = np.float32(t) + np.float32(0.0)
                 bad |= (t - t) != 0  # true for NaN and +-inf only
                 buf[k] = t
-            lane_a, lane_b = _hash_tile(bits, start, count, lane_a, lane_b)
+            if count % per_word:
+                buf[count] = zero  # pad the last word of an odd-length float32 row
+            lane_a, lane_b = _hash_tile(
+                words, start // per_word, (count + per_word - 1) // per_word, lane_a, lane_b
+            )
         out[i, 0] = lane_a
         out[i, 1] = lane_b
         nonfinite[i] = bad
@@ -109,13 +122,20 @@ def pairs_equal_native(rows, first, second, w, alpha, invb, out):
     """``out[p]`` = transformed rows ``first[p]`` and ``second[p]`` are IEEE-equal everywhere."""
     n_features = rows.shape[1]
     for p in numba.prange(first.shape[0]):
-        i = first[p]
-        j = second[p]
+        row_i = rows[first[p]]
+        row_j = rows[second[p]]
         equal = True
-        for k in range(n_features):
-            ti = w - (rows[i, k] * alpha) * invb
-            tj = w - (rows[j, k] * alpha) * invb
-            if not (ti == tj):
+        # Compare tile by tile without a branch inside the tile, so the loop vectorises; stop
+        # at the first tile that differs.
+        for start in range(0, n_features, TILE):
+            src_i = row_i[start:start + TILE]
+            src_j = row_j[start:start + TILE]
+            differs = False
+            for k in range(src_i.shape[0]):
+                ti = w - (src_i[k] * alpha) * invb
+                tj = w - (src_j[k] * alpha) * invb
+                differs |= not (ti == tj)
+            if differs:
                 equal = False
                 break
         out[p] = equal
@@ -126,12 +146,12 @@ def pairs_equal_emulated(rows, first, second, w, alpha, invb, precision, emin, m
     """Like :func:`pairs_equal_native` for narrow formats given as exact float32 values."""
     n_features = rows.shape[1]
     for p in numba.prange(first.shape[0]):
-        i = first[p]
-        j = second[p]
+        row_i = rows[first[p]]
+        row_j = rows[second[p]]
         equal = True
         for k in range(n_features):
-            ti = _emulated_value(rows[i, k], w, alpha, invb, precision, emin, max_finite)
-            tj = _emulated_value(rows[j, k], w, alpha, invb, precision, emin, max_finite)
+            ti = _emulated_value(row_i[k], w, alpha, invb, precision, emin, max_finite)
+            tj = _emulated_value(row_j[k], w, alpha, invb, precision, emin, max_finite)
             if not (ti == tj):
                 equal = False
                 break
@@ -151,8 +171,9 @@ def row_means(rows, means, tolerances, nonfinite):
         total = 0.0
         total_abs = 0.0
         bad = False
+        row = rows[i]
         for k in range(n_features):
-            v = np.float64(rows[i, k])
+            v = np.float64(row[k])
             bad |= (v - v) != 0.0  # inf - inf and NaN - NaN are NaN; finite - itself is 0
             total += v
             total_abs += abs(v)
@@ -162,22 +183,31 @@ def row_means(rows, means, tolerances, nonfinite):
 
 
 @_njit
-def _within(rows, i, j, scale, gamma):
-    for k in range(rows.shape[1]):
-        d = abs(np.float64(rows[i, k]) - np.float64(rows[j, k]))
+def _within(row_i, row_j, probes, scale, gamma):
+    # Probe the most variable columns first: rows that differ usually differ there, so most
+    # rejected pairs cost a handful of loads instead of a pass over the row.
+    for k in probes:
+        d = abs(np.float64(row_i[k]) - np.float64(row_j[k]))
+        if not (d * scale <= gamma):
+            return False
+    for k in range(row_i.shape[0]):
+        d = abs(np.float64(row_i[k]) - np.float64(row_j[k]))
         if not (d * scale <= gamma):  # NaN compares false: a NaN row bundles with nothing
             return False
     return True
 
 
 @_njit
-def greedy_threshold(rows, means, tolerances, first_new, leaders, n_leaders, assign, scale, gamma):
+def greedy_threshold(
+    rows, means, tolerances, probes, first_new, leaders, n_leaders, assign, scale, gamma
+):
     """Greedy ``threshold``-mode assignment of ``rows[first_new:]`` to leaders.
 
     Equivalent to "the first unassigned sample opens a bundle and takes every still-unassigned
     sample within gamma": sample j joins the earliest leader within gamma, or becomes a leader.
     ``leaders[:n_leaders]`` are row indices of the existing leaders (in opening order);
-    ``assign[j - first_new]`` receives the leader's position.  Returns the new leader count.
+    ``assign[j - first_new]`` receives the leader's position; ``probes`` are column indices
+    compared first (any order is correct).  Returns the new leader count.
     """
     reach = gamma / scale * (1.0 + 1e-12)
     for j in range(first_new, rows.shape[0]):
@@ -186,7 +216,7 @@ def greedy_threshold(rows, means, tolerances, first_new, leaders, n_leaders, ass
             leader = leaders[pos]
             gap = abs(means[j] - means[leader])
             if gap <= reach + tolerances[j] + tolerances[leader]:
-                if _within(rows, j, leader, scale, gamma):
+                if _within(rows[j], rows[leader], probes, scale, gamma):
                     found = pos
                     break
         if found < 0:
@@ -197,21 +227,32 @@ def greedy_threshold(rows, means, tolerances, first_new, leaders, n_leaders, ass
     return n_leaders
 
 
+def probe_columns(rows, count=16):
+    """Indices of the ``count`` columns with the largest spread (max - min) over the rows."""
+    n_features = rows.shape[1]
+    if n_features <= count:
+        return np.arange(n_features, dtype=np.int64)
+    spread = rows.max(axis=0).astype(np.float64) - rows.min(axis=0)
+    spread = np.nan_to_num(spread, nan=np.inf)
+    return np.sort(np.argsort(-spread, kind="stable")[:count]).astype(np.int64)
+
+
 def warm_up() -> None:
     """Compile (or load from the cache) every kernel for every dtype on a tiny input."""
-    for dtype, bits_type in ((np.float32, np.uint32), (np.float64, np.uint64)):
+    for dtype in (np.float32, np.float64):
         rows = np.zeros((2, 3), dtype=dtype)
         one = dtype(1)
-        fingerprints_native(
-            rows, one, one, one, bits_type, np.empty((2, 2), np.uint64), np.empty(2, np.bool_)
-        )
+        fingerprints_native(rows, one, one, one, np.empty((2, 2), np.uint64), np.empty(2, np.bool_))
         pairs_equal_native(
             rows, np.zeros(1, np.int64), np.ones(1, np.int64), one, one, one, np.empty(1, np.bool_)
         )
         means = np.empty(2)
         tols = np.empty(2)
         row_means(rows, means, tols, np.empty(2, np.bool_))
-        greedy_threshold(rows, means, tols, 0, np.empty(2, np.int64), 0, np.empty(2, np.int64), 1.0, 1.0)
+        greedy_threshold(
+            rows, means, tols, np.zeros(1, np.int64), 0, np.empty(2, np.int64), 0,
+            np.empty(2, np.int64), 1.0, 1.0,
+        )
     rows = np.zeros((2, 3), dtype=np.float32)
     fingerprints_emulated(
         rows, 1.0, 1.0, 1.0, 11, -14, 65504.0, np.empty((2, 2), np.uint64), np.empty(2, np.bool_)

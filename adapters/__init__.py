@@ -1,0 +1,205 @@
+"""Framework adapters: bring bundlelab's core to where models live.
+
+Installed as ``bundlelab.adapters``.  Every framework-specific line of bundlelab lives in a
+module of this package (one per framework), imported only when asked for, so the core stays
+framework-free.
+
+Writing an adapter
+------------------
+An adapter is any object with the three members of :class:`ActivationAdapter`; nothing needs
+to subclass anything.  It tells which layers a model has (in execution order), yields their
+outputs batch by batch, and reports the model's weight amplitude.  :func:`measure_bundles`
+does the rest: it feeds each batch to one :class:`bundlelab.BundleStream` per layer, so memory
+stays O(n_samples) per layer however deep the model is, and returns a
+:class:`bundlelab.BundleReport`.  Register it under a name with :func:`register_adapter` so that
+``get_adapter(name)`` (and the CLI) can find it::
+
+    class MyFrameworkAdapter:
+        name = "myframework"
+
+        def layer_names(self, model):
+            return [...]                      # hidden layers, execution order, never logits
+
+        def iter_layer_outputs(self, model, inputs, *, layers, batch_size):
+            for batch in ...:
+                yield {name: output_array for name in layers}
+
+        def weight_amplitude(self, model):
+            return max(abs(w).max() for w in ...)   # over all trainable weights
+
+    register_adapter("myframework", MyFrameworkAdapter)
+
+Outputs may be numpy arrays, CuPy arrays or torch tensors (CUDA tensors stay on the GPU).
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from .._errors import BundleLabError
+
+
+@runtime_checkable
+class ActivationAdapter(Protocol):
+    """What bundlelab needs from a framework to measure bundles inside its models."""
+
+    name: str
+
+    def layer_names(self, model: Any) -> list[str]:
+        """Names of the model's tappable hidden layers, in execution order (no output layer)."""
+
+    def iter_layer_outputs(
+        self, model: Any, inputs: Any, *, layers: Sequence[str], batch_size: int
+    ) -> Iterator[Mapping[str, Any]]:
+        """Yield, per batch of ``inputs`` (in order), a mapping layer name -> layer output of
+        shape (batch, ...).  Runs in inference mode without gradients and restores the model."""
+
+    def weight_amplitude(self, model: Any) -> float:
+        """``w``: the largest absolute value of any trainable weight of the model."""
+
+
+#: name -> "module:attribute" (lazy) or a factory, for :func:`get_adapter`
+_ADAPTERS: dict[str, str | Callable[[], ActivationAdapter]] = {}
+
+
+def register_adapter(name: str, factory: str | Callable[[], ActivationAdapter]) -> None:
+    """Make an adapter available under ``name``.
+
+    ``factory`` is a zero-argument callable returning the adapter, or a ``"module:attribute"``
+    string imported on first use (so registering costs no import).
+    """
+    _ADAPTERS[name] = factory
+
+
+def available_adapters() -> list[str]:
+    """Names accepted by :func:`get_adapter`."""
+    return sorted(_ADAPTERS)
+
+
+def get_adapter(name: str) -> ActivationAdapter:
+    """Build the adapter registered under ``name``."""
+    try:
+        factory = _ADAPTERS[name]
+    except KeyError:
+        known = ", ".join(available_adapters()) or "none registered"
+        raise BundleLabError(f"unknown adapter {name!r}; available: {known}") from None
+    if isinstance(factory, str):
+        module_name, _, attribute = factory.partition(":")
+        factory = getattr(importlib.import_module(module_name), attribute)
+    adapter = factory()
+    if not isinstance(adapter, ActivationAdapter):
+        raise BundleLabError(
+            f"adapter {name!r} lacks layer_names, iter_layer_outputs or weight_amplitude"
+        )
+    return adapter
+
+
+def select_layers(available: Sequence[str], requested: Iterable[str] | None) -> list[str]:
+    """Layers matching names or glob patterns, in the model's order.
+
+    Raises a one-line error naming close matches for a request that matches nothing.
+    """
+    if not available:
+        raise BundleLabError("the model has no tappable layer")
+    if requested is None:
+        return list(available)
+    chosen: set[str] = set()
+    for pattern in requested:
+        hits = [name for name in available if name == pattern or fnmatch.fnmatchcase(name, pattern)]
+        if not hits:
+            close = difflib.get_close_matches(pattern, available, n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise BundleLabError(f"no layer matches {pattern!r}{hint}")
+        chosen.update(hits)
+    return [name for name in available if name in chosen]
+
+
+def measure_bundles(
+    adapter: ActivationAdapter,
+    model: Any,
+    inputs: Any,
+    labels: Any,
+    *,
+    layers: Iterable[str] | None = None,
+    batch_size: int = 256,
+    train_batch_size: int = 64,
+    weight_amplitude: float | None = None,
+    progress: bool = False,
+    **options,
+):
+    """Bundles of a model's layers over ``inputs``, streamed batch by batch.
+
+    Parameters
+    ----------
+    adapter : ActivationAdapter
+    model : the framework's model object
+    inputs : what ``adapter.iter_layer_outputs`` accepts (arrays, a data loader, ...)
+    labels : array-like of shape (n_samples,)
+        Labels in the order the batches yield samples.
+    layers : iterable of str, optional
+        Layer names or glob patterns; default: every layer the adapter lists.
+    batch_size : int, default=256
+        Samples per forward pass; it only bounds memory.
+    train_batch_size : int, default=64
+        The *training* batch size |B| of the metric (``batch_size`` of :func:`find_bundles`).
+    weight_amplitude : float, optional
+        ``w``; default: ``adapter.weight_amplitude(model)`` (resolution mode).
+    progress : bool, default=False
+        Show a progress bar over batches.
+    **options
+        Other keywords of :func:`bundlelab.find_bundles` (mode, learning_rate, gamma, ...).
+
+    Returns
+    -------
+    bundlelab.BundleReport
+    """
+    from ..report import BundleReport
+    from ..streaming import BundleStream
+
+    names = select_layers(adapter.layer_names(model), layers)
+    if weight_amplitude is None:
+        weight_amplitude = float(adapter.weight_amplitude(model))
+    streams = {
+        name: BundleStream(
+            layer=name, weight_amplitude=weight_amplitude, batch_size=train_batch_size, **options
+        )
+        for name in names
+    }
+    labels = np.asarray(labels.tolist() if hasattr(labels, "tolist") else labels)
+    seen = 0
+    batches = adapter.iter_layer_outputs(model, inputs, layers=names, batch_size=batch_size)
+    if progress:
+        from rich.progress import track
+
+        batches = track(batches, description="measuring bundles", transient=True)
+    for outputs in batches:
+        size = None
+        for name in names:
+            output = outputs[name]
+            size = int(output.shape[0])
+            if seen + size > labels.shape[0]:
+                raise BundleLabError(
+                    f"the model produced more samples than the {labels.shape[0]} labels given"
+                )
+            streams[name].update(output, labels[seen:seen + size])
+        seen += size or 0
+    if seen != labels.shape[0]:
+        raise BundleLabError(f"got {labels.shape[0]} labels for {seen} samples")
+    results = [streams[name].result() for name in names]
+    params = next(iter(streams.values())).options.params() if streams else {}
+    return BundleReport(results, params)
+
+
+__all__ = [
+    "ActivationAdapter",
+    "available_adapters",
+    "get_adapter",
+    "measure_bundles",
+    "register_adapter",
+    "select_layers",
+]
