@@ -92,6 +92,8 @@ def fingerprints_native(rows, w, alpha, invb, out, nonfinite):
 def fingerprints_emulated(rows, w, alpha, invb, precision, emin, max_finite, out, nonfinite):
     """Fingerprint rows of a narrow format (float16/bfloat16) given as exact float32 values."""
     n_samples, n_features = rows.shape
+    zero = np.float32(0.0)
+    per_word = 2  # the values are held as float32: two per 64-bit word
     for i in numba.prange(n_samples):
         buf = np.zeros(TILE, dtype=np.float32)
         words = buf.view(np.uint64)
@@ -104,8 +106,8 @@ def fingerprints_emulated(rows, w, alpha, invb, precision, emin, max_finite, out
             src = row[start:start + count]
             for k in range(count):
                 t = _emulated_value(src[k], w, alpha, invb, precision, emin, max_finite)
-                t = np.float32(t) + np.float32(0.0)
-                bad |= (t - t) != 0  # true for NaN and +-inf only
+                t = np.float32(t) + zero
+                bad |= (t - t) != 0
                 buf[k] = t
             if count % per_word:
                 buf[count] = zero  # pad the last word of an odd-length float32 row

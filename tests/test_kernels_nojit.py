@@ -1,0 +1,46 @@
+"""The kernels mean the same thing as plain Python: results with NUMBA_DISABLE_JIT=1 agree."""
+
+import json
+import os
+import subprocess
+import sys
+
+SCRIPT = r"""
+import json, warnings
+import numpy as np
+warnings.simplefilter("ignore")  # uint64 wrap-around warns in plain numpy, by design
+from bundlelab import find_bundles
+from bundlelab.kernels import get_backend
+from bundlelab.kernels.backends import Transform
+from bundlelab._formats import FORMATS
+
+rng = np.random.default_rng(3)
+a = rng.random((12, 7)).astype(np.float32)   # odd row length: exercises the word padding
+a[6:] = a[:6]
+a[3, 2], a[9, 2] = -0.0, 0.0
+a[8, :] = a[2, :] + np.float32(1e-7)          # within gamma of row 2 in threshold mode
+labels = np.arange(12) % 3
+out = {}
+for dtype in ("float32", "float64", "float16"):
+    x = a.astype(dtype)
+    out[dtype] = find_bundles(x, labels).bundle_ids.tolist()
+    out[dtype + "/threshold"] = find_bundles(x, labels, mode="threshold", gamma=1e-6).bundle_ids.tolist()
+for name in ("float32", "float64"):
+    f = FORMATS[name]
+    fp, _ = get_backend("cpu").fingerprints(a.astype(name), f, Transform.for_format(f, 1.0, 1e-3, 64))
+    out["fingerprints/" + name] = [int(v) for v in fp.ravel()]
+print(json.dumps(out))
+"""
+
+
+def _run(disable_jit: bool) -> dict:
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1" if disable_jit else "0"}
+    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, check=True)
+    return json.loads(done.stdout)
+
+
+def test_jit_and_interpreted_kernels_agree():
+    compiled, interpreted = _run(False), _run(True)
+    assert compiled == interpreted
+    assert compiled["float32"][:6] == [0, 1, 2, 3, 4, 5] and compiled["float32"][6:] == [0, 1, 2, 3, 4, 5]
+    assert compiled["float32/threshold"][8] == 2
