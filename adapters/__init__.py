@@ -17,12 +17,12 @@ stays O(n_samples) per layer however deep the model is, and returns a
     class MyFrameworkAdapter:
         name = "myframework"
 
-        def layer_names(self, model):
+        def layer_names(self, model, inputs=None):
             return [...]                      # hidden layers, execution order, never logits
 
         def iter_layer_outputs(self, model, inputs, *, layers, batch_size):
-            for batch in ...:
-                yield {name: output_array for name in layers}
+            for batch_inputs, batch_labels in ...:
+                yield {name: output_array for name in layers}, batch_labels
 
         def weight_amplitude(self, model):
             return max(abs(w).max() for w in ...)   # over all trainable weights
@@ -50,14 +50,18 @@ class ActivationAdapter(Protocol):
 
     name: str
 
-    def layer_names(self, model: Any) -> list[str]:
-        """Names of the model's tappable hidden layers, in execution order (no output layer)."""
+    def layer_names(self, model: Any, inputs: Any = None) -> list[str]:
+        """Names of the model's tappable hidden layers, in execution order (no output layer).
+
+        ``inputs`` (the data later passed to :meth:`iter_layer_outputs`) may be used to run a
+        tracing pass when the order can only be known by running the model."""
 
     def iter_layer_outputs(
         self, model: Any, inputs: Any, *, layers: Sequence[str], batch_size: int
-    ) -> Iterator[Mapping[str, Any]]:
+    ) -> Iterator[Mapping[str, Any] | tuple[Mapping[str, Any], Any]]:
         """Yield, per batch of ``inputs`` (in order), a mapping layer name -> layer output of
-        shape (batch, ...).  Runs in inference mode without gradients and restores the model."""
+        shape (batch, ...), or a pair (mapping, batch labels) when the data carries its labels
+        (a data loader).  Runs in inference mode without gradients and restores the model."""
 
     def weight_amplitude(self, model: Any) -> float:
         """``w``: the largest absolute value of any trainable weight of the model."""
@@ -123,7 +127,7 @@ def measure_bundles(
     adapter: ActivationAdapter,
     model: Any,
     inputs: Any,
-    labels: Any,
+    labels: Any = None,
     *,
     layers: Iterable[str] | None = None,
     batch_size: int = 256,
@@ -139,8 +143,9 @@ def measure_bundles(
     adapter : ActivationAdapter
     model : the framework's model object
     inputs : what ``adapter.iter_layer_outputs`` accepts (arrays, a data loader, ...)
-    labels : array-like of shape (n_samples,)
-        Labels in the order the batches yield samples.
+    labels : array-like of shape (n_samples,), optional
+        Labels in the order the batches yield samples; omit it when the adapter yields each
+        batch's labels with its outputs.
     layers : iterable of str, optional
         Layer names or glob patterns; default: every layer the adapter lists.
     batch_size : int, default=256
@@ -161,7 +166,7 @@ def measure_bundles(
     from ..report import BundleReport
     from ..streaming import BundleStream
 
-    names = select_layers(adapter.layer_names(model), layers)
+    names = select_layers(adapter.layer_names(model, inputs), layers)
     if weight_amplitude is None:
         weight_amplitude = float(adapter.weight_amplitude(model))
     streams = {
@@ -170,26 +175,32 @@ def measure_bundles(
         )
         for name in names
     }
-    labels = np.asarray(labels.tolist() if hasattr(labels, "tolist") else labels)
+    if labels is not None:
+        labels = np.asarray(labels.tolist() if hasattr(labels, "tolist") else labels)
     seen = 0
     batches = adapter.iter_layer_outputs(model, inputs, layers=names, batch_size=batch_size)
     if progress:
         from rich.progress import track
 
         batches = track(batches, description="measuring bundles", transient=True)
-    for outputs in batches:
-        size = None
-        for name in names:
-            output = outputs[name]
-            size = int(output.shape[0])
+    for item in batches:
+        outputs, batch_labels = item if isinstance(item, tuple) else (item, None)
+        size = int(outputs[names[0]].shape[0])
+        if batch_labels is None:
+            if labels is None:
+                raise BundleLabError("no labels: pass labels=... or data that yields (inputs, labels)")
             if seen + size > labels.shape[0]:
                 raise BundleLabError(
                     f"the model produced more samples than the {labels.shape[0]} labels given"
                 )
-            streams[name].update(output, labels[seen:seen + size])
-        seen += size or 0
-    if seen != labels.shape[0]:
+            batch_labels = labels[seen:seen + size]
+        for name in names:
+            streams[name].update(outputs[name], batch_labels)
+        seen += size
+    if labels is not None and seen != labels.shape[0]:
         raise BundleLabError(f"got {labels.shape[0]} labels for {seen} samples")
+    if not seen:
+        raise BundleLabError("the data yielded no samples")
     results = [streams[name].result() for name in names]
     params = next(iter(streams.values())).options.params() if streams else {}
     return BundleReport(results, params)

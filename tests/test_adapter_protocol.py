@@ -24,7 +24,7 @@ class NumpyMLP:
 class NumpyMLPAdapter:
     name = "numpy-mlp"
 
-    def layer_names(self, model):
+    def layer_names(self, model, inputs=None):
         return [f"dense{i}" for i in range(len(model.weights) - 1)]  # the logits are not tapped
 
     def iter_layer_outputs(self, model, inputs, *, layers, batch_size):
@@ -57,7 +57,7 @@ def test_streamed_measurement_matches_in_memory_analysis(model_and_data):
     report = measure_bundles(adapter, model, x, labels, batch_size=64)
     assert report.names == ["dense0", "dense1"]
     w = adapter.weight_amplitude(model)
-    full = dict(next(adapter.iter_layer_outputs(model, x, layers=report.names, batch_size=len(x))))
+    full = next(adapter.iter_layer_outputs(model, x, layers=report.names, batch_size=len(x)))
     for name in report.names:
         expected = find_bundles(full[name], labels, weight_amplitude=w, layer=name)
         assert np.array_equal(report[name].bundle_ids, expected.bundle_ids)
@@ -95,3 +95,21 @@ def test_label_count_must_match_the_samples(model_and_data):
         measure_bundles(NumpyMLPAdapter(), model, x, labels[:-1])
     with pytest.raises(BundleLabError, match="got 301 labels for 300 samples"):
         measure_bundles(NumpyMLPAdapter(), model, x, np.append(labels, 0))
+
+
+class LabelledBatchesAdapter(NumpyMLPAdapter):
+    """Yields each batch's labels with its outputs, like a data loader does."""
+
+    def iter_layer_outputs(self, model, inputs, *, layers, batch_size):
+        x, y = inputs
+        outputs = super().iter_layer_outputs(model, x, layers=layers, batch_size=batch_size)
+        for start, batch in zip(range(0, len(x), batch_size), outputs):
+            yield batch, y[start:start + batch_size]
+
+
+def test_adapters_may_yield_labels_with_each_batch(model_and_data):
+    model, x, labels = model_and_data
+    with_labels = measure_bundles(LabelledBatchesAdapter(), model, (x, labels), batch_size=50)
+    separate = measure_bundles(NumpyMLPAdapter(), model, x, labels, batch_size=70)
+    for a, b in zip(with_labels, separate):
+        assert np.array_equal(a.bundle_ids, b.bundle_ids) and a.entropy == b.entropy
