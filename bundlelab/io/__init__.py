@@ -1,0 +1,21 @@
+"""Activation dumps on disk: open them lazily, analyse them layer by layer or chunk by chunk.
+
+>>> from bundlelab.io import open_dump, analyze_dump   # doctest: +SKIP
+>>> report = analyze_dump("activations.npz", layers=["block*"])   # doctest: +SKIP
+
+Formats: ``.npz``, a directory of ``.npy`` files, ``.safetensors`` (needs ``safetensors``) and
+HDF5 ``.h5`` / ``.hdf5`` (needs ``h5py``).  See :mod:`bundlelab.io.dumps` for layer order.
+"""
+
+from .analysis import analyze_dump, default_memory_budget, select_layers
+from .dumps import Dump, LayerInfo, open_dump, save_dump
+
+__all__ = [
+    "Dump",
+    "LayerInfo",
+    "analyze_dump",
+    "default_memory_budget",
+    "open_dump",
+    "save_dump",
+    "select_layers",
+]

@@ -1,0 +1,189 @@
+"""Bundles of the layers of a dump: each layer read whole, or streamed in row chunks.
+
+Chunk policy
+------------
+With ``chunk_rows`` given, every layer is streamed through :class:`bundlelab.BundleStream` in
+chunks of that many samples.  Otherwise a layer is read whole when its in-memory size (the
+stored array plus the float32 copy made for float16/bfloat16) fits ``memory_budget`` (default:
+a quarter of the physical memory, at most 4 GiB), and streamed in chunks of about
+``min(256 MiB, memory_budget / 4)`` when it does not.  Whole layers get the exact, confirmed
+bundles of :func:`bundlelab.find_bundles`; streamed layers trust 128-bit row fingerprints
+(see :mod:`bundlelab.streaming` for the collision bound), so both give the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import os
+from typing import Callable, Iterable, Sequence
+
+from .._arrays import check_float_dtype
+from .._errors import BundleLabError
+from ..bundles import BundleOptions, find_bundles
+from ..report import BundleReport
+from ..streaming import BundleStream
+from .dumps import Dump, LayerInfo, check_readable, open_dump, unknown_layer_error
+
+GIB = 1 << 30
+MAX_CHUNK_BYTES = 256 << 20
+_GLOB_CHARS = set("*?[")
+
+
+def default_memory_budget() -> int:
+    """Bytes one layer may take in memory before it is streamed: RAM / 4, at most 4 GiB."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX
+        total = 8 * GIB
+    return int(max(64 << 20, min(total // 4, 4 * GIB)))
+
+
+def select_layers(
+    names: Sequence[str], patterns: Iterable[str] | None, *, where: str = "the dump"
+) -> list[str]:
+    """The layers matching any of ``patterns`` (names or glob patterns), in dump order.
+
+    A comma inside a pattern separates several patterns (``"dense1,block*"``).  An exact layer
+    name always matches itself, even if it contains glob characters.  A plain name that is not a
+    layer, or a glob that matches none, is an error naming the closest layers.
+    """
+    if not patterns:
+        return list(names)
+    wanted: set[str] = set()
+    patterns = [str(item) for item in patterns]
+    for pattern in (p.strip() for item in patterns for p in _split(item, names)):
+        if not pattern:
+            continue
+        if pattern in names:  # a name like 'features[3]' is not a glob
+            wanted.add(pattern)
+        elif _GLOB_CHARS & set(pattern):
+            matched = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+            if not matched:
+                raise BundleLabError(
+                    f"the pattern {pattern!r} matches no layer of {where}: "
+                    f"layers: {', '.join(repr(n) for n in names[:8])}"
+                    + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
+                )
+            wanted.update(matched)
+        else:
+            raise unknown_layer_error(pattern, list(names), where=where)
+    return [name for name in names if name in wanted]
+
+
+def _split(item: str, names: Sequence[str]) -> list[str]:
+    return [item] if item in names else item.split(",")
+
+
+def plan_chunk_rows(info: LayerInfo, *, chunk_rows: int | None, memory_budget: int) -> int | None:
+    """Samples per chunk for a layer, or None to read it whole (see the module docstring)."""
+    if chunk_rows is not None:
+        return chunk_rows
+    row_bytes = info.n_features * (info.itemsize + (4 if info.itemsize < 4 else 0))
+    if info.n_samples * row_bytes <= memory_budget:
+        return None
+    return max(1, min(MAX_CHUNK_BYTES, memory_budget // 4) // max(row_bytes, 1))
+
+
+def analyze_dump(
+    dump: Dump | str | os.PathLike,
+    *,
+    layers: Iterable[str] | None = None,
+    labels_key: str = "labels",
+    chunk_rows: int | None = None,
+    memory_budget: int | None = None,
+    n_classes: int | None = None,
+    progress: Callable[[str, int], None] | None = None,
+    **options,
+) -> BundleReport:
+    """Bundles of the layers of an activation dump, in the dump's layer order.
+
+    Parameters
+    ----------
+    dump : Dump or path-like
+        An opened dump, or a path for :func:`open_dump` (closed again afterwards).
+    layers : iterable of str, optional
+        Layer names or glob patterns to analyse; all layers when omitted.
+    labels_key : str, default='labels'
+        Name of the labels array when ``dump`` is a path.
+    chunk_rows : int, optional
+        Stream every layer in chunks of this many samples; by default only layers larger than
+        ``memory_budget`` are streamed.
+    memory_budget : int, optional
+        Bytes a layer may take in memory before it is streamed (default
+        :func:`default_memory_budget`).
+    n_classes : int, optional
+        ``N_c``; inferred from the labels when omitted.
+    progress : callable(layer, n_rows), optional
+        Called with ``n_rows=0`` when a layer starts, then with the number of samples just
+        processed after each chunk (once, with all of them, for a layer read whole).
+    **options
+        Keywords of :func:`bundlelab.find_bundles` (mode, learning_rate, batch_size, ...).
+
+    Returns
+    -------
+    BundleReport
+    """
+    if not isinstance(dump, Dump):
+        with open_dump(dump, labels_key=labels_key) as opened:
+            return analyze_dump(
+                opened, layers=layers, chunk_rows=chunk_rows, memory_budget=memory_budget,
+                n_classes=n_classes, progress=progress, **options,
+            )
+    bundle_options = BundleOptions(**options)
+    if chunk_rows is not None and (
+        isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1
+    ):
+        raise BundleLabError(
+            f"The 'chunk_rows' parameter must be an int in [1, inf). Got {chunk_rows!r} instead."
+        )
+    budget = default_memory_budget() if memory_budget is None else int(memory_budget)
+    names = select_layers(dump.layer_names, layers, where=dump.path.name)
+    labels = dump.labels
+    plans = {}
+    for name in names:  # check every layer before the first long computation
+        info = dump.info(name)
+        _check_layer(dump, info, len(labels))
+        plans[name] = plan_chunk_rows(info, chunk_rows=chunk_rows, memory_budget=budget)
+
+    keywords = dataclasses.asdict(bundle_options)
+    results = []
+    for name in names:
+        if progress:
+            progress(name, 0)
+        rows = plans[name]
+        if rows is None:
+            result = find_bundles(
+                dump.load(name), labels, n_classes=n_classes, layer=name, **keywords
+            )
+            if progress:
+                progress(name, result.n_samples + result.n_excluded)
+        else:
+            stream = BundleStream(layer=name, **keywords)
+            for chunk in dump.iter_chunks(name, rows):
+                start = stream.n_samples
+                stream.update(chunk, labels[start:start + chunk.shape[0]])
+                if progress:
+                    progress(name, chunk.shape[0])
+            result = stream.result(n_classes=n_classes)
+        results.append(result)
+    return BundleReport(results, bundle_options.params())
+
+
+def _check_layer(dump: Dump, info: LayerInfo, n_labels: int) -> None:
+    where = dump.path.name
+    check_readable(info, where)
+    try:
+        check_float_dtype(info.dtype, info.name)
+    except BundleLabError as exc:
+        raise BundleLabError(f"{where}: {exc}") from None
+    if info.n_samples != n_labels:
+        raise BundleLabError(
+            f"{where}: layer {info.name!r} has {info.n_samples} samples but the labels "
+            f"{dump.labels_key!r} have {n_labels}: store one label per sample, in the same order "
+            "(or pick the layers that match with --layers)"
+        )
+    if info.n_features == 0:
+        raise BundleLabError(
+            f"{where}: layer {info.name!r} has 0 values per sample (shape {info.shape})"
+        )

@@ -1,0 +1,391 @@
+"""Saved activation dumps: one array per layer plus the class labels, read lazily.
+
+:func:`open_dump` picks a reader by extension from :data:`READERS` (imported on first use, so
+``h5py`` and ``safetensors`` are needed only for their own formats).  Every reader lists its
+layers without loading them, loads one layer on demand, and can read a layer in row chunks, so a
+dump larger than memory can be analysed (see :func:`bundlelab.io.analyze_dump`).
+
+Layer order (the network order the report follows):
+
+- ``.npz``: the order the arrays were written (``np.savez(path, **layers)`` keeps dict order).
+- directory of ``.npy`` files: the names listed in ``layers.txt`` (one per line, ``#`` comments)
+  when the directory has one, else natural order of the file names (``layer2`` before
+  ``layer10``).
+- ``.safetensors``: natural order of the tensor names (the format does not keep write order).
+- ``.h5`` / ``.hdf5``: datasets anywhere in the file, named by path (``block1/conv2``); a group
+  created with ``track_order=True`` keeps creation order, other groups use natural order.
+
+0-d arrays (saved scalars such as a step counter) are not listed as layers.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .._arrays import to_host
+from .._atomic import atomic_open
+from .._errors import BundleLabError
+
+#: file extension (or "directory") -> (module, class) of its reader
+READERS = {
+    ".npz": ("bundlelab.io.npz", "NpzDump"),
+    "directory": ("bundlelab.io.npy_dir", "NpyDirDump"),
+    ".safetensors": ("bundlelab.io.safetensors_dump", "SafetensorsDump"),
+    ".h5": ("bundlelab.io.hdf5", "Hdf5Dump"),
+    ".hdf5": ("bundlelab.io.hdf5", "Hdf5Dump"),
+}
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """Shape and element type of one stored array, known without loading it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # numpy's name in native byte order: 'float32', 'bfloat16', 'object', ...
+    itemsize: int
+
+    @property
+    def n_samples(self) -> int:
+        return self.shape[0] if self.shape else 0
+
+    @property
+    def n_features(self) -> int:
+        return int(np.prod(self.shape[1:], dtype=np.int64)) if len(self.shape) > 1 else 1
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.itemsize
+
+
+class Dump:
+    """An opened activation dump: layer names in network order, labels, and lazy layer reads.
+
+    Use :func:`open_dump` to get one.  ``dump[name]`` loads a layer as an in-memory numpy
+    array; :meth:`iter_chunks` reads it ``chunk_rows`` samples at a time; :meth:`layers` yields
+    ``(name, loader)`` pairs that :func:`bundlelab.analyze_layers` accepts.  Close it (or use it
+    as a context manager) to release the file.
+
+    Subclasses fill ``_infos`` (layers, in order, labels excluded) and ``_label_info`` and
+    implement ``_read(name)``, ``_read_rows(name, start, stop)`` and ``_read_labels()``.
+    """
+
+    format = "?"
+
+    def __init__(self, path: Path, labels_key: str):
+        self.path = path
+        self.labels_key = labels_key
+        self._infos: dict[str, LayerInfo] = {}
+        self._labels: np.ndarray | None = None
+
+    # -- what is stored ----------------------------------------------------------------------
+    @property
+    def layer_names(self) -> list[str]:
+        """Layer names in network order (the labels array is not a layer)."""
+        return list(self._infos)
+
+    def info(self, name: str) -> LayerInfo:
+        """Shape and dtype of a layer, without reading it."""
+        try:
+            return self._infos[name]
+        except KeyError:
+            raise unknown_layer_error(name, self.layer_names, where=self.path.name) from None
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The class label of every sample (read once, then cached)."""
+        if self._labels is None:
+            check_readable(self._label_info, self.path.name)
+            labels = self._wrap_errors(self.labels_key, self._read_labels)
+            if labels.ndim == 2 and labels.shape[1] == 1:
+                labels = labels[:, 0]
+            if labels.ndim != 1:
+                raise BundleLabError(
+                    f"{self.path.name}: labels {self.labels_key!r} have shape {labels.shape}, "
+                    "expected one label per sample (for one-hot labels save labels.argmax(axis=1))"
+                )
+            self._labels = labels
+        return self._labels
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._infos
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._infos)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, {len(self)} layers)"
+
+    # -- reading -----------------------------------------------------------------------------
+    def load(self, name: str) -> np.ndarray:
+        """The whole layer as an in-memory array of shape (n_samples, ...)."""
+        info = self.info(name)
+        check_readable(info, self.path.name)
+        return in_memory(self._wrap_errors(name, lambda: self._read(name)))
+
+    __getitem__ = load
+
+    def iter_chunks(self, name: str, chunk_rows: int) -> Iterator[np.ndarray]:
+        """The layer ``chunk_rows`` samples at a time, in sample order (the last may be shorter)."""
+        info = self.info(name)
+        check_readable(info, self.path.name)
+        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+            raise BundleLabError(
+                "The 'chunk_rows' parameter must be an int in [1, inf). "
+                f"Got {chunk_rows!r} instead."
+            )
+        return (in_memory(chunk) for chunk in self._chunks(name, info, chunk_rows))
+
+    def _chunks(self, name: str, info: LayerInfo, chunk_rows: int) -> Iterator[np.ndarray]:
+        for start in range(0, info.n_samples, chunk_rows):
+            stop = min(start + chunk_rows, info.n_samples)
+            yield self._wrap_errors(name, lambda: self._read_rows(name, start, stop))
+
+    def layers(self) -> Iterator[tuple[str, Callable[[], np.ndarray]]]:
+        """``(name, loader)`` pairs in order; each loader reads its layer when called."""
+        for name in self._infos:
+            yield name, (lambda name=name: self.load(name))
+
+    def close(self) -> None:
+        """Release the file (a no-op for formats that hold nothing open)."""
+
+    def __enter__(self) -> "Dump":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- for readers -------------------------------------------------------------------------
+    def _read(self, name: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def _read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _read_labels(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def _wrap_errors(self, name: str, read: Callable[[], Any]) -> Any:
+        """Run a read; a corrupt or truncated file becomes one line naming the array."""
+        try:
+            return read()
+        except BundleLabError:
+            raise
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, RuntimeError) as exc:
+            raise corrupt_error(self.path, f"array {name!r}", exc) from None
+
+    def _finish_listing(self, names: list[str], infos: dict[str, LayerInfo]) -> None:
+        """Split the stored arrays into labels and layers (in ``names`` order)."""
+        if not names:
+            raise BundleLabError(
+                f"{self.path.name} is an empty dump: it holds no arrays; save one array per "
+                f"layer and a {self.labels_key!r} array (bundlelab.io.save_dump does both)"
+            )
+        if self.labels_key not in infos:
+            raise missing_labels_error(self.path.name, self.labels_key, names)
+        self._label_info = infos[self.labels_key]
+        # 0-d arrays are scalars (saved hyper-parameters, step counters), not layers.
+        self._infos = {
+            name: infos[name] for name in names if name != self.labels_key and infos[name].shape
+        }
+        if not self._infos:
+            raise BundleLabError(
+                f"{self.path.name} holds only the labels {self.labels_key!r} and no layer: save "
+                "one activation array per layer beside them"
+            )
+
+
+# -- opening and saving ------------------------------------------------------------------------
+
+
+def open_dump(path: str | os.PathLike, *, labels_key: str = "labels") -> Dump:
+    """Open an activation dump without loading its layers.
+
+    Parameters
+    ----------
+    path : path-like
+        A ``.npz`` file, a directory of ``.npy`` files, a ``.safetensors`` file or an HDF5 file
+        (``.h5`` / ``.hdf5``): one array of shape (n_samples, ...) per layer plus the labels.
+    labels_key : str, default='labels'
+        Name of the array that holds the class label of every sample (in a directory, the
+        file ``<labels_key>.npy``; in HDF5, a dataset path).
+
+    Returns
+    -------
+    Dump
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "acts.npz")
+    >>> save_dump(path, {"dense1": np.ones((4, 3), np.float32)}, [0, 1, 0, 1])
+    >>> with open_dump(path) as dump:
+    ...     dump.layer_names, dump["dense1"].shape, dump.labels.tolist()
+    (['dense1'], (4, 3), [0, 1, 0, 1])
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BundleLabError(f"no such file or directory: {str(path)!r}")
+    if not isinstance(labels_key, str) or not labels_key:
+        raise BundleLabError(
+            f"The 'labels_key' parameter must be a non-empty str. Got {labels_key!r} instead."
+        )
+    kind = "directory" if path.is_dir() else path.suffix.lower()
+    if kind not in READERS:
+        hint = (
+            "a single .npy file holds one array: put one .npy file per layer and labels.npy "
+            "in a directory, or save an .npz with bundlelab.io.save_dump"
+            if kind == ".npy"
+            else "supported: .npz, .safetensors, .h5/.hdf5, or a directory of .npy files"
+        )
+        raise BundleLabError(f"unknown dump format {path.suffix or path.name!r}: {hint}")
+    module_name, class_name = READERS[kind]
+    reader = getattr(importlib.import_module(module_name), class_name)
+    return reader(path, labels_key)
+
+
+def save_dump(
+    path: str | os.PathLike,
+    layers: dict[str, Any],
+    labels: Any,
+    *,
+    labels_key: str = "labels",
+    compress: bool = False,
+) -> None:
+    """Write layers and labels to an ``.npz`` file atomically (never pickled).
+
+    Parameters
+    ----------
+    path : path-like
+        Destination, ending in ``.npz``.
+    layers : dict of str -> array of shape (n_samples, ...)
+        Layer outputs in network order (numpy arrays, or CuPy arrays / torch tensors, copied to
+        the host).
+    labels : array-like of shape (n_samples,)
+        Class labels (numbers or strings).
+    labels_key : str, default='labels'
+    compress : bool, default=False
+        Deflate the members (smaller, slower to read).
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        raise BundleLabError(f"save_dump writes .npz files: got {str(path)!r}; name it *.npz")
+    if labels_key in layers:
+        raise BundleLabError(
+            f"a layer is named {labels_key!r} like the labels: rename it or pass another labels_key"
+        )
+    if not layers:
+        raise BundleLabError("no layers to save: pass a dict of layer name -> activations")
+    arrays = {str(name): _savable(name, value) for name, value in layers.items()}
+    arrays[labels_key] = _savable(labels_key, labels, labels=True)
+    compression = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with atomic_open(path, "wb") as handle:
+        with zipfile.ZipFile(handle, "w", compression=compression, allowZip64=True) as archive:
+            for name, array in arrays.items():
+                with archive.open(name + ".npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, array, allow_pickle=False)
+
+
+def _savable(name: str, value: Any, *, labels: bool = False) -> np.ndarray:
+    array = to_host(value) if hasattr(value, "shape") else np.asarray(value)
+    array = np.asarray(array)
+    if array.dtype.hasobject:
+        if labels:
+            raise BundleLabError(
+                f"labels {name!r} are Python objects: pass numbers or strings, e.g. "
+                "np.asarray(labels, dtype=str)"
+            )
+        raise BundleLabError(f"layer {name!r} holds Python objects: pass a float array")
+    if array.dtype.kind == "V" or str(array.dtype) == "bfloat16":
+        raise BundleLabError(
+            f"layer {name!r} is {array.dtype}, which .npz cannot record: save it as .safetensors, "
+            "or cast to float32 (exact, but bundles are then computed at float32 resolution)"
+        )
+    return array
+
+
+# -- shared helpers ----------------------------------------------------------------------------
+
+
+def natural_key(name: str) -> list:
+    """Sort key that puts ``layer2`` before ``layer10``."""
+    parts = re.split(r"(\d+)", name)
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in parts]
+
+
+def in_memory(array: np.ndarray) -> np.ndarray:
+    """A writable in-memory array in native byte order (memory maps and read-only buffers are
+    copied): the kernels are compiled for writable arrays, a read-only one costs a second compile.
+    """
+    if not array.dtype.isnative:
+        return array.astype(array.dtype.newbyteorder("="))
+    if isinstance(array, np.memmap) or not array.flags.writeable:
+        return np.array(array)
+    return array
+
+
+def check_readable(info: LayerInfo, where: str) -> None:
+    """Refuse arrays of Python objects before anything is read (they would need unpickling)."""
+    if info.dtype == "object":
+        raise BundleLabError(
+            f"{where}: array {info.name!r} holds Python objects (pickled), which bundlelab never "
+            "loads: save it as a numeric (labels: numeric or string) array, e.g. "
+            "np.asarray(a, np.float32)"
+        )
+    if info.dtype == "void16":
+        raise BundleLabError(
+            f"{where}: array {info.name!r} is stored as raw 2-byte records, which is how np.save "
+            "writes bfloat16 (the type is lost): save it as float32 or in a .safetensors dump"
+        )
+
+
+def _short_list(names: list[str], limit: int = 12) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def unknown_layer_error(name: str, names: list[str], *, where: str) -> BundleLabError:
+    """'no layer X' with the closest names, as one line."""
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    if close:
+        hint = "did you mean " + " or ".join(repr(c) for c in close) + "?"
+    else:
+        hint = f"layers: {_short_list(names)}"
+    return BundleLabError(f"{where} has no layer {name!r}: {hint}")
+
+
+def missing_labels_error(where: str, labels_key: str, names: list[str]) -> BundleLabError:
+    close = difflib.get_close_matches(labels_key, names, n=1, cutoff=0.6)
+    guess = close[0] if close else "NAME"
+    return BundleLabError(
+        f"{where} has no labels array {labels_key!r}; it holds {_short_list(names)}: name the "
+        f"array with the class labels with --labels {guess} (Python: labels_key={guess!r})"
+    )
+
+
+def corrupt_error(path: Path, what: str, exc: BaseException) -> BundleLabError:
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    if len(detail) > 160:
+        detail = detail[:157] + "..."
+    return BundleLabError(
+        f"{path.name}: cannot read {what}, the file looks truncated or corrupt ({detail}); "
+        "re-create the dump"
+    )
+
+
+def info_from_dtype(name: str, shape: tuple[int, ...], dtype: np.dtype) -> LayerInfo:
+    """A :class:`LayerInfo` from a numpy dtype (object dtypes are recorded as 'object')."""
+    dtype_name = "object" if dtype.hasobject else dtype.name
+    return LayerInfo(name, tuple(int(s) for s in shape), dtype_name, int(dtype.itemsize))

@@ -1,0 +1,160 @@
+""".npz dumps: read member headers only, stream rows out of (possibly deflated) members.
+
+Nothing is ever unpickled: headers are parsed with :mod:`numpy.lib.format` and arrays of
+Python objects are refused before their data is touched.  A member's rows are read straight
+from the zip stream, so a layer is never held in memory twice and can be read in chunks even
+when it is compressed.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from .._errors import BundleLabError
+from .dumps import Dump, LayerInfo, corrupt_error, info_from_dtype
+
+_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+def read_npy_header(stream: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) from an open ``.npy`` stream, leaving it at the data."""
+    version = np.lib.format.read_magic(stream)
+    try:
+        reader = _HEADER_READERS[version]
+    except KeyError:
+        raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}") from None
+    return reader(stream)
+
+
+def read_exact(stream: IO[bytes], n_bytes: int) -> bytearray:
+    """Exactly ``n_bytes`` from ``stream`` (a writable buffer), or EOFError if it ends first."""
+    buffer = bytearray(n_bytes)
+    view = memoryview(buffer)
+    done = 0
+    while done < n_bytes:
+        n = stream.readinto(view[done:]) if hasattr(stream, "readinto") else None
+        if n is None:
+            chunk = stream.read(n_bytes - done)
+            n = len(chunk)
+            view[done:done + n] = chunk
+        if not n:
+            raise EOFError(f"the data ends after {done} of {n_bytes} bytes")
+        done += n
+    return buffer
+
+
+class NpzDump(Dump):
+    """Layers and labels stored as members of an ``.npz`` (zip) archive."""
+
+    format = "npz"
+
+    def __init__(self, path: Path, labels_key: str):
+        super().__init__(path, labels_key)
+        try:
+            self._zip = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise BundleLabError(
+                f"{path.name} is not a readable .npz (zip) archive, it looks truncated or "
+                f"corrupt ({exc}); re-create it with bundlelab.io.save_dump or np.savez"
+            ) from None
+        try:
+            self._members: dict[str, str] = {}
+            self._fortran: dict[str, bool] = {}
+            self._dtypes: dict[str, np.dtype] = {}
+            infos: dict[str, LayerInfo] = {}
+            for member in self._zip.infolist():
+                if member.is_dir() or not member.filename.endswith(".npy"):
+                    continue
+                name = member.filename[: -len(".npy")]
+                infos[name] = self._member_info(name, member)
+                self._members[name] = member.filename
+            self._finish_listing(list(infos), infos)
+        except BaseException:
+            self._zip.close()
+            raise
+
+    def _member_info(self, name: str, member: zipfile.ZipInfo) -> LayerInfo:
+        try:
+            with self._zip.open(member) as stream:
+                shape, fortran, dtype = read_npy_header(stream)
+                header_size = stream.tell()
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise corrupt_error(self.path, f"the header of array {name!r}", exc) from None
+        info = info_from_dtype(name, shape, dtype)
+        if not dtype.hasobject and member.file_size < header_size + info.nbytes:
+            raise corrupt_error(
+                self.path, f"array {name!r}",
+                EOFError(f"{member.file_size - header_size} of {info.nbytes} data bytes stored"),
+            )
+        self._fortran[name] = bool(fortran)
+        self._dtypes[name] = dtype
+        return info
+
+    def _read(self, name: str) -> np.ndarray:
+        return self._read_rows(name, 0, self._infos_all(name).n_samples)
+
+    def _read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        if self._fortran[name]:
+            return self._read_fortran(name)[start:stop]
+        row_bytes = self._infos_all(name).n_features * self._infos_all(name).itemsize
+        with self._open(name) as stream:
+            _skip(stream, start * row_bytes)
+            buffer = read_exact(stream, (stop - start) * row_bytes)
+        return self._rows(name, buffer, stop - start)
+
+    def _chunks(self, name, info, chunk_rows):
+        if self._fortran[name]:
+            # Column-major data has no contiguous rows: it is read whole, once, then sliced.
+            array = self._wrap_errors(name, lambda: self._read_fortran(name))
+            for start in range(0, info.n_samples, chunk_rows):
+                yield array[start:start + chunk_rows]
+            return
+        # One pass over the member stream: a deflated stream cannot seek cheaply.
+        row_bytes = info.n_features * info.itemsize
+        stream = self._wrap_errors(name, lambda: self._open(name))
+        with stream:
+            for start in range(0, info.n_samples, chunk_rows):
+                n = min(chunk_rows, info.n_samples - start)
+                buffer = self._wrap_errors(name, lambda: read_exact(stream, n * row_bytes))
+                yield self._rows(name, buffer, n)
+
+    def _open(self, name: str):
+        stream = self._zip.open(self._members[name])
+        read_npy_header(stream)
+        return stream
+
+    def _read_fortran(self, name: str) -> np.ndarray:
+        with self._zip.open(self._members[name]) as stream:
+            array = np.lib.format.read_array(stream, allow_pickle=False)
+        return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
+
+    def _rows(self, name: str, buffer: bytearray, n_rows: int) -> np.ndarray:
+        dtype = self._dtypes[name]
+        shape = (n_rows,) + self._infos_all(name).shape[1:]
+        rows = np.frombuffer(buffer, dtype=dtype).reshape(shape)
+        return rows if dtype.isnative else rows.astype(dtype.newbyteorder("="))
+
+    def _read_labels(self) -> np.ndarray:
+        with self._zip.open(self._members[self.labels_key]) as stream:
+            return np.lib.format.read_array(stream, allow_pickle=False)
+
+    def _infos_all(self, name: str) -> LayerInfo:
+        return self._infos[name] if name in self._infos else self._label_info
+
+    def close(self) -> None:
+        self._zip.close()
+
+
+def _skip(stream: IO[bytes], n_bytes: int) -> None:
+    while n_bytes > 0:
+        chunk = stream.read(min(n_bytes, 1 << 24))
+        if not chunk:
+            raise EOFError("the data ends early")
+        n_bytes -= len(chunk)

@@ -1,0 +1,101 @@
+""".safetensors dumps, read lazily through ``safe_open`` / ``get_slice`` (numpy framework).
+
+bfloat16 tensors come back as ``ml_dtypes.bfloat16`` arrays, which the core computes on in
+bfloat16; safetensors needs ``ml_dtypes`` imported to build them, so it is imported here, on
+the first bfloat16 read.  Layer order is the natural order of the tensor names (the format
+stores tensors sorted, not in write order).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .._errors import BundleLabError
+from .dumps import Dump, LayerInfo, corrupt_error, natural_key
+
+#: safetensors dtype code -> (numpy name, item size)
+DTYPES = {
+    "F64": ("float64", 8),
+    "F32": ("float32", 4),
+    "F16": ("float16", 2),
+    "BF16": ("bfloat16", 2),
+    "I64": ("int64", 8),
+    "I32": ("int32", 4),
+    "I16": ("int16", 2),
+    "I8": ("int8", 1),
+    "U64": ("uint64", 8),
+    "U32": ("uint32", 4),
+    "U16": ("uint16", 2),
+    "U8": ("uint8", 1),
+    "BOOL": ("bool", 1),
+}
+
+
+def _safe_open():
+    try:
+        from safetensors import SafetensorError, safe_open
+    except ImportError:
+        raise BundleLabError(
+            "reading .safetensors dumps requires safetensors. You can install it with "
+            "`pip install safetensors`"
+        ) from None
+    return safe_open, SafetensorError
+
+
+class SafetensorsDump(Dump):
+    """Layers stored as tensors of a ``.safetensors`` file (memory-mapped by safetensors)."""
+
+    format = "safetensors"
+
+    def __init__(self, path: Path, labels_key: str):
+        super().__init__(path, labels_key)
+        safe_open, self._error_type = _safe_open()
+        try:
+            self._file = safe_open(str(path), framework="np")
+        except self._error_type as exc:
+            raise BundleLabError(
+                f"{path.name} is not a readable .safetensors file, it looks truncated or corrupt "
+                f"({exc}); re-create it with safetensors.numpy.save_file"
+            ) from None
+        infos = {}
+        for name in self._file.keys():
+            tensor = self._file.get_slice(name)
+            code = tensor.get_dtype()
+            dtype, itemsize = DTYPES.get(code, (code.lower(), 1))
+            shape = tuple(int(s) for s in tensor.get_shape())
+            infos[name] = LayerInfo(name, shape, dtype, itemsize)
+        self._finish_listing(sorted(infos, key=natural_key), infos)
+
+    def _slice(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        info = self._infos.get(name, self._label_info)
+        if info.dtype == "bfloat16":
+            _import_ml_dtypes()
+        try:
+            tensor = self._file.get_slice(name)
+            return tensor[start:stop] if info.shape else tensor[:]
+        except self._error_type as exc:
+            raise corrupt_error(self.path, f"tensor {name!r}", exc) from None
+
+    def _read(self, name: str) -> np.ndarray:
+        return self._slice(name)
+
+    def _read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        return self._slice(name, start, stop)
+
+    def _read_labels(self) -> np.ndarray:
+        return self._slice(self.labels_key)
+
+    def close(self) -> None:
+        self._file.__exit__(None, None, None)
+
+
+def _import_ml_dtypes() -> None:
+    try:
+        import ml_dtypes  # noqa: F401 - registers numpy's 'bfloat16' dtype for safetensors
+    except ImportError:
+        raise BundleLabError(
+            "reading bfloat16 tensors requires ml_dtypes. You can install it with "
+            "`pip install ml_dtypes`"
+        ) from None
