@@ -144,6 +144,9 @@ def as_rows(array: Any, *, device: str, layer: str | None = None) -> Rows:
         data = np.ascontiguousarray(host.reshape(shape[0], n_features))
         return Rows(data, fmt, "cpu")
 
+    from .kernels import get_backend
+
+    get_backend("cuda")  # a one-line error on a machine without a usable GPU, before any copy
     return Rows(_to_cuda_rows(array, shape[0], n_features, fmt), fmt, "cuda")
 
 

@@ -8,6 +8,11 @@ import os
 
 if os.environ.get("BUNDLELAB_TEST_REAL_GPU") != "1":
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+    # pytest has already imported numba to resolve the NumbaPerformanceWarning filter of
+    # pyproject.toml, and numba reads its environment once: make it read the variable again.
+    import numba.core.config  # noqa: E402
+
+    numba.core.config.reload_config()
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -28,5 +28,13 @@ def get_backend(device: str):
         raise BundleLabError(
             f"unknown device {device!r}: expected one of {', '.join(BACKENDS)} or 'auto'"
         ) from None
-    module = importlib.import_module(module_name)
-    return getattr(module, class_name)()
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, class_name)()
+    except BundleLabError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. numba's CudaSupportError: no driver or GPU
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BundleLabError(
+            f"the {device} backend is not available here ({reason}); use device='cpu'"
+        ) from None

@@ -200,6 +200,19 @@ def _within(row_i, row_j, probes, scale, gamma):
 
 
 @_njit
+def _may_be_within(means, tolerances, j, other, reach):
+    """Mean pruning: False only when the row means prove the rows are farther than gamma.
+
+    A non-finite mean (an overflowed sum, or a NaN/Inf value) proves nothing, so such pairs
+    are always compared value by value.
+    """
+    gap = abs(means[j] - means[other])
+    if gap <= reach + tolerances[j] + tolerances[other]:
+        return True
+    return not (np.isfinite(means[j]) and np.isfinite(means[other]))
+
+
+@_njit
 def greedy_threshold(
     rows, means, tolerances, probes, first_new, leaders, n_leaders, assign, scale, gamma
 ):
@@ -216,8 +229,7 @@ def greedy_threshold(
         found = -1
         for pos in range(n_leaders):
             leader = leaders[pos]
-            gap = abs(means[j] - means[leader])
-            if gap <= reach + tolerances[j] + tolerances[leader]:
+            if _may_be_within(means, tolerances, j, leader, reach):
                 if _within(rows[j], rows[leader], probes, scale, gamma):
                     found = pos
                     break
