@@ -161,7 +161,50 @@ def main() -> None:
         f"{peak / 2**20:.1f} MiB (one batch is {batch * d_stream * 4 / 2**20:.1f} MiB) vs "
         f"{full / 2**20:.0f} MiB for the whole layer; {result.n_bundles} bundles"
     )
+    gpu_bandwidth(n, d_full, quick=args.quick)
     print(f"bundlelab {bundlelab.__version__}")
+
+
+def gpu_bandwidth(n: int, d: int, *, quick: bool) -> None:
+    """Achieved memory bandwidth of the CUDA fingerprint kernel against a device copy."""
+    from numba import config, cuda
+
+    if config.ENABLE_CUDASIM or not cuda.is_available():
+        print("GPU: no CUDA device here; the CUDA kernels were not timed")
+        return
+    from bundlelab._formats import FORMATS
+    from bundlelab.kernels import get_backend
+    from bundlelab.kernels.backends import Transform
+
+    backend = get_backend("cuda")
+    fmt = FORMATS["float32"]
+    transform = Transform.for_format(fmt, 1.0, 1e-3, 64)
+    rows = cuda.to_device(np.random.default_rng(2).random((n, d), dtype=np.float32))
+    copy = cuda.device_array_like(rows)
+
+    def timed(fn, repeat=20):
+        fn()
+        cuda.synchronize()
+        start, stop = cuda.event(), cuda.event()
+        times = []
+        for _ in range(repeat):
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+            times.append(cuda.event_elapsed_time(start, stop) / 1e3)
+        return float(np.median(times))
+
+    t_copy = timed(lambda: copy.copy_to_device(rows))
+    t_fp = timed(lambda: backend.fingerprints(rows, fmt, transform))
+    nbytes = rows.size * 4
+    copy_bw = 2 * nbytes / t_copy  # a copy reads and writes every byte
+    fp_bw = nbytes / t_fp
+    print(
+        f"GPU {cuda.get_current_device().name.decode() if isinstance(cuda.get_current_device().name, bytes) else cuda.get_current_device().name}: "
+        f"fingerprints {n}x{d} f32 {t_fp * 1e3:.2f} ms = {fp_bw / 1e9:.0f} GB/s; device copy "
+        f"{copy_bw / 1e9:.0f} GB/s; fraction of copy bandwidth {fp_bw / copy_bw:.2f}"
+    )
 
 
 if __name__ == "__main__":

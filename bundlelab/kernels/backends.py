@@ -41,7 +41,7 @@ class KernelBackend(Protocol):
         self, rows: Any, fmt: FloatFormat, transform: Transform
     ) -> tuple[np.ndarray, np.ndarray]:
         """(n, 2) uint64 fingerprints of the transformed rows (see ``_hashing.py``), and a
-        bool (n,) flag of rows whose transformed values are not all finite."""
+        bool (n,) flag of rows whose activations are not all finite."""
 
     def pairs_equal(
         self, rows: Any, first: np.ndarray, second: np.ndarray, fmt: FloatFormat,

@@ -11,7 +11,7 @@ Layout contract (shared with ``kernels/cuda.py``):
   float16/bfloat16 activations arrive converted to float32 (exactly) and are processed by the
   ``*_emulated`` kernels, which round every operation to the narrow format.
 * fingerprints are written to ``out`` of shape (n_samples, 2), uint64; ``nonfinite`` flags rows
-  whose transformed values are not all finite (the caller rejects or excludes those samples).
+  whose activations are not all finite (the caller rejects or excludes those samples).
 """
 
 from __future__ import annotations
@@ -72,12 +72,14 @@ def fingerprints_native(rows, w, alpha, invb, out, nonfinite):
             # A 1-D slice lets LLVM vectorise this loop; 2-D indexing with wraparound does not.
             src = row[start:start + count]
             for k in range(count):
-                t = w - (src[k] * alpha) * invb
+                v = src[k]
+                # The non-finite flag is about the activation, not t: a finite activation whose
+                # transform overflows to -inf is a valid (if extreme) input.
+                bad |= (v - v) != 0  # true for NaN and +-inf only
+                t = w - (v * alpha) * invb
                 # Adding +0.0 maps -0.0 to +0.0 and leaves every other value unchanged, so the
                 # bit patterns agree exactly when IEEE equality does (NaN aside).
-                t = t + zero
-                bad |= (t - t) != 0  # true for NaN and +-inf only
-                buf[k] = t
+                buf[k] = t + zero
             if count % per_word:
                 buf[count] = zero  # pad the last word of an odd-length float32 row
             lane_a, lane_b = _hash_tile(
@@ -105,10 +107,10 @@ def fingerprints_emulated(rows, w, alpha, invb, precision, emin, max_finite, out
             count = min(TILE, n_features - start)
             src = row[start:start + count]
             for k in range(count):
-                t = _emulated_value(src[k], w, alpha, invb, precision, emin, max_finite)
-                t = np.float32(t) + zero
-                bad |= (t - t) != 0
-                buf[k] = t
+                v = src[k]
+                bad |= (v - v) != 0
+                t = _emulated_value(v, w, alpha, invb, precision, emin, max_finite)
+                buf[k] = np.float32(t) + zero
             if count % per_word:
                 buf[count] = zero  # pad the last word of an odd-length float32 row
             lane_a, lane_b = _hash_tile(

@@ -138,7 +138,7 @@ def _emulated_value(v, w, alpha, invb, precision, emin, max_finite):
 def _native_word(rows, row, m, w, alpha, invb):
     """Word ``m`` of the row's canonical transformed values (layout in ``_hashing.py``: one
     float64, or two float32 packed little-endian with a zero high half past the row's end),
-    and whether one of its values is NaN or +-inf."""
+    and whether one of its activations is NaN or +-inf."""
     zero = rows.dtype.type(0)
     per_word = _values_per_word(rows)
     x = np.uint64(0)
@@ -146,9 +146,10 @@ def _native_word(rows, row, m, w, alpha, invb):
     for h in range(per_word):
         k = m * per_word + h
         if k < rows.shape[1]:
+            v = rows[row, k]
+            bad |= (v - v) != 0  # the activation is NaN or +-inf (not t: it may overflow)
             # + 0 turns -0.0 into +0.0 (and nothing else): equal bits iff IEEE-equal, NaN aside
-            t = _native_value(rows[row, k], w, alpha, invb) + zero
-            bad |= (t - t) != 0  # NaN and +-inf only
+            t = _native_value(v, w, alpha, invb) + zero
             x |= _bits(t) << np.uint64(32 * h)
     return x, bad
 
@@ -161,9 +162,10 @@ def _emulated_word(rows, row, m, w, alpha, invb, precision, emin, max_finite):
     for h in range(2):
         k = 2 * m + h
         if k < rows.shape[1]:
-            value = _emulated_value(rows[row, k], w, alpha, invb, precision, emin, max_finite)
+            v = rows[row, k]
+            bad |= (v - v) != 0
+            value = _emulated_value(v, w, alpha, invb, precision, emin, max_finite)
             t = np.float32(value) + np.float32(0.0)  # the conversion is exact
-            bad |= (t - t) != 0
             x |= _bits(t) << np.uint64(32 * h)
     return x, bad
 
