@@ -114,7 +114,11 @@ def select_layers(available: Sequence[str], requested: Iterable[str] | None) -> 
         return list(available)
     chosen: set[str] = set()
     for pattern in requested:
-        hits = [name for name in available if name == pattern or fnmatch.fnmatchcase(name, pattern)]
+        # An existing name is taken literally, even when it holds glob characters ("relu[0]").
+        if pattern in available:
+            hits = [pattern]
+        else:
+            hits = [name for name in available if fnmatch.fnmatchcase(name, pattern)]
         if not hits:
             close = difflib.get_close_matches(pattern, available, n=3)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
@@ -214,3 +218,6 @@ __all__ = [
     "register_adapter",
     "select_layers",
 ]
+register_adapter("onnx", "bundlelab.adapters.onnx:OnnxAdapter")
+register_adapter("torch", "bundlelab.adapters.torch:TorchAdapter")
+register_adapter("keras", "bundlelab.adapters.keras:KerasAdapter")

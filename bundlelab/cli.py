@@ -1,14 +1,17 @@
 """The ``bundlelab`` command line.
 
-Importing this module is cheap: numba, the kernels, h5py, safetensors, scikit-learn and
-matplotlib are imported inside the commands that use them, so ``bundlelab --help`` is instant.
+Importing this module is cheap: numba, the kernels, h5py, safetensors, scikit-learn,
+matplotlib, onnx and onnxruntime are imported inside the commands that use them, so
+``bundlelab --help`` is instant.
 Every error is printed as one ``error: ...`` line on stderr with exit status 2 (bad input) or
 1 (a bug; ``BUNDLELAB_DEBUG=1`` shows its traceback).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import sys
 import time
 from enum import Enum
@@ -38,6 +41,10 @@ OPTION_FLAGS = {
 }
 #: a run longer than this reports progress lines even when stderr is not a terminal
 LONG_RUN_S = 30.0
+#: off a terminal, at most one progress line per this many seconds for per-batch progress
+NOTE_EVERY_S = 10.0
+#: bytes of tapped layer outputs one forward pass of ``audit`` may produce (picks the batch)
+AUDIT_BATCH_BYTES = 256 << 20
 
 
 class Mode(str, Enum):
@@ -61,6 +68,11 @@ class Format(str, Enum):
     table = "table"
     json = "json"
     csv = "csv"
+
+
+class Provider(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
 
 
 def _version(value: bool) -> None:
@@ -103,7 +115,31 @@ HELP = {
     "bundle_ids": "Include every sample's bundle id in JSON output.",
     "demo": "Generate a demo dump (digits through a healthy and a deep narrow ReLU net).",
     "output_dir": "Where --demo writes bundlelab-demo.npz.",
+    "model": "An ONNX model file (.onnx); its external data must lie in the same folder.",
+    "data": "Inputs and labels: an .npz or a folder of .npy files, the inputs under the model "
+    "input's name or 'x'.",
+    "samples": "Measure a random subset of this many samples (all when the data holds fewer).",
+    "seed": "Seed of the random subset.",
+    "audit_layers": "Layers to measure (tensor names or glob patterns); repeat the option or use "
+    "commas. Default: every activation output.",
+    "all_nodes": "Tap every node's float outputs, not only the activations'.",
+    "model_weight_amplitude": "w: the largest absolute weight (default: max |value| over the "
+    "model's float weights).",
+    "providers": "onnxruntime execution provider (cuda needs onnxruntime-gpu).",
+    "run_batch_size": "Samples per forward pass; only bounds memory (default: as many as keep "
+    "the tapped outputs near 256 MiB, at most 256).",
 }
+
+# Options that analyze and audit share (one declaration each).
+LR = typer.Option(1e-3, "--lr", help=HELP["lr"])
+BATCH_SIZE = typer.Option(64, "--batch-size", help=HELP["batch_size"])
+MODE = typer.Option(Mode.resolution, "--mode", help=HELP["mode"])
+GAMMA = typer.Option(1e-8, "--gamma", help=HELP["gamma"])
+EPSILON = typer.Option(0.0, "--epsilon", help=HELP["epsilon"])
+NONFINITE = typer.Option(Nonfinite.raise_, "--nonfinite", help=HELP["nonfinite"])
+FORMAT = typer.Option(None, "--format", "-f", show_default=False, help=HELP["format"])
+OUTPUT = typer.Option(None, "--output", "-o", help=HELP["output"])
+PLOT = typer.Option(None, "--plot", help=HELP["plot"])
 
 
 @app.command()
@@ -112,24 +148,22 @@ def analyze(
         None, metavar="DUMP", show_default=False, help=HELP["dump"]
     ),
     labels: str = typer.Option("labels", "--labels", help=HELP["labels"]),
-    lr: float = typer.Option(1e-3, "--lr", help=HELP["lr"]),
-    batch_size: int = typer.Option(64, "--batch-size", help=HELP["batch_size"]),
+    lr: float = LR,
+    batch_size: int = BATCH_SIZE,
     weight_amplitude: float = typer.Option(
         1.0, "--weight-amplitude", help=HELP["weight_amplitude"]
     ),
-    mode: Mode = typer.Option(Mode.resolution, "--mode", help=HELP["mode"]),
-    gamma: float = typer.Option(1e-8, "--gamma", help=HELP["gamma"]),
-    epsilon: float = typer.Option(0.0, "--epsilon", help=HELP["epsilon"]),
+    mode: Mode = MODE,
+    gamma: float = GAMMA,
+    epsilon: float = EPSILON,
     layers: Optional[List[str]] = typer.Option(
         None, "--layers", "-l", show_default=False, help=HELP["layers"]
     ),
-    nonfinite: Nonfinite = typer.Option(Nonfinite.raise_, "--nonfinite", help=HELP["nonfinite"]),
+    nonfinite: Nonfinite = NONFINITE,
     device: Device = typer.Option(Device.auto, "--device", help=HELP["device"]),
-    fmt: Optional[Format] = typer.Option(
-        None, "--format", "-f", show_default=False, help=HELP["format"]
-    ),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help=HELP["output"]),
-    plot: Optional[Path] = typer.Option(None, "--plot", help=HELP["plot"]),
+    fmt: Optional[Format] = FORMAT,
+    output: Optional[Path] = OUTPUT,
+    plot: Optional[Path] = PLOT,
     chunk_rows: Optional[int] = typer.Option(
         None, "--chunk-rows", min=1, show_default=False, help=HELP["chunk_rows"]
     ),
@@ -166,9 +200,10 @@ def analyze(
     with open_dump(dump, labels_key=labels) as opened:
         names = select_layers(opened.layer_names, layers, where=opened.path.name)
         infos = [opened.info(name) for name in names]
-        with _Progress(sum(info.n_samples for info in infos), len(infos)) as progress:
+        with _Progress(sum(info.n_samples for info in infos), "analysing") as progress:
             report = analyze_dump(
-                opened, layers=names, chunk_rows=chunk_rows, progress=progress, **options
+                opened, layers=names, chunk_rows=chunk_rows,
+                progress=_per_layer(progress, len(infos)), **options,
             )
         shapes = {info.name: info.shape[1:] for info in infos}
         n_labels = len(opened.labels)
@@ -230,6 +265,132 @@ def _demo_intro(dump: Path, n_samples: int) -> str:
         f"networks (He-normal weights, fixed seed): {_describe_networks(NETWORKS)}. "
         f"Activations saved to {dump}."
     )
+
+
+@app.command()
+def audit(
+    model: Path = typer.Argument(..., metavar="MODEL", show_default=False, help=HELP["model"]),
+    data: Path = typer.Option(..., "--data", "-d", show_default=False, help=HELP["data"]),
+    labels: str = typer.Option("labels", "--labels", help=HELP["labels"]),
+    samples: int = typer.Option(2048, "--samples", "-n", min=1, help=HELP["samples"]),
+    seed: int = typer.Option(0, "--seed", help=HELP["seed"]),
+    layers: Optional[List[str]] = typer.Option(
+        None, "--layers", "-l", show_default=False, help=HELP["audit_layers"]
+    ),
+    all_nodes: bool = typer.Option(False, "--all-nodes", help=HELP["all_nodes"]),
+    lr: float = LR,
+    batch_size: int = BATCH_SIZE,
+    weight_amplitude: Optional[float] = typer.Option(
+        None, "--weight-amplitude", show_default=False, help=HELP["model_weight_amplitude"]
+    ),
+    mode: Mode = MODE,
+    gamma: float = GAMMA,
+    epsilon: float = EPSILON,
+    nonfinite: Nonfinite = NONFINITE,
+    fmt: Optional[Format] = FORMAT,
+    output: Optional[Path] = OUTPUT,
+    plot: Optional[Path] = PLOT,
+    providers: Provider = typer.Option(Provider.cpu, "--providers", help=HELP["providers"]),
+    run_batch_size: Optional[int] = typer.Option(
+        None, "--run-batch-size", min=1, show_default=False, help=HELP["run_batch_size"]
+    ),
+) -> None:
+    """Find conflicting bundles inside an ONNX model, run by onnxruntime on your data.
+
+    MODEL is an ONNX file (ONNX only: export a PyTorch model with torch.onnx.export, a Keras
+    model with tf2onnx; a TorchScript file is not read). Every activation output (Relu,
+    Sigmoid, Tanh, Gelu, ...) except the logits is a layer; --all-nodes taps every node.
+    The model runs in batches on a seeded random subset of --samples samples of DATA, and each
+    layer's outputs are bundled as by analyze (w defaults to the model's largest weight).
+    """
+    options = _bundle_options(
+        mode=mode.value, learning_rate=lr, batch_size=batch_size,
+        weight_amplitude=1.0 if weight_amplitude is None else weight_amplitude,
+        gamma=gamma, epsilon=epsilon, nonfinite=nonfinite.value, device="auto",
+    )
+    out_format = _output_format(fmt, output)
+    import numpy as np
+
+    from .adapters import measure_bundles
+    from .adapters.onnx import OnnxAdapter, load_data, load_model
+    from .io import select_layers
+
+    onnx_model = load_model(model)
+    adapter = OnnxAdapter(all_nodes=all_nodes, providers=providers.value)
+    available = adapter.layer_names(onnx_model)
+    try:
+        names = select_layers(available, layers, where=model.name)
+    except BundleLabError as exc:
+        hint = "" if all_nodes else " (only activation outputs are layers; --all-nodes taps all)"
+        raise BundleLabError(f"{exc}{hint}") from None
+    inputs, targets = load_data(data, [i.name for i in onnx_model.inputs], labels_key=labels)
+    if samples < len(targets):
+        chosen = np.sort(np.random.default_rng(seed).choice(len(targets), samples, replace=False))
+        inputs = {name: array[chosen] for name, array in inputs.items()}
+        targets = targets[chosen]
+    onnx_model.feeds(inputs)  # a shape or type that does not fit fails before the first batch
+    taps = {tap.layer: tap for tap in adapter.layers(onnx_model)}
+    step = onnx_model.fixed_batch_size or run_batch_size or _run_batch_size(
+        onnx_model.sample_bytes([taps[name] for name in names])
+    )
+    tracked = _TrackedAdapter(adapter, n_samples=len(targets), batch_size=step)
+    with tracked.progress:
+        report = measure_bundles(
+            tracked, onnx_model, inputs, targets, layers=[_literal(name) for name in names],
+            batch_size=step, train_batch_size=options.pop("batch_size"),
+            weight_amplitude=weight_amplitude,
+            **{key: value for key, value in options.items() if key != "weight_amplitude"},
+        )
+    _emit_report(
+        report, out_format, output=output, plot=plot, bundle_ids=False,
+        title=f"{model.name} on {len(targets)} samples of {data.name}, "
+        f"{_describe_params(report.params)}",
+        shapes=tracked.shapes, intro=None,
+    )
+
+
+def _run_batch_size(sample_bytes: int | None) -> int:
+    if sample_bytes is None:
+        return 64
+    return int(max(1, min(256, AUDIT_BATCH_BYTES // max(sample_bytes, 1))))
+
+
+def _literal(name: str) -> str:
+    """A glob pattern that matches exactly ``name`` (tensor names may hold '[', '*', '?')."""
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+class _TrackedAdapter:
+    """An adapter that advances a progress bar per batch and notes each layer's shape."""
+
+    def __init__(self, adapter, *, n_samples: int, batch_size: int):
+        self.name = adapter.name
+        self._adapter = adapter
+        self.n_batches = -(-n_samples // batch_size)
+        self.progress = _Progress(n_samples, "running the model", note_every=NOTE_EVERY_S)
+        self.shapes: dict[str, tuple] = {}
+
+    def layer_names(self, model, inputs=None):
+        return self._adapter.layer_names(model, inputs)
+
+    def weight_amplitude(self, model):
+        return self._adapter.weight_amplitude(model)
+
+    def iter_layer_outputs(self, model, inputs, *, layers, batch_size):
+        batches = self._adapter.iter_layer_outputs(
+            model, inputs, layers=layers, batch_size=batch_size
+        )
+        for index in itertools.count(1):
+            if index <= self.n_batches:
+                self.progress.describe(f"batch {index}/{self.n_batches}")
+            item = next(batches, None)
+            if item is None:
+                return
+            outputs = item[0] if isinstance(item, tuple) else item
+            for layer, value in outputs.items():
+                self.shapes.setdefault(layer, tuple(value.shape[1:]))
+            yield item
+            self.progress.advance(int(next(iter(outputs.values())).shape[0]))
 
 
 @app.command()
@@ -419,13 +580,15 @@ def _note(message: str) -> None:
 
 class _Progress:
     """A rich progress bar over samples on a terminal's stderr; off a terminal, plain lines on
-    stderr once the run is long; never anything on stdout."""
+    stderr once the run is long (at most one per ``note_every`` seconds); never anything on
+    stdout."""
 
-    def __init__(self, total_rows: int, n_layers: int):
+    def __init__(self, total_rows: int, description: str, *, note_every: float = 0.0):
         self.total_rows = total_rows
-        self.n_layers = n_layers
-        self.layer_index = 0
+        self.description = description
+        self.note_every = note_every
         self.started = time.perf_counter()
+        self._noted = -float("inf")
         self._bar = None
 
     def __enter__(self) -> "_Progress":
@@ -439,23 +602,40 @@ class _Progress:
                 console=Console(stderr=True), transient=True,
             )
             self._bar.start()
-            self._task = self._bar.add_task("analysing", total=self.total_rows)
+            self._task = self._bar.add_task(self.description, total=self.total_rows)
         return self
 
-    def __call__(self, layer: str, n_rows: int) -> None:
-        if n_rows == 0:
-            self.layer_index += 1
-            description = f"layer {self.layer_index}/{self.n_layers} {layer}"
-            if self._bar is not None:
-                self._bar.update(self._task, description=description)
-            elif time.perf_counter() - self.started > LONG_RUN_S:
-                _note(f"bundlelab: {description} ({time.perf_counter() - self.started:.0f} s)")
-        elif self._bar is not None:
+    def describe(self, description: str) -> None:
+        """Say what runs now: on the bar, or as a line on stderr once the run is long."""
+        now = time.perf_counter()
+        if self._bar is not None:
+            self._bar.update(self._task, description=description)
+        elif now - self.started > LONG_RUN_S and now - self._noted >= self.note_every:
+            self._noted = now
+            _note(f"bundlelab: {description} ({now - self.started:.0f} s)")
+
+    def advance(self, n_rows: int) -> None:
+        if self._bar is not None:
             self._bar.advance(self._task, n_rows)
 
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+def _per_layer(progress: _Progress, n_layers: int):
+    """The ``progress(layer, n_rows)`` callback of :func:`bundlelab.io.analyze_dump`."""
+    started = 0
+
+    def on_rows(layer: str, n_rows: int) -> None:
+        nonlocal started
+        if n_rows == 0:
+            started += 1
+            progress.describe(f"layer {started}/{n_layers} {layer}")
+        else:
+            progress.advance(n_rows)
+
+    return on_rows
 
 
 # -- entry point ------------------------------------------------------------------------------

@@ -21,13 +21,9 @@ def test_tests_import_the_installed_package_and_the_mapped_adapters():
     assert bundlelab.adapters.__name__ == "bundlelab.adapters"
     from importlib.metadata import distribution
 
-    dist = distribution("bundlelab")
-    assert dist.version == bundlelab.__version__
-    # The distribution declares no top-level `adapters` package (the name belongs to another
-    # PyPI project); the built wheel is checked file by file below.
-    top_level = {str(f).split("/")[0] for f in dist.files or []}
-    assert "adapters" not in top_level
-
+    assert distribution("bundlelab").version == bundlelab.__version__
+    # What the distribution ships (no top-level `adapters`) is checked on the built wheel below;
+    # an editable install's metadata lists source files, not installed ones.
 
 @pytest.mark.slow
 def test_built_wheel_maps_adapters_into_bundlelab(tmp_path):
