@@ -34,14 +34,13 @@ Outputs may be numpy arrays, CuPy arrays or torch tensors (CUDA tensors stay on 
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
 import importlib
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from .._errors import BundleLabError
+from .._selection import select_layers
 
 
 @runtime_checkable
@@ -103,30 +102,6 @@ def get_adapter(name: str) -> ActivationAdapter:
     return adapter
 
 
-def select_layers(available: Sequence[str], requested: Iterable[str] | None) -> list[str]:
-    """Layers matching names or glob patterns, in the model's order.
-
-    Raises a one-line error naming close matches for a request that matches nothing.
-    """
-    if not available:
-        raise BundleLabError("the model has no tappable layer")
-    if requested is None:
-        return list(available)
-    chosen: set[str] = set()
-    for pattern in requested:
-        # An existing name is taken literally, even when it holds glob characters ("relu[0]").
-        if pattern in available:
-            hits = [pattern]
-        else:
-            hits = [name for name in available if fnmatch.fnmatchcase(name, pattern)]
-        if not hits:
-            close = difflib.get_close_matches(pattern, available, n=3)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise BundleLabError(f"no layer matches {pattern!r}{hint}")
-        chosen.update(hits)
-    return [name for name in available if name in chosen]
-
-
 def measure_bundles(
     adapter: ActivationAdapter,
     model: Any,
@@ -136,7 +111,7 @@ def measure_bundles(
     layers: Iterable[str] | None = None,
     batch_size: int = 256,
     train_batch_size: int = 64,
-    weight_amplitude: float | None = None,
+    weight_amplitude: float | Mapping[str, float] | None = None,
     progress: bool = False,
     **options,
 ):
@@ -156,8 +131,10 @@ def measure_bundles(
         Samples per forward pass; it only bounds memory.
     train_batch_size : int, default=64
         The *training* batch size |B| of the metric (``batch_size`` of :func:`find_bundles`).
-    weight_amplitude : float, optional
-        ``w``; default: ``adapter.weight_amplitude(model)`` (resolution mode).
+    weight_amplitude : float or mapping of layer name to float, optional
+        ``w``; default: ``adapter.weight_amplitude(model)`` (resolution mode).  A mapping gives
+        each layer its own ``w``; the report's params then say ``weight_amplitude='layer'`` and
+        hold the mapping as ``layer_weight_amplitudes``.
     progress : bool, default=False
         Show a progress bar over batches.
     **options
@@ -173,9 +150,15 @@ def measure_bundles(
     names = select_layers(adapter.layer_names(model, inputs), layers)
     if weight_amplitude is None:
         weight_amplitude = float(adapter.weight_amplitude(model))
+    per_layer = isinstance(weight_amplitude, Mapping)
+    if per_layer:
+        missing = [name for name in names if name not in weight_amplitude]
+        if missing:
+            raise BundleLabError(f"weight_amplitude has no value for layer {missing[0]!r}")
     streams = {
         name: BundleStream(
-            layer=name, weight_amplitude=weight_amplitude, batch_size=train_batch_size, **options
+            layer=name, batch_size=train_batch_size, **options,
+            weight_amplitude=weight_amplitude[name] if per_layer else weight_amplitude,
         )
         for name in names
     }
@@ -206,7 +189,12 @@ def measure_bundles(
     if not seen:
         raise BundleLabError("the data yielded no samples")
     results = [streams[name].result() for name in names]
-    params = next(iter(streams.values())).options.params() if streams else {}
+    params = next(iter(streams.values())).options.params()
+    if per_layer:
+        params.update(
+            weight_amplitude="layer",
+            layer_weight_amplitudes={name: float(weight_amplitude[name]) for name in names},
+        )
     return BundleReport(results, params)
 
 

@@ -26,7 +26,6 @@ from .._errors import BundleLabError
 from .._validation import check_choice, check_positive_int
 from ..bundles import BundleOptions
 from ..report import BundleReport
-from ..streaming import BundleStream
 from ..tracker import BundleTracker
 from . import measure_bundles, select_layers
 
@@ -405,42 +404,16 @@ def _measure(
     if learning_rate is not None:
         options = {**options, "learning_rate": learning_rate}
     train_batch_size = FIT_BATCH_SIZE if train_batch_size is None else train_batch_size
-    if weight_amplitude != "layer":
-        return measure_bundles(
-            adapter, model, inputs, labels,
-            batch_size=batch_size, train_batch_size=train_batch_size, progress=progress,
-            weight_amplitude=None if weight_amplitude == "model" else weight_amplitude,
-            **options,
-        )
-    # One w per layer: measure_bundles takes one w for all, so stream here (same single pass).
-    graph = _graph(model, inputs)
-    taps = _select(_hidden_taps(graph), adapter.layers, graph.name)
-    amplitudes = _layer_weight_amplitudes(taps, adapter.weight_amplitude(model))
-    streams = {
-        tap.name: BundleStream(
-            layer=tap.name, weight_amplitude=amplitudes[tap.name], batch_size=train_batch_size,
-            **options,
-        )
-        for tap in taps
-    }
-    names = list(streams)
-    batches = adapter.iter_layer_outputs(model, inputs, layers=names, batch_size=batch_size)
-    if progress:
-        from rich.progress import track
-
-        batches = track(batches, description="measuring bundles", transient=True)
-    seen = 0
-    for outputs in batches:
-        size = int(outputs[names[0]].shape[0])
-        for name in names:
-            streams[name].update(outputs[name], labels[seen:seen + size])
-        seen += size
-    params = {
-        **streams[names[0]].options.params(),
-        "weight_amplitude": "layer",
-        "layer_weight_amplitudes": amplitudes,
-    }
-    return BundleReport([streams[name].result() for name in names], params)
+    if weight_amplitude == "layer":
+        graph = _graph(model, inputs)
+        taps = _select(_hidden_taps(graph), adapter.layers, graph.name)
+        weight_amplitude = _layer_weight_amplitudes(taps, adapter.weight_amplitude(model))
+    return measure_bundles(
+        adapter, model, inputs, labels,
+        batch_size=batch_size, train_batch_size=train_batch_size, progress=progress,
+        weight_amplitude=None if weight_amplitude == "model" else weight_amplitude,
+        **options,
+    )
 
 
 def audit(

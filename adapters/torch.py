@@ -76,7 +76,6 @@ except ImportError:  # pragma: no cover - depends on the environment
 from .._validation import check_positive_float, check_positive_int
 from ..bundles import BundleOptions
 from ..report import BundleReport
-from ..streaming import BundleStream
 from ..tracker import BundleTracker
 from . import measure_bundles, select_layers
 
@@ -396,14 +395,8 @@ def _measure(
     options = dict(options, mode=mode, learning_rate=learning_rate)
     if weight_amplitude == "layer":
         taps = adapter.trace(model, subset).select(layers)
-        amplitudes = adapter.layer_weight_amplitudes(model, taps)
-        report = _measure_per_layer(
-            adapter, model, subset, amplitudes, batch_size=batch_size,
-            train_batch_size=train_batch_size, progress=progress, options=options,
-        )
-        report.params.update(weight_amplitude="layer", layer_weight_amplitudes=amplitudes)
-        return report
-    if weight_amplitude == "model":
+        w = adapter.layer_weight_amplitudes(model, taps)
+    elif weight_amplitude == "model":
         w = adapter.weight_amplitude(model)
     elif isinstance(weight_amplitude, str):
         raise BundleLabError(
@@ -416,26 +409,6 @@ def _measure(
         adapter, model, subset, batch_size=batch_size, train_batch_size=train_batch_size,
         weight_amplitude=w, progress=progress, **options,
     )
-
-
-def _measure_per_layer(
-    adapter, model, subset, amplitudes, *, batch_size, train_batch_size, progress, options
-) -> BundleReport:
-    """:func:`measure_bundles` with one ``w`` per layer (the subset always carries labels)."""
-    streams = {
-        name: BundleStream(layer=name, weight_amplitude=w, batch_size=train_batch_size, **options)
-        for name, w in amplitudes.items()
-    }
-    batches = adapter.iter_layer_outputs(model, subset, layers=list(streams), batch_size=batch_size)
-    if progress:
-        from rich.progress import track
-
-        batches = track(batches, description="measuring bundles", transient=True)
-    for outputs, labels in batches:
-        for name, stream in streams.items():
-            stream.update(outputs[name], labels)
-    results = [stream.result() for stream in streams.values()]
-    return BundleReport(results, next(iter(streams.values())).options.params())
 
 
 #: keywords passed on to the core (see :func:`bundlelab.find_bundles`)

@@ -419,7 +419,7 @@ def test_errors_are_one_line(digits):
         audit(subclassed, x, y)
     assert "bundlelab.analyze_layers" in _one_line(e)
 
-    with pytest.raises(BundleLabError, match=r"no layer matches 'fc3'; did you mean 'fc.'") as e:
+    with pytest.raises(BundleLabError, match=r"has no layer 'fc3': did you mean 'fc.'") as e:
         audit(model, x, y, layers=["fc1", "fc3"])
     _one_line(e)
     with pytest.raises(BundleLabError, match=r"labels of shape \(99,\) for 100 input samples") as e:

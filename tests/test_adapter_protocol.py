@@ -83,7 +83,7 @@ def test_layer_selection_by_name_and_glob_with_close_matches():
     names = ["stem", "block1.relu", "block2.relu", "block10.relu"]
     assert select_layers(names, ["block1*.relu"]) == ["block1.relu", "block10.relu"]
     assert select_layers(names, ["block2.relu", "stem"]) == ["stem", "block2.relu"]
-    with pytest.raises(BundleLabError, match=r"no layer matches 'block3\.relu'; did you mean"):
+    with pytest.raises(BundleLabError, match=r"the model has no layer 'block3\.relu': did you mean"):
         select_layers(names, ["block3.relu"])
     with pytest.raises(BundleLabError, match="no tappable layer"):
         select_layers([], None)

@@ -497,8 +497,8 @@ def test_lightning_callback_exists_only_with_lightning(monkeypatch):
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda m, x, y: audit(m, x, y, layers=["fc"]), "matches 'fc'; did you mean 'fc1'"),
-        (lambda m, x, y: audit(m, x, y, layers=["act:3"]), r"no layer matches 'act:3'"),
+        (lambda m, x, y: audit(m, x, y, layers=["fc"]), "has no layer 'fc': did you mean 'fc1'"),
+        (lambda m, x, y: audit(m, x, y, layers=["act:3"]), r"has no layer 'act:3'"),
         (lambda m, x, y: audit(m, x, y, layers=[nn.Conv2d]), "no layer of type Conv2d"),
         (lambda m, x, y: audit(m, x, y, layers=[3]), "'layers' parameter must hold"),
         (lambda m, x, y: audit(nn.Linear(6, 3), x, y), "the model has no tappable layer"),

@@ -14,20 +14,19 @@ bundles of :func:`bundlelab.find_bundles`; streamed layers trust 128-bit row fin
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import os
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 from .._arrays import check_float_dtype
 from .._errors import BundleLabError
 from ..bundles import BundleOptions, find_bundles
 from ..report import BundleReport
 from ..streaming import BundleStream
-from .dumps import Dump, LayerInfo, check_readable, open_dump, unknown_layer_error
+from .._selection import select_layers
+from .dumps import Dump, LayerInfo, check_readable, open_dump
 
 GIB = 1 << 30
 MAX_CHUNK_BYTES = 256 << 20
-_GLOB_CHARS = set("*?[")
 
 
 def default_memory_budget() -> int:
@@ -37,42 +36,6 @@ def default_memory_budget() -> int:
     except (AttributeError, ValueError, OSError):  # not POSIX
         total = 8 * GIB
     return int(max(64 << 20, min(total // 4, 4 * GIB)))
-
-
-def select_layers(
-    names: Sequence[str], patterns: Iterable[str] | None, *, where: str = "the dump"
-) -> list[str]:
-    """The layers matching any of ``patterns`` (names or glob patterns), in dump order.
-
-    A comma inside a pattern separates several patterns (``"dense1,block*"``).  An exact layer
-    name always matches itself, even if it contains glob characters.  A plain name that is not a
-    layer, or a glob that matches none, is an error naming the closest layers.
-    """
-    if not patterns:
-        return list(names)
-    wanted: set[str] = set()
-    patterns = [str(item) for item in patterns]
-    for pattern in (p.strip() for item in patterns for p in _split(item, names)):
-        if not pattern:
-            continue
-        if pattern in names:  # a name like 'features[3]' is not a glob
-            wanted.add(pattern)
-        elif _GLOB_CHARS & set(pattern):
-            matched = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
-            if not matched:
-                raise BundleLabError(
-                    f"the pattern {pattern!r} matches no layer of {where}: "
-                    f"layers: {', '.join(repr(n) for n in names[:8])}"
-                    + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
-                )
-            wanted.update(matched)
-        else:
-            raise unknown_layer_error(pattern, list(names), where=where)
-    return [name for name in names if name in wanted]
-
-
-def _split(item: str, names: Sequence[str]) -> list[str]:
-    return [item] if item in names else item.split(",")
 
 
 def plan_chunk_rows(info: LayerInfo, *, chunk_rows: int | None, memory_budget: int) -> int | None:

@@ -34,6 +34,7 @@ import numpy as np
 from .._arrays import to_host
 from .._atomic import atomic_open
 from .._errors import BundleLabError
+from .._selection import short_list, unknown_layer_error
 
 #: file extension (or "directory") -> (module, class) of its reader
 READERS = {
@@ -351,26 +352,11 @@ def check_readable(info: LayerInfo, where: str) -> None:
         )
 
 
-def _short_list(names: list[str], limit: int = 12) -> str:
-    shown = ", ".join(repr(n) for n in names[:limit])
-    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
-
-
-def unknown_layer_error(name: str, names: list[str], *, where: str) -> BundleLabError:
-    """'no layer X' with the closest names, as one line."""
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
-    if close:
-        hint = "did you mean " + " or ".join(repr(c) for c in close) + "?"
-    else:
-        hint = f"layers: {_short_list(names)}"
-    return BundleLabError(f"{where} has no layer {name!r}: {hint}")
-
-
 def missing_labels_error(where: str, labels_key: str, names: list[str]) -> BundleLabError:
     close = difflib.get_close_matches(labels_key, names, n=1, cutoff=0.6)
     guess = close[0] if close else "NAME"
     return BundleLabError(
-        f"{where} has no labels array {labels_key!r}; it holds {_short_list(names)}: name the "
+        f"{where} has no labels array {labels_key!r}; it holds {short_list(names)}: name the "
         f"array with the class labels with --labels {guess} (Python: labels_key={guess!r})"
     )
 
