@@ -236,6 +236,20 @@ def _within(rows, j, other, probes, scale, gamma):
 # -- kernels ----------------------------------------------------------------------------------
 
 
+@_device_fn
+def _store_fingerprint(sum_a, sum_b, bad, slot, lane, lanes, valid, row, lane_a, lane_b, flag,
+                       out, nonfinite):
+    """Reduce the row group's partial lane sums and flags; its first thread writes the row."""
+    sum_a[slot] = lane_a
+    sum_b[slot] = lane_b
+    bad[slot] = flag
+    _reduce_row_group(sum_a, sum_b, bad, slot, lane, lanes)
+    if valid and lane == 0:
+        out[row, 0] = sum_a[slot]
+        out[row, 1] = sum_b[slot]
+        nonfinite[row] = bad[slot] != 0
+
+
 @cuda.jit(cache=True)
 def _fingerprints_native(rows, w, alpha, invb, out, nonfinite):
     """Row-group kernel: fingerprint of ``t = w - (a * alpha) * invb`` in the rows' dtype."""
@@ -255,14 +269,8 @@ def _fingerprints_native(rows, w, alpha, invb, out, nonfinite):
             pos = np.uint64(m)
             lane_a += term_a(x, pos)
             lane_b += term_b(x, pos)
-    sum_a[slot] = lane_a
-    sum_b[slot] = lane_b
-    bad[slot] = flag
-    _reduce_row_group(sum_a, sum_b, bad, slot, lane, lanes)
-    if valid and lane == 0:
-        out[row, 0] = sum_a[slot]
-        out[row, 1] = sum_b[slot]
-        nonfinite[row] = bad[slot] != 0
+    _store_fingerprint(sum_a, sum_b, bad, slot, lane, lanes, valid, row, lane_a, lane_b, flag,
+                       out, nonfinite)
 
 
 @cuda.jit(cache=True)
@@ -283,14 +291,8 @@ def _fingerprints_emulated(rows, w, alpha, invb, precision, emin, max_finite, ou
             pos = np.uint64(m)
             lane_a += term_a(x, pos)
             lane_b += term_b(x, pos)
-    sum_a[slot] = lane_a
-    sum_b[slot] = lane_b
-    bad[slot] = flag
-    _reduce_row_group(sum_a, sum_b, bad, slot, lane, lanes)
-    if valid and lane == 0:
-        out[row, 0] = sum_a[slot]
-        out[row, 1] = sum_b[slot]
-        nonfinite[row] = bad[slot] != 0
+    _store_fingerprint(sum_a, sum_b, bad, slot, lane, lanes, valid, row, lane_a, lane_b, flag,
+                       out, nonfinite)
 
 
 @cuda.jit(cache=True)
