@@ -1,0 +1,106 @@
+"""Reading an ONNX graph: float types, inputs, shape inference, node order, every tensor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import onnx
+
+#: ONNX element types bundles are computed on; others (int, bool, bfloat16) are never layers
+FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.DOUBLE: "float64",
+    onnx.TensorProto.FLOAT16: "float16",
+}
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """A graph input: name, dims (int, symbolic name, or None when unknown) and numpy dtype."""
+
+    name: str
+    dims: tuple[int | str | None, ...] | None
+    dtype: np.dtype | None
+
+    def describe(self) -> str:
+        if self.dims is None:
+            return f"{self.name!r} (any shape)"
+        dims = ", ".join("N" if d is None else str(d) for d in self.dims)
+        dtype = f" and type {self.dtype}" if self.dtype else ""
+        return f"{self.name!r} of shape ({dims}){dtype}"
+
+
+def model_input(value: Any) -> ModelInput:
+    """The :class:`ModelInput` a graph input (ValueInfoProto) describes."""
+    tensor_type = value.type.tensor_type if value.type.HasField("tensor_type") else None
+    if tensor_type is None:
+        return ModelInput(value.name, None, None)
+    dtype = None
+    if tensor_type.elem_type:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+    return ModelInput(value.name, _dims(tensor_type), dtype)
+
+
+def _dims(tensor_type: Any) -> tuple[int | str | None, ...] | None:
+    if not tensor_type.HasField("shape"):
+        return None
+    return tuple(
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+        for d in tensor_type.shape.dim
+    )
+
+
+def inferred_types(proto: Any) -> dict[str, tuple[int | None, tuple | None]]:
+    """tensor -> (elem type, dims) from onnx's shape inference; gaps where it cannot tell."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+    except Exception:  # noqa: BLE001 - inference is a hint: onnxruntime types the taps anyway
+        inferred = proto
+    graph = inferred.graph
+    types = {}
+    for value in [*graph.value_info, *graph.input, *graph.output]:
+        if value.type.HasField("tensor_type"):
+            tensor_type = value.type.tensor_type
+            types[value.name] = (tensor_type.elem_type or None, _dims(tensor_type))
+        elif value.type.WhichOneof("value") is not None:
+            types[value.name] = (-1, None)  # a sequence, map or optional: never a layer
+    return types
+
+
+def topological_order(graph: Any, known: list[str]) -> list:
+    """Nodes in a topological order that keeps the file's order where it is one already."""
+    available = set(known) | {""}
+    pending = list(graph.node)
+    order = []
+    while pending:
+        remaining = []
+        for node in pending:
+            if all(name in available for name in node.input):
+                order.append(node)
+                available.update(node.output)
+            else:
+                remaining.append(node)
+        if len(remaining) == len(pending):  # inputs from nowhere: keep the file's order
+            order.extend(remaining)
+            break
+        pending = remaining
+    return order
+
+
+def all_tensors(graph: Any) -> Iterator[Any]:
+    """Every TensorProto of a graph: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from all_tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from all_tensors(subgraph)

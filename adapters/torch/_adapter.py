@@ -1,0 +1,109 @@
+"""TorchAdapter: the ActivationAdapter for ``torch.nn.Module`` models, and weight amplitudes."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..._errors import BundleLabError
+from ..._validation import check_positive_int
+from ._data import _as_data
+from ._forward import _check_model, _device, _plan, _tap_outputs, _to_device
+from ._tracing import Tap, Trace, trace_model
+
+
+class TorchAdapter:
+    """The :class:`bundlelab.adapters.ActivationAdapter` for ``torch.nn.Module`` models.
+
+    Parameters
+    ----------
+    layers : list of str or nn.Module types, optional
+        Module names, glob patterns or module types to tap; default: every activation call.
+    device : torch.device or str, optional
+        Where the inputs are sent; default: the device of the model's parameters.
+
+    Examples
+    --------
+    >>> from bundlelab.adapters import get_adapter, measure_bundles
+    >>> report = measure_bundles(get_adapter("torch"), model, x, labels)  # doctest: +SKIP
+    """
+
+    name = "torch"
+
+    def __init__(self, *, layers: Any = None, device: Any = None):
+        self.layers = layers
+        self.device = device
+
+    def trace(self, model: nn.Module, inputs: Any) -> Trace:
+        """The tracing pass (see :func:`trace_model`)."""
+        return trace_model(model, inputs, device=self.device)
+
+    def layer_names(self, model: nn.Module, inputs: Any = None) -> list[str]:
+        """Names of the selected taps, in execution order (a tracing pass on ``inputs``)."""
+        if inputs is None:
+            raise BundleLabError(
+                "the torch adapter finds a model's layers by running it: pass inputs (two "
+                "samples are enough)"
+            )
+        return [tap.name for tap in self.trace(model, inputs).select(self.layers)]
+
+    def iter_layer_outputs(
+        self, model: nn.Module, inputs: Any, *, layers: Sequence[str], batch_size: int
+    ) -> Iterator[dict[str, torch.Tensor] | tuple[dict[str, torch.Tensor], np.ndarray]]:
+        """Per batch, the tapped outputs (and the batch's labels when the data carries them).
+
+        A ``DataLoader`` is iterated as it is (``batch_size`` does not apply to it).
+        """
+        _check_model(model)
+        data = _as_data(inputs, model)
+        device = _device(model, self.device)
+        plan = _plan(model, layers)
+        for x, y in data.batches(check_positive_int("batch_size", batch_size)):
+            outputs = _tap_outputs(model, _to_device(x, device), plan)
+            missing = [name for name in layers if name not in outputs]
+            if missing:
+                raise BundleLabError(
+                    f"layer {missing[0]!r} was not called on a batch although the tracing pass "
+                    "called it (input-dependent control flow); choose layers=[...] every "
+                    "batch reaches"
+                )
+            outputs = {name: outputs[name] for name in layers}
+            yield outputs if y is None else (outputs, y)
+
+    def weight_amplitude(self, model: nn.Module) -> float:
+        """``w``: max ``|w|`` over the model's trainable parameters (all if none is trainable)."""
+        _check_model(model)
+        return _amplitude(model.parameters(), "the model")
+
+    def layer_weight_amplitudes(self, model: nn.Module, taps: Sequence[Tap]) -> dict[str, float]:
+        """Per-layer ``w`` of each tap (see the module docstring)."""
+        modules = dict(model.named_modules())
+        model_w = None
+        amplitudes = {}
+        for tap in taps:
+            if tap.source is None:
+                model_w = self.weight_amplitude(model) if model_w is None else model_w
+                amplitudes[tap.name] = model_w
+            else:
+                parameters = modules[tap.source].parameters()
+                amplitudes[tap.name] = _amplitude(parameters, repr(tap.source))
+        return amplitudes
+
+
+def _amplitude(parameters: Any, owner: str) -> float:
+    """max |w| over the trainable parameters (all of them if none is trainable); 0 if none."""
+    parameters = [p for p in parameters if p.is_floating_point() and p.numel()]
+    chosen = [p for p in parameters if p.requires_grad] or parameters
+    if not chosen:
+        return 0.0
+    value = max(float(p.detach().abs().max()) for p in chosen)
+    if not math.isfinite(value):
+        raise BundleLabError(
+            f"{owner} has NaN or Inf weights (did training diverge?), so w is undefined; pass "
+            "weight_amplitude=<float>"
+        )
+    return value

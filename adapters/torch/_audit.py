@@ -1,0 +1,159 @@
+"""audit: the bundles of a model on a subset of its training set, in one call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..._errors import BundleLabError
+from ..._validation import check_positive_float, check_positive_int
+from ...bundles import BundleOptions
+from ...report import BundleReport
+from .. import measure_bundles
+from ._adapter import TorchAdapter
+from ._data import _training_subset
+from ._forward import _check_model
+
+_DEFAULTS = BundleOptions()
+
+
+def audit(
+    model: nn.Module,
+    data: Any,
+    labels: Any = None,
+    *,
+    layers: Any = None,
+    n_samples: int | None = 2048,
+    seed: int = 0,
+    optimizer: Any = None,
+    train_loader: Any = None,
+    learning_rate: float | None = None,
+    train_batch_size: int | None = None,
+    weight_amplitude: str | float = "model",
+    mode: str = "resolution",
+    batch_size: int = 256,
+    device: Any = None,
+    progress: bool = False,
+    **options,
+) -> BundleReport:
+    """Conflicting bundles of a PyTorch model's hidden layers on a subset of its training set.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Left as it was: eval mode and no gradients during the measurement, each module's
+        training flag restored afterwards.
+    data : tensor, array, (inputs, labels), Dataset or DataLoader
+        The TRAINING set (see the module docstring).
+    labels : array-like of shape (n_samples,), optional
+        Labels for a tensor or array ``data``; datasets and loaders carry their own.
+    layers : list of str or nn.Module types, optional
+        Module names (every call of the module), glob patterns, or module types; default: the
+        output of every activation module call, in execution order, never the logits.
+    n_samples : int or None, default=2048
+        Training samples measured (chosen with ``seed``); None or more than there are: all.
+    seed : int, default=0
+    optimizer : torch.optim.Optimizer, optional
+        The training optimizer; its ``param_groups[0]["lr"]`` is the learning rate α.
+    train_loader : DataLoader, optional
+        The training loader; its ``batch_size`` is |B|.
+    learning_rate, train_batch_size : optional
+        α and |B| given directly (they win over ``optimizer`` and ``train_loader``); default
+        1e-3 and 64.
+    weight_amplitude : 'model', 'layer' or float, default='model'
+        ``w`` (see the module docstring).  With 'layer', ``report.params`` holds
+        ``weight_amplitude='layer'`` and ``layer_weight_amplitudes`` (name -> w), as the Keras
+        adapter writes them.
+    mode : {'resolution', 'threshold'}, default='resolution'
+    batch_size : int, default=256
+        Samples per forward pass; it only bounds memory.
+    device : torch.device or str, optional
+        Where the inputs are sent; default: the device of the model's parameters.
+    progress : bool, default=False
+        Show a progress bar over batches.
+    **options
+        gamma, epsilon, nonfinite: see :func:`bundlelab.find_bundles`.
+
+    Returns
+    -------
+    bundlelab.BundleReport
+    """
+    _check_model(model)
+    subset = _training_subset(data, labels, n_samples=n_samples, seed=seed, model=model)
+    return _measure(
+        model, subset, layers=layers, optimizer=optimizer, train_loader=train_loader,
+        learning_rate=learning_rate, train_batch_size=train_batch_size,
+        weight_amplitude=weight_amplitude, mode=mode, batch_size=batch_size, device=device,
+        progress=progress, options=options,
+    )
+
+
+def _measure(
+    model, subset, *, layers, optimizer, train_loader, learning_rate, train_batch_size,
+    weight_amplitude, mode, batch_size, device, progress, options,
+) -> BundleReport:
+    _check_options(options, _CORE_OPTIONS, "audit")
+    learning_rate, train_batch_size = _training_hyperparameters(
+        optimizer, train_loader, learning_rate, train_batch_size
+    )
+    batch_size = check_positive_int("batch_size", batch_size)
+    adapter = TorchAdapter(layers=layers, device=device)
+    options = dict(options, mode=mode, learning_rate=learning_rate)
+    if weight_amplitude == "layer":
+        taps = adapter.trace(model, subset).select(layers)
+        w = adapter.layer_weight_amplitudes(model, taps)
+    elif weight_amplitude == "model":
+        w = adapter.weight_amplitude(model)
+    elif isinstance(weight_amplitude, str):
+        raise BundleLabError(
+            "The 'weight_amplitude' parameter must be 'model', 'layer' or a float in [0, inf). "
+            f"Got {weight_amplitude!r} instead."
+        )
+    else:
+        w = check_positive_float("weight_amplitude", weight_amplitude, allow_zero=True)
+    return measure_bundles(
+        adapter, model, subset, batch_size=batch_size, train_batch_size=train_batch_size,
+        weight_amplitude=w, progress=progress, **options,
+    )
+
+
+#: keywords passed on to the core (see :func:`bundlelab.find_bundles`)
+_CORE_OPTIONS = frozenset({"gamma", "epsilon", "nonfinite"})
+
+
+def _check_options(options: dict, allowed: frozenset, where: str) -> None:
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise BundleLabError(
+            f"{where}() got unexpected keyword(s) {', '.join(unknown)}; accepted: "
+            f"{', '.join(sorted(allowed))}"
+        )
+
+
+def _training_hyperparameters(optimizer, train_loader, learning_rate, train_batch_size):
+    """α and |B|: given, else read from the optimizer and the loader, else the defaults."""
+    if learning_rate is None and optimizer is not None:
+        groups = getattr(optimizer, "param_groups", None)
+        if not groups or "lr" not in groups[0]:
+            raise BundleLabError(
+                f"cannot read the learning rate of {type(optimizer).__name__} (no "
+                "param_groups[0]['lr']); pass learning_rate=..."
+            )
+        learning_rate = float(groups[0]["lr"])
+    if train_batch_size is None and train_loader is not None:
+        train_batch_size = getattr(train_loader, "batch_size", None)
+        if train_batch_size is None:
+            sampler = getattr(train_loader, "batch_sampler", None)
+            train_batch_size = getattr(sampler, "batch_size", None)
+        if train_batch_size is None:
+            raise BundleLabError(
+                f"cannot read the training batch size of {type(train_loader).__name__} (no "
+                "batch_size, e.g. a custom batch_sampler); pass train_batch_size=..."
+            )
+    learning_rate = _DEFAULTS.learning_rate if learning_rate is None else learning_rate
+    train_batch_size = _DEFAULTS.batch_size if train_batch_size is None else train_batch_size
+    return (
+        check_positive_float("learning_rate", learning_rate),
+        check_positive_int("train_batch_size", train_batch_size),
+    )

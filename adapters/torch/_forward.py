@@ -1,0 +1,137 @@
+"""Forward passes: eval mode without gradients, temporary hooks, tapped outputs."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..._errors import BundleLabError
+
+
+def _check_model(model: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise BundleLabError(f"expected a torch.nn.Module, got {type(model).__name__}")
+
+
+def _device(model: nn.Module, device: Any) -> torch.device:
+    if device is not None:
+        try:
+            return torch.device(device)
+        except (RuntimeError, TypeError):
+            raise BundleLabError(
+                f"The 'device' parameter must be a torch device such as 'cpu' or 'cuda:0'. "
+                f"Got {device!r} instead."
+            ) from None
+    tensor = next(model.parameters(), None)
+    if tensor is None:
+        tensor = next(model.buffers(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def _to_device(x: Any, device: torch.device) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, dict):
+        return {key: _to_device(value, device) for key, value in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to_device(value, device) for value in x)
+    return x
+
+
+def _call(model: nn.Module, x: Any) -> Any:
+    if isinstance(x, dict):
+        return model(**x)
+    if isinstance(x, (tuple, list)):
+        return model(*x)
+    return model(x)
+
+
+@contextlib.contextmanager
+def _inference(model: nn.Module):
+    """Eval mode and no gradients for one forward pass; every module's own flag restored."""
+    flags = [(module, module.training) for module in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+@contextlib.contextmanager
+def _hooks(modules: dict, before: Callable | None, after: Callable):
+    handles = []
+    try:
+        for module in modules:
+            if before is not None:
+                handles.append(module.register_forward_pre_hook(before))
+            handles.append(module.register_forward_hook(after))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _plan(model: nn.Module, layers: Sequence[str]) -> dict[nn.Module, tuple[str, dict[int, str]]]:
+    """module -> (its name, {call number: tap name}) for the hooks of a measuring pass."""
+    modules = dict(model.named_modules())
+    plan: dict[nn.Module, tuple[str, dict[int, str]]] = {}
+    for tap in layers:
+        name, call = tap, 1
+        if tap not in modules:
+            prefix, _, suffix = tap.rpartition(":")
+            if not (suffix.isdigit() and prefix in modules):
+                close = difflib.get_close_matches(tap, [n for n in modules if n], n=3)
+                hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+                raise BundleLabError(f"the model has no module call named {tap!r}{hint}")
+            name, call = prefix, int(suffix)
+        plan.setdefault(modules[name], (name, {}))[1][call] = tap
+    return plan
+
+
+def _tap_outputs(model: nn.Module, x: Any, plan: dict) -> dict[str, torch.Tensor]:
+    outputs: dict[str, torch.Tensor] = {}
+    calls: dict[nn.Module, int] = {}
+
+    def after(module, args, output):
+        calls[module] = call = calls.get(module, 0) + 1
+        tap = plan[module][1].get(call)
+        if tap is None:
+            return
+        if not isinstance(output, torch.Tensor):
+            raise BundleLabError(f"layer {tap!r} outputs {_describe(output)}, not a tensor")
+        # a clone: later in-place ops of the forward pass must not change what we measure
+        outputs[tap] = output.detach().clone(memory_format=torch.contiguous_format)
+
+    with _hooks(plan, None, after), _inference(model):
+        _call(model, x)
+    return outputs
+
+
+def _shapes(value: Any) -> tuple:
+    return tuple(tuple(t.shape) for t in _tensors(value))
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in _tensors(item)]
+    return []
+
+
+def _storage(tensor: torch.Tensor) -> tuple[int, str]:
+    return tensor.untyped_storage().data_ptr(), str(tensor.device)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {str(value.dtype).removeprefix('torch.')} tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"

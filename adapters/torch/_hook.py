@@ -1,0 +1,155 @@
+"""BundleHook: record the bundles during a plain training loop, optionally to TensorBoard."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from torch import nn
+
+from ..._errors import BundleLabError
+from ..._validation import check_positive_int
+from ...bundles import BundleOptions
+from ...report import BundleReport
+from ...tracker import BundleTracker
+from ._audit import _CORE_OPTIONS, _check_options, _measure
+from ._data import _training_subset
+from ._forward import _check_model
+
+
+class BundleHook:
+    """Record ``H^l(t)`` and the number of bundles per layer during a plain PyTorch loop.
+
+    Call it once per epoch (``hook(epoch)``) or per optimisation step
+    (``hook.step(global_step)``); it measures when the step is a multiple of ``every``, always
+    on the same training samples (chosen once, at construction).  The learning rate is read
+    from ``optimizer`` at every measurement, so schedules are followed.
+
+    Parameters
+    ----------
+    model, data, labels
+        As for :func:`audit`; the samples are drawn once, here.
+    every : int, default=1
+        Measure at steps 0, every, 2 * every, ...
+    layers, n_samples, seed, optimizer, train_loader, learning_rate, train_batch_size,
+    weight_amplitude, mode, batch_size, device
+        As for :func:`audit`.
+    tensorboard : SummaryWriter or path, optional
+        Also write the scalars ``{tag}/entropy/{layer}`` and ``{tag}/n_bundles/{layer}``
+        (``:`` in a layer name becomes ``_``): to a writer (any object with ``add_scalar``),
+        or to a new ``torch.utils.tensorboard.SummaryWriter`` on this log directory (needs
+        tensorboard).
+    tag : str, default='bundles'
+    **options
+        gamma, epsilon, nonfinite: see :func:`bundlelab.find_bundles`.
+
+    Attributes
+    ----------
+    tracker : bundlelab.BundleTracker
+        The history: ``time_averaged()`` is the paper's ``H^l``; ``to_json``/``to_csv`` export.
+
+    Examples
+    --------
+    >>> hook = BundleHook(model, x, y, optimizer=opt, train_loader=loader)  # doctest: +SKIP
+    >>> for epoch in range(epochs):                                      # doctest: +SKIP
+    ...     train_one_epoch(model, loader, opt)
+    ...     hook(epoch)
+    >>> hook.tracker.time_averaged()                                     # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Any,
+        labels: Any = None,
+        *,
+        every: int = 1,
+        layers: Any = None,
+        n_samples: int | None = 2048,
+        seed: int = 0,
+        optimizer: Any = None,
+        train_loader: Any = None,
+        learning_rate: float | None = None,
+        train_batch_size: int | None = None,
+        weight_amplitude: str | float = "model",
+        mode: str = "resolution",
+        batch_size: int = 256,
+        device: Any = None,
+        tensorboard: Any = None,
+        tag: str = "bundles",
+        **options,
+    ):
+        _check_model(model)
+        _check_options(options, _CORE_OPTIONS, "BundleHook")
+        BundleOptions(mode=mode, **options)  # bad options fail here, not epochs later
+        self.model = model
+        self.every = check_positive_int("every", every)
+        self.tag = str(tag)
+        self._measure_options = dict(
+            layers=layers, optimizer=optimizer, train_loader=train_loader,
+            learning_rate=learning_rate, train_batch_size=train_batch_size,
+            weight_amplitude=weight_amplitude, mode=mode,
+            batch_size=check_positive_int("batch_size", batch_size), device=device,
+            progress=False, options=options,
+        )
+        self._subset = _training_subset(data, labels, n_samples=n_samples, seed=seed, model=model)
+        self.tracker = BundleTracker()
+        self._writer, self._owns_writer = _summary_writer(tensorboard)
+
+    def __call__(self, epoch: int) -> BundleReport | None:
+        """Measure at the end of ``epoch`` when it is a multiple of ``every``."""
+        return self.step(epoch)
+
+    def step(self, global_step: int) -> BundleReport | None:
+        """Measure at ``global_step`` when it is a multiple of ``every``; the report or None."""
+        if int(global_step) % self.every:
+            return None
+        return self.record(global_step)
+
+    def record(self, step: int) -> BundleReport:
+        """Measure now and record the report under ``step``."""
+        report = _measure(self.model, self._subset, **self._measure_options)
+        self.tracker.record(int(step), report)
+        if self._writer is not None:
+            for tag, value in _scalars(report, self.tag).items():
+                self._writer.add_scalar(tag, value, int(step))
+            if hasattr(self._writer, "flush"):
+                self._writer.flush()
+        return report
+
+    def close(self) -> None:
+        """Close the TensorBoard writer this hook opened (not one it was given)."""
+        if self._owns_writer and self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def _scalars(report: BundleReport, tag: str) -> dict[str, float]:
+    """TensorBoard/logger scalars of one step (``:`` is not allowed in a tag)."""
+    scalars = {}
+    for result in report:
+        layer = result.layer.replace(":", "_")
+        scalars[f"{tag}/entropy/{layer}"] = result.entropy
+        scalars[f"{tag}/n_bundles/{layer}"] = result.n_bundles
+    return scalars
+
+
+def _summary_writer(tensorboard: Any) -> tuple[Any, bool]:
+    """(writer, whether this module opened it)."""
+    if tensorboard is None:
+        return None, False
+    if hasattr(tensorboard, "add_scalar"):
+        return tensorboard, False
+    if not isinstance(tensorboard, (str, os.PathLike)):
+        raise BundleLabError(
+            "The 'tensorboard' parameter must be a SummaryWriter or a log directory. "
+            f"Got {type(tensorboard).__name__} instead."
+        )
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise BundleLabError(
+            "BundleHook(tensorboard=...) requires tensorboard. You can install it with "
+            "`pip install tensorboard`"
+        ) from None
+    return SummaryWriter(log_dir=os.fspath(tensorboard)), True
