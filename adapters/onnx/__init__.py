@@ -42,7 +42,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the environment
     raise BundleLabError(
         "the ONNX adapter requires onnx and onnxruntime. You can install them with "
-        "`pip install onnx onnxruntime`"
+        "`pip install 'bundlelab[onnx]'`"
     ) from None
 # The F401 names are public but outside __all__, as they were before the package was split.
 from ._adapter import OnnxAdapter

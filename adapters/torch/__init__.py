@@ -61,7 +61,8 @@ try:
     import torch  # noqa: F401 - fail here with an install hint, not deep in a submodule
 except ImportError:  # pragma: no cover - depends on the environment
     raise BundleLabError(
-        "the torch adapter requires PyTorch. You can install it with `pip install torch`"
+        "the torch adapter requires PyTorch. You can install it with "
+        "`pip install 'bundlelab[torch]'` (pins torch==2.13.0)"
     ) from None
 from ._adapter import TorchAdapter
 from ._audit import audit
