@@ -22,7 +22,6 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .._errors import BundleLabError
-
 from .._validation import check_choice, check_positive_int
 from ..bundles import BundleOptions
 from ..report import BundleReport
