@@ -1,0 +1,387 @@
+"""The data model: a spec is an immutable DAG of nodes, validated when it is built."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._errors import BundleLabError
+from ._ops import OPS, ShapeError
+
+SPEC_VERSION = 1
+VERSIONS = (SPEC_VERSION,)
+INITS = ("he_normal", "framework_default")
+_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+
+
+class Params(Mapping):
+    """A read-only, hashable mapping of an op's parameters (compares equal to a plain dict)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping | None = None) -> None:
+        self._items = dict(sorted(dict(items or {}).items()))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._items.items()))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and self._items == dict(other)
+
+    def __repr__(self) -> str:
+        return repr(self._items)
+
+
+@dataclass(frozen=True)
+class Node:
+    """One module of the network.
+
+    Parameters
+    ----------
+    id : str
+        Unique name; it is also the layer name that adapters report bundles under.
+    op : str
+        One of :data:`bundlelab.spec.OPS` ("dense", "conv", "basic_block", "add", ...).
+    params : mapping
+        The op's parameters; defaults are filled in when the node joins a :class:`Spec`.
+    inputs : tuple of str
+        Ids of the nodes that feed this one, each defined earlier in ``Spec.nodes``.
+    optional : tuple of str
+        The subset of ``inputs`` that are optional (stochastic) edges, as in super-networks;
+        only an ``add`` node may have them.
+    measured : bool
+        Whether the conflicting-bundle metric is computed on this node's output.
+    stage : str or None
+        The stage this node belongs to; depth rewrites work on stages.
+    """
+
+    id: str
+    op: str
+    params: Mapping = field(default_factory=Params)
+    inputs: tuple = ()
+    optional: tuple = ()
+    measured: bool = False
+    stage: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", Params(self.params))
+        for name in ("inputs", "optional"):
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):
+                object.__setattr__(self, name, tuple(value))
+
+    def replace(self, **changes: Any) -> Node:
+        """A copy with ``changes``; ``params`` given here are merged into the current ones."""
+        if "params" in changes:
+            changes["params"] = {**self.params, **changes["params"]}
+        fields = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return Node(**{**fields, **changes})
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A network: an ordered DAG of :class:`Node` objects, from one ``input`` node to ``output``.
+
+    Validated on construction; raises :class:`bundlelab.BundleLabError` with one line that names
+    the field (``nodes[3].params.units``) and the allowed values.  Equality is by value.
+
+    Parameters
+    ----------
+    nodes : tuple of Node
+        In an order where every node comes after its inputs.
+    output : str
+        Id of the node that produces the logits, shape ``(n_classes,)``.
+    input_shape : tuple of int
+        Per-sample input shape, channels-first: ``(features,)`` or ``(channels, height, width)``.
+    n_classes : int
+    name : str
+    init : {"he_normal", "framework_default"}
+        Weight initialisation the backends apply to conv and dense kernels.
+    version : int
+        Spec-language version; only 1 exists.
+    """
+
+    nodes: tuple
+    output: str
+    input_shape: tuple
+    n_classes: int
+    name: str = "network"
+    init: str = "he_normal"
+    version: int = SPEC_VERSION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "nodes", tuple(self.nodes))
+        if isinstance(self.input_shape, list):
+            object.__setattr__(self, "input_shape", tuple(self.input_shape))
+        nodes, shapes = _validate(self)
+        object.__setattr__(self, "nodes", nodes)
+        object.__setattr__(self, "_shapes", shapes)
+
+    def __getitem__(self, node_id: str) -> Node:
+        for node in self.nodes:
+            if node.id == node_id:
+                return node
+        raise KeyError(node_id)
+
+    def shape_of(self, node_id: str) -> tuple:
+        """The per-sample output shape of a node (channels-first)."""
+        return self._shapes[node_id]
+
+    def replace(self, **changes: Any) -> Spec:
+        """A validated copy with ``changes`` (e.g. ``nodes=...``)."""
+        fields = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return Spec(**{**fields, **changes})
+
+
+def _fail(what: str, where: str, expected: str, got: Any) -> BundleLabError:
+    return BundleLabError(f"The {what!r} field{where} must be {expected}. Got {got!r} instead.")
+
+
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _validate(spec: Spec) -> tuple[tuple, dict]:
+    if spec.version not in VERSIONS:
+        raise _fail("version", "", "one of " + ", ".join(map(str, VERSIONS)), spec.version)
+    if not isinstance(spec.name, str):
+        raise _fail("name", "", "a str", spec.name)
+    if spec.init not in INITS:
+        raise _fail("init", "", "one of " + ", ".join(map(repr, INITS)), spec.init)
+    shape = spec.input_shape
+    if not (
+        isinstance(shape, tuple) and len(shape) in (1, 3) and all(_is_int(d, 1) for d in shape)
+    ):
+        raise _fail(
+            "input_shape", "", "(features,) or (channels, height, width) of ints >= 1", shape
+        )
+    if not _is_int(spec.n_classes, 1):
+        raise _fail("n_classes", "", "an int in [1, inf)", spec.n_classes)
+    if not spec.nodes:
+        raise _fail("nodes", "", "a non-empty list of nodes", [])
+
+    index: dict[str, int] = {}
+    nodes, shapes = [], {}
+    for i, node in enumerate(spec.nodes):
+        node = _validate_node(node, i, index, spec)
+        index[node.id] = i
+        op = OPS[node.op]
+        try:
+            if node.op == "input":
+                shapes[node.id] = spec.input_shape
+            else:
+                params = dict(node.params)
+                shapes[node.id] = tuple(op.shape(params, [shapes[s] for s in node.inputs]))
+        except ShapeError as exc:
+            raise BundleLabError(f"nodes[{i}] ({node.id!r}): {exc}.") from None
+        nodes.append(node)
+
+    entries = [n for n in nodes if n.op == "input"]
+    if len(entries) != 1:
+        raise BundleLabError(
+            f"A spec needs exactly one node with op 'input'; got {len(entries)}: "
+            f"{[n.id for n in entries]}."
+        )
+    if spec.output not in index:
+        raise _fail("output", "", "the id of a node (" + _choices(index) + ")", spec.output)
+    expected = (spec.n_classes,)
+    if shapes[spec.output] != expected:
+        raise BundleLabError(
+            f"The output node {spec.output!r} must produce shape {expected} for "
+            f"n_classes={spec.n_classes}; got {shapes[spec.output]}."
+        )
+    feeding = _ancestors(nodes, index, spec.output)
+    for i, node in enumerate(nodes):
+        if node.id not in feeding:
+            raise BundleLabError(
+                f"nodes[{i}] ({node.id!r}) does not feed the output {spec.output!r}; remove it "
+                "or connect it."
+            )
+    return tuple(nodes), shapes
+
+
+def _choices(index: Mapping, limit: int = 8) -> str:
+    names = [repr(k) for k in index]
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
+def _validate_node(node: Any, i: int, index: dict, spec: Spec) -> Node:
+    if not isinstance(node, Node):
+        raise _fail(f"nodes[{i}]", "", "a Node", type(node).__name__)
+    if not isinstance(node.id, str) or not _ID.match(node.id):
+        raise _fail("id", f" of nodes[{i}]", "a name of letters, digits, '_', '.', '-'", node.id)
+    where = f" of nodes[{i}] ({node.id!r})"
+    if node.id in index:
+        raise BundleLabError(
+            f"The 'id' field{where} must be unique; nodes[{index[node.id]}] already uses it."
+        )
+    if node.op not in OPS:
+        raise _fail("op", where, "one of " + ", ".join(map(repr, OPS)), node.op)
+    op = OPS[node.op]
+    unknown = sorted(set(node.params) - set(op.params))
+    if unknown:
+        allowed = ", ".join(map(repr, op.params)) or "none"
+        raise BundleLabError(
+            f"The 'params' field{where} has unknown key {unknown[0]!r}; {node.op!r} allows {allowed}."
+        )
+    params = {}
+    for key, param in op.params.items():
+        if key not in node.params and param.required:
+            raise BundleLabError(
+                f"The 'params.{key}' field{where} is required for {node.op!r}: {param.expected()}."
+            )
+        value = node.params.get(key, param.default)
+        if not param.accepts(value):
+            raise _fail(f"params.{key}", where, param.expected(), value)
+        params[key] = value
+
+    inputs = node.inputs
+    if not isinstance(inputs, tuple) or not all(isinstance(s, str) for s in inputs):
+        raise _fail("inputs", where, "a list of node ids", inputs)
+    arity = (
+        f"exactly {op.min_inputs}"
+        if op.min_inputs == op.max_inputs
+        else f"at least {op.min_inputs}"
+    )
+    if len(inputs) < op.min_inputs or (op.max_inputs is not None and len(inputs) > op.max_inputs):
+        raise _fail("inputs", where, f"a list of {arity} node id(s) for {node.op!r}", list(inputs))
+    if len(set(inputs)) != len(inputs):
+        raise _fail("inputs", where, "a list of distinct node ids", list(inputs))
+    for source in inputs:
+        if source in index:
+            continue
+        later = [n.id for n in spec.nodes[i:] if isinstance(n, Node)]
+        if source in later:
+            cycle = _find_cycle(spec.nodes, node.id)
+            if cycle:
+                raise BundleLabError(
+                    f"The 'inputs' field{where} closes a cycle: {' -> '.join(cycle)}; a spec "
+                    "must be acyclic."
+                )
+            raise BundleLabError(
+                f"The 'inputs' field{where} names {source!r}, which comes later in 'nodes'; "
+                "list every node after its inputs."
+            )
+        raise _fail("inputs", where, "ids of earlier nodes (" + _choices(index) + ")", source)
+    if not isinstance(node.optional, tuple) or not set(node.optional) <= set(inputs):
+        raise _fail(
+            "optional", where, "a subset of its inputs " + repr(list(inputs)), node.optional
+        )
+    if node.optional and node.op != "add":
+        raise _fail(
+            "optional",
+            where,
+            "empty for op " + repr(node.op) + " (only 'add' has optional edges)",
+            list(node.optional),
+        )
+    if not isinstance(node.measured, bool):
+        raise _fail("measured", where, "a bool (true or false)", node.measured)
+    if node.stage is not None and not (isinstance(node.stage, str) and _ID.match(node.stage)):
+        raise _fail("stage", where, "None or a name of letters, digits, '_', '.', '-'", node.stage)
+    # Canonical order of optional edges follows inputs, so equal graphs compare equal.
+    optional = tuple(s for s in inputs if s in node.optional)
+    return Node(node.id, node.op, params, inputs, optional, node.measured, node.stage)
+
+
+def _find_cycle(nodes: tuple, start: str) -> list[str] | None:
+    """A path start -> ... -> start following input edges backwards, or None."""
+    inputs = {n.id: n.inputs for n in nodes if isinstance(n, Node)}
+    path, on_path, done = [], set(), set()
+
+    def visit(node_id: str) -> list[str] | None:
+        if node_id in on_path:
+            return path[path.index(node_id) :] + [node_id]
+        if node_id in done or node_id not in inputs:
+            return None
+        path.append(node_id)
+        on_path.add(node_id)
+        for source in inputs[node_id]:
+            found = visit(source)
+            if found:
+                return found
+        path.pop()
+        on_path.discard(node_id)
+        done.add(node_id)
+        return None
+
+    cycle = visit(start)
+    # Edges point from consumer to input; show them in data-flow order.
+    return list(reversed(cycle)) if cycle else None
+
+
+def _ancestors(nodes: list, index: dict, target: str) -> set[str]:
+    seen, stack = set(), [target]
+    while stack:
+        node_id = stack.pop()
+        if node_id not in seen:
+            seen.add(node_id)
+            stack.extend(nodes[index[node_id]].inputs)
+    return seen
+
+
+def measured_layers(spec: Spec) -> list[str]:
+    """The measured layer names, in order: the numbering that reports and rewrites share.
+
+    For the presets: every hidden ``dense`` node of a fully connected net (output after its
+    activation), every ``basic_block`` of a conv net (output after its final ReLU); never the
+    stem or the classifier.  Position ``k`` in this list is layer index ``k``.
+    """
+    return [node.id for node in spec.nodes if node.measured]
+
+
+def stage_nodes(spec: Spec) -> dict[str, list[str]]:
+    """The node ids of each stage, stages in order of first appearance."""
+    stages: dict[str, list[str]] = {}
+    for node in spec.nodes:
+        if node.stage is not None:
+            stages.setdefault(node.stage, []).append(node.id)
+    return stages
+
+
+def stage_depths(spec: Spec, stages: tuple = ()) -> dict[str, int]:
+    """Nodes per stage; stages named in ``stages`` but absent from the spec count 0.
+
+    >>> from bundlelab.spec import conv_net
+    >>> stage_depths(conv_net(4), ("a", "b", "c", "d"))
+    {'a': 1, 'b': 0, 'c': 0, 'd': 0}
+    """
+    found = {name: len(ids) for name, ids in stage_nodes(spec).items()}
+    return {**{name: found.get(name, 0) for name in stages}, **found}
+
+
+def layer_count(spec: Spec) -> int:
+    """Weighted layers on the main path, as the paper counts them.
+
+    Each ``conv`` and ``dense`` node counts 1 and each ``basic_block`` 2 (its shortcut
+    projection is not counted), so a conv preset has ``2 * blocks + 2`` layers (stem conv and
+    classifier), and a fully connected net ``depth + 1``.
+    """
+    weights = {"conv": 1, "dense": 1, "basic_block": 2}
+    return sum(weights.get(node.op, 0) for node in spec.nodes)
+
+
+def parameter_count(spec: Spec) -> int:
+    """Trainable parameters: what ``sum(p.numel() for p in model.parameters())`` gives in PyTorch.
+
+    Counts conv kernels and biases (convs have no bias unless ``use_bias``), dense kernels and
+    biases, batch-norm scale and offset (2 per channel), and the basic block's projection
+    shortcut (1x1 conv without bias, and batch norm) where a residual block changes the shape.
+    Batch-norm running statistics are buffers (Keras: non-trainable weights) and not counted.
+    """
+    total = 0
+    for node in spec.nodes:
+        if node.op != "input":
+            in_shapes = [spec.shape_of(s) for s in node.inputs]
+            total += OPS[node.op].weights(dict(node.params), in_shapes)
+    return total

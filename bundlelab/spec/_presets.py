@@ -1,0 +1,206 @@
+"""Chain presets on top of the graph: fully connected nets and the paper's conv family."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._errors import BundleLabError
+from ._graph import Node, Spec
+from ._ops import ACTIVATIONS
+
+STAGES = ("a", "b", "c", "d")
+STAGE_FILTERS = (64, 128, 256, 512)
+STEM_FILTERS = 64
+MAXPOOL_MIN_WIDTH = 51  # the stem max-pools only inputs wider than 50 px
+
+#: Blocks per stage (a, b, c, d) for the paper's total depths (supplementary, table of depths).
+PRESETS: dict[int, tuple[int, int, int, int]] = {
+    4: (1, 0, 0, 0),
+    10: (1, 1, 1, 1),
+    20: (2, 2, 3, 2),
+    30: (3, 3, 5, 3),
+    50: (3, 6, 12, 3),
+    76: (3, 6, 25, 3),
+    100: (3, 12, 31, 3),
+    120: (3, 12, 41, 3),
+}
+
+
+def _bad(name: str, expected: str, value: Any) -> BundleLabError:
+    return BundleLabError(f"The {name!r} parameter must be {expected}. Got {value!r} instead.")
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _bad(name, "an int in [1, inf)", value)
+    return value
+
+
+def _shape(value: Any) -> tuple:
+    shape = tuple(value) if isinstance(value, (list, tuple)) else value
+    if not isinstance(shape, tuple) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape
+    ):
+        raise _bad("input_shape", "a tuple of ints >= 1", value)
+    return shape
+
+
+def _scaled(width: int, multiplier: float) -> int:
+    return max(1, round(width * multiplier))
+
+
+def fully_connected(
+    width: int,
+    depth: int,
+    *,
+    activation: str = "relu",
+    input_shape: tuple = (784,),
+    n_classes: int = 10,
+    name: str | None = None,
+) -> Spec:
+    """A fully connected net: ``depth`` hidden dense layers of ``width`` units and a linear head.
+
+    Hidden layers are ``dense1 .. dense{depth}`` in stage ``"hidden"``, each measured after its
+    activation; inputs with more than one axis are flattened first.
+
+    >>> spec = fully_connected(32, 3, input_shape=(1, 8, 8))
+    >>> from bundlelab.spec import measured_layers, layer_count
+    >>> measured_layers(spec), layer_count(spec)
+    (['dense1', 'dense2', 'dense3'], 4)
+    """
+    width = _positive_int("width", width)
+    depth = _positive_int("depth", depth)
+    if activation not in ACTIVATIONS:
+        raise _bad("activation", "one of " + ", ".join(map(repr, ACTIVATIONS)), activation)
+    input_shape = _shape(input_shape)
+    nodes = [Node("input", "input")]
+    if len(input_shape) > 1:
+        nodes.append(Node("flatten", "flatten", inputs=("input",)))
+    for k in range(1, depth + 1):
+        params = {"units": width, "activation": activation}
+        nodes.append(
+            Node(f"dense{k}", "dense", params, (nodes[-1].id,), measured=True, stage="hidden")
+        )
+    nodes.append(Node("head", "dense", {"units": n_classes}, (nodes[-1].id,)))
+    default = f"fc-{depth}x{width}-{activation}"
+    return Spec(tuple(nodes), "head", input_shape, n_classes, name=name or default)
+
+
+def conv_net(
+    layers: int | None = None,
+    *,
+    blocks: tuple | list | None = None,
+    residual: bool = False,
+    width_multiplier: float = 1.0,
+    input_shape: tuple = (3, 32, 32),
+    n_classes: int = 10,
+    name: str | None = None,
+) -> Spec:
+    """The paper's conv family after He et al.; give a preset depth ``layers`` or ``blocks``.
+
+    Stem: 7x7 conv (64 filters, stride 2), batch norm, ReLU, and a 3x3/2 max-pool only for
+    inputs wider than 50 px.  Stages a, b, c, d of basic blocks with 64/128/256/512 filters
+    (times ``width_multiplier``, rounded, at least 1); the first block of stages b-d has
+    stride 2.  Then global average pooling and a linear head; He-normal initialisation.
+    Blocks are nodes ``a1, a2, ..., d3``, each measured.
+
+    Parameters
+    ----------
+    layers : {4, 10, 20, 30, 50, 76, 100, 120}, optional
+        A preset of :data:`PRESETS`; its layer count is ``2 * blocks + 2``.
+    blocks : sequence of 4 ints, optional
+        Blocks per stage instead of a preset.  Only trailing stages may be empty (as in the
+        4-layer preset); to remove an inner stage use :func:`set_stage_depth`.
+    residual : bool, default False
+        Identity (or projection) shortcuts in every block.
+    width_multiplier : float, default 1.0
+        Scales every filter count, so the family runs small on a CPU.
+    input_shape : (channels, height, width), default (3, 32, 32)
+    n_classes : int, default 10
+
+    >>> from bundlelab.spec import layer_count
+    >>> layer_count(conv_net(50)), layer_count(conv_net(blocks=[2, 1, 0, 0]))
+    (50, 8)
+    """
+    blocks = _blocks(layers, blocks)
+    if not isinstance(residual, bool):
+        raise _bad("residual", "a bool", residual)
+    if (
+        isinstance(width_multiplier, bool)
+        or not isinstance(width_multiplier, (int, float))
+        or not (0 < width_multiplier < float("inf"))
+    ):
+        raise _bad("width_multiplier", "a float in (0, inf)", width_multiplier)
+    input_shape = _shape(input_shape)
+    if len(input_shape) != 3:
+        raise _bad("input_shape", "(channels, height, width)", input_shape)
+
+    nodes = [
+        Node("input", "input"),
+        Node(
+            "stem_conv",
+            "conv",
+            {"filters": _scaled(STEM_FILTERS, width_multiplier), "kernel_size": 7, "stride": 2},
+            ("input",),
+        ),
+        Node("stem_bn", "batchnorm", inputs=("stem_conv",)),
+        Node("stem_relu", "activation", {"function": "relu"}, ("stem_bn",)),
+    ]
+    if input_shape[2] >= MAXPOOL_MIN_WIDTH:
+        nodes.append(Node("stem_pool", "maxpool", {"pool_size": 3, "stride": 2}, ("stem_relu",)))
+    for s, (stage, count) in enumerate(zip(STAGES, blocks)):
+        for k in range(1, count + 1):
+            params = {
+                "filters": _scaled(STAGE_FILTERS[s], width_multiplier),
+                "stride": 2 if (s > 0 and k == 1) else 1,
+                "residual": residual,
+            }
+            nodes.append(
+                Node(
+                    f"{stage}{k}",
+                    "basic_block",
+                    params,
+                    (nodes[-1].id,),
+                    measured=True,
+                    stage=stage,
+                )
+            )
+    nodes.append(Node("pool", "global_avg_pool", inputs=(nodes[-1].id,)))
+    nodes.append(Node("head", "dense", {"units": n_classes}, ("pool",)))
+    kind = "resnet" if residual else "plain"
+    default = f"{kind}-{2 * sum(blocks) + 2}" + (
+        f"-x{width_multiplier:g}" if width_multiplier != 1 else ""
+    )
+    return Spec(tuple(nodes), "head", input_shape, n_classes, name=name or default)
+
+
+def _blocks(layers: Any, blocks: Any) -> tuple:
+    if (layers is None) == (blocks is None):
+        raise BundleLabError(
+            "conv_net needs exactly one of 'layers' (a preset depth) or 'blocks' (per stage); "
+            f"got layers={layers!r}, blocks={blocks!r}."
+        )
+    if layers is not None:
+        if layers not in PRESETS or isinstance(layers, bool):
+            raise _bad("layers", "one of " + ", ".join(map(str, PRESETS)), layers)
+        return PRESETS[layers]
+    if not isinstance(blocks, (list, tuple)) or len(blocks) != len(STAGES):
+        raise _bad("blocks", f"a list of {len(STAGES)} ints (blocks per stage a, b, c, d)", blocks)
+    for s, count in enumerate(blocks):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise BundleLabError(
+                f"The 'blocks' field of stages[{s}] (stage {STAGES[s]!r}) must be an int in "
+                f"[0, inf). Got {count!r} instead."
+            )
+    for s, count in enumerate(blocks):
+        if count == 0 and any(blocks[s + 1 :]):
+            raise BundleLabError(
+                f"The 'blocks' field of stages[{s}] (stage {STAGES[s]!r}) must be an int in "
+                "[1, inf) because a later stage has blocks (only trailing stages may be empty). "
+                f"Got 0 instead."
+            )
+    if not blocks[0]:
+        raise BundleLabError(
+            "The 'blocks' field of stages[0] (stage 'a') must be an int in [1, inf). Got 0 instead."
+        )
+    return tuple(blocks)

@@ -1,0 +1,166 @@
+"""Rewrites: pure functions from spec to spec, used by the auto-tune and the budgeted search.
+
+Node ids survive every rewrite, so a layer named in a report before a rewrite keeps its name
+after it; only removed layers disappear.  A stage is a chain of single-input nodes that share a
+``stage`` tag; a stage with no nodes does not exist, so removing a stage's last node drops the
+stage and wires the next node to the stage's input.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from typing import Any
+
+from .._errors import BundleLabError
+from ._graph import Spec, measured_layers, stage_nodes
+
+
+def _stage_chain(spec: Spec, stage: Any) -> list[str]:
+    stages = stage_nodes(spec)
+    if stage not in stages:
+        allowed = ", ".join(map(repr, stages)) or "none (the spec has no stages)"
+        raise BundleLabError(
+            f"The 'stage' parameter must be one of {allowed}. Got {stage!r} instead."
+        )
+    chain = stages[stage]
+    for previous, current in itertools.pairwise(chain):
+        if spec[current].inputs != (previous,):
+            raise BundleLabError(
+                f"Stage {stage!r} is not a chain: {current!r} must take exactly the input "
+                f"{previous!r} for depth rewrites."
+            )
+    if len(spec[chain[0]].inputs) != 1:
+        raise BundleLabError(
+            f"Stage {stage!r} must start with a single-input node; {chain[0]!r} is not."
+        )
+    return chain
+
+
+def _remove(spec: Spec, removed: list[str], replacement: str) -> Spec:
+    """Drop the chain tail ``removed``; its consumers read ``replacement`` instead."""
+    gone, last = set(removed), removed[-1]
+    nodes = []
+    for node in spec.nodes:
+        if node.id in gone:
+            continue
+        if last in node.inputs:
+            swap = lambda ids: tuple(replacement if s == last else s for s in ids)
+            node = node.replace(inputs=swap(node.inputs), optional=swap(node.optional))
+        nodes.append(node)
+    output = replacement if spec.output == last else spec.output
+    return spec.replace(nodes=tuple(nodes), output=output)
+
+
+def truncate_stage_from(spec: Spec, layer: str | int) -> Spec:
+    """Remove ``layer`` and every later node of its stage (the paper's auto-tune rewrite).
+
+    Parameters
+    ----------
+    layer : str or int
+        A measured layer name, or its index in :func:`measured_layers` (the report's numbering).
+
+    If the stage becomes empty it is dropped and its consumer is wired to the stage's input.
+    """
+    names = measured_layers(spec)
+    if isinstance(layer, int) and not isinstance(layer, bool):
+        if not -len(names) <= layer < len(names):
+            raise BundleLabError(
+                f"The 'layer' parameter must be an int in [0, {len(names) - 1}] (an index of "
+                f"measured_layers). Got {layer!r} instead."
+            )
+        layer = names[layer]
+    if layer not in names:
+        shown = ", ".join(map(repr, names[:6])) + (", ..." if len(names) > 6 else "")
+        raise BundleLabError(
+            f"The 'layer' parameter must be a measured layer ({shown}). Got {layer!r} instead."
+        )
+    stage = spec[layer].stage
+    if stage is None:
+        raise BundleLabError(
+            f"Layer {layer!r} belongs to no stage; only stage layers can be truncated."
+        )
+    chain = _stage_chain(spec, stage)
+    cut = chain.index(layer)
+    return set_stage_depth(spec, stage, cut)
+
+
+def set_stage_depth(spec: Spec, stage: str, depth: int) -> Spec:
+    """Give ``stage`` exactly ``depth`` nodes.
+
+    Shrinking keeps the first ``depth`` nodes (``depth=0`` drops the stage).  Growing appends
+    copies of the stage's last node with stride 1, numbered on from its id (``b3`` -> ``b4``,
+    ``dense2`` -> ``dense3``; ``{stage}{k}`` if the id ends in no number).
+    """
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+        raise BundleLabError(
+            f"The 'depth' parameter must be an int in [0, inf). Got {depth!r} instead."
+        )
+    chain = _stage_chain(spec, stage)
+    if depth < len(chain):
+        replacement = chain[depth - 1] if depth else spec[chain[0]].inputs[0]
+        return _remove(spec, chain[depth:], replacement)
+    if depth == len(chain):
+        return spec
+    last = spec[chain[-1]]
+    taken = {node.id for node in spec.nodes}
+    added, previous = [], last.id
+    numbered = re.match(r"^(.*?)(\d+)$", last.id)
+    prefix, start = (numbered[1], int(numbered[2])) if numbered else (f"{stage}", len(chain))
+    for k in range(start + 1, start + 1 + depth - len(chain)):
+        new_id = f"{prefix}{k}"
+        if new_id in taken:
+            raise BundleLabError(
+                f"Cannot grow stage {stage!r}: the new node id {new_id!r} is already used."
+            )
+        params = {"stride": 1} if "stride" in last.params else {}
+        added.append(last.replace(id=new_id, inputs=(previous,), params=params))
+        previous = new_id
+    nodes = []
+    for node in spec.nodes:
+        if last.id in node.inputs:
+            swap = lambda ids: tuple(previous if s == last.id else s for s in ids)
+            node = node.replace(inputs=swap(node.inputs), optional=swap(node.optional))
+        nodes.append(node)
+        if node.id == last.id:
+            nodes.extend(added)
+    output = previous if spec.output == last.id else spec.output
+    return spec.replace(nodes=tuple(nodes), output=output)
+
+
+def set_residual(spec: Spec, residual: bool, *, stage: str | None = None) -> Spec:
+    """Turn the shortcut of every ``basic_block`` (of one ``stage``, if given) on or off."""
+    if not isinstance(residual, bool):
+        raise BundleLabError(f"The 'residual' parameter must be a bool. Got {residual!r} instead.")
+    if stage is not None:
+        _stage_chain(spec, stage)
+    nodes = tuple(
+        node.replace(params={"residual": residual})
+        if node.op == "basic_block" and (stage is None or node.stage == stage)
+        else node
+        for node in spec.nodes
+    )
+    return spec.replace(nodes=nodes)
+
+
+def scale_width(spec: Spec, factor: float) -> Spec:
+    """Multiply the filters of convs and blocks and the units of dense layers by ``factor``.
+
+    Counts are rounded and at least 1.  The output node keeps its ``n_classes`` units.
+    """
+    if (
+        isinstance(factor, bool)
+        or not isinstance(factor, (int, float))
+        or not 0 < factor < float("inf")
+    ):
+        raise BundleLabError(
+            f"The 'factor' parameter must be a float in (0, inf). Got {factor!r} instead."
+        )
+    key = {"conv": "filters", "basic_block": "filters", "dense": "units"}
+    nodes = []
+    for node in spec.nodes:
+        if node.op in key and node.id != spec.output:
+            width = node.params[key[node.op]]
+            node = node.replace(params={key[node.op]: max(1, round(width * factor))})
+        nodes.append(node)
+    return spec.replace(nodes=tuple(nodes))
