@@ -21,3 +21,10 @@ import pytest  # noqa: E402
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+from hypothesis import settings  # noqa: E402
+
+# CI runs the same examples every time (a red run must be reproducible); local runs explore.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")

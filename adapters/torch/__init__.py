@@ -66,6 +66,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     ) from None
 from ._adapter import TorchAdapter
 from ._audit import audit
+from ._build import build_model
 from ._hook import BundleHook
 from ._lightning import _lightning_callback
 from ._tracing import ACTIVATION_TYPES, Tap, Trace, trace_model
@@ -82,3 +83,4 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["ACTIVATION_TYPES", "BundleHook", "Tap", "Trace", "TorchAdapter", "audit", "trace_model"]
+__all__ += ["build_model"]
