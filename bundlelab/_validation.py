@@ -80,6 +80,18 @@ def encode_labels(labels: Any, n_samples: int, *, layer: str | None = None) -> t
         return codes, list(lookup)
 
 
+def saved_label_vector(labels: np.ndarray, *, where: str, key: str) -> np.ndarray:
+    """Labels read from a file as one label per sample: a (n, 1) column is accepted."""
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise BundleLabError(
+            f"{where}: labels {key!r} have shape {labels.shape}, expected one label per sample "
+            "(for one-hot labels save labels.argmax(axis=1))"
+        )
+    return labels
+
+
 def check_n_classes(n_classes: Any, n_present: int) -> int:
     """The class count N_c: at least the number of distinct labels present."""
     if n_classes is None:

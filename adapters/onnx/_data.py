@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from ..._errors import BundleLabError
+from ..._validation import saved_label_vector
 from ._messages import shorten
 
 
@@ -45,13 +46,7 @@ def load_data(
         labels = np.asarray(_read_array(read, labels_key, what))
     finally:
         close()
-    if labels.ndim == 2 and labels.shape[1] == 1:
-        labels = labels[:, 0]
-    if labels.ndim != 1:
-        raise BundleLabError(
-            f"{what}: labels {labels_key!r} have shape {labels.shape}, expected one label per "
-            "sample (for one-hot labels save labels.argmax(axis=1))"
-        )
+    labels = saved_label_vector(labels, where=what, key=labels_key)
     for name, array in inputs.items():
         if array.ndim == 0 or array.shape[0] != labels.shape[0]:
             count = array.shape[0] if array.ndim else "no"

@@ -35,6 +35,7 @@ from .._arrays import to_host
 from .._atomic import atomic_open
 from .._errors import BundleLabError
 from .._selection import short_list, unknown_layer_error
+from .._validation import saved_label_vector
 
 #: file extension (or "directory") -> (module, class) of its reader
 READERS = {
@@ -107,14 +108,7 @@ class Dump:
         if self._labels is None:
             check_readable(self._label_info, self.path.name)
             labels = self._wrap_errors(self.labels_key, self._read_labels)
-            if labels.ndim == 2 and labels.shape[1] == 1:
-                labels = labels[:, 0]
-            if labels.ndim != 1:
-                raise BundleLabError(
-                    f"{self.path.name}: labels {self.labels_key!r} have shape {labels.shape}, "
-                    "expected one label per sample (for one-hot labels save labels.argmax(axis=1))"
-                )
-            self._labels = labels
+            self._labels = saved_label_vector(labels, where=self.path.name, key=self.labels_key)
         return self._labels
 
     def __len__(self) -> int:
