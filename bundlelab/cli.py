@@ -698,5 +698,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(run(argv))
 
 
+# The training commands live in their own module; importing it registers them on `app`.
+from . import cli_training  # noqa: E402,F401
+
 if __name__ == "__main__":
     main()

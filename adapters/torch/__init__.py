@@ -70,6 +70,7 @@ from ._build import build_model
 from ._hook import BundleHook
 from ._lightning import _lightning_callback
 from ._tracing import ACTIVATION_TYPES, Tap, Trace, trace_model
+from ._train import TorchBackend, TorchTrainee
 
 
 def __getattr__(name: str) -> Any:
@@ -83,4 +84,4 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["ACTIVATION_TYPES", "BundleHook", "Tap", "Trace", "TorchAdapter", "audit", "trace_model"]
-__all__ += ["build_model"]
+__all__ += ["TorchBackend", "TorchTrainee", "build_model"]

@@ -30,7 +30,7 @@ from ._graph import (
 )
 from ._io import dump, dumps, from_dict, load, loads, to_dict
 from ._ops import ACTIVATIONS, OPS
-from ._presets import PRESETS, STAGES, conv_net, fully_connected
+from ._presets import PRESETS, STAGES, conv_net, fully_connected, preset
 from ._rewrites import scale_width, set_residual, set_stage_depth, truncate_stage_from
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "loads",
     "measured_layers",
     "parameter_count",
+    "preset",
     "scale_width",
     "set_residual",
     "set_stage_depth",

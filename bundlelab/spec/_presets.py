@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .._errors import BundleLabError
@@ -204,3 +205,33 @@ def _blocks(layers: Any, blocks: Any) -> tuple:
             "The 'blocks' field of stages[0] (stage 'a') must be an int in [1, inf). Got 0 instead."
         )
     return tuple(blocks)
+
+
+_NAMED = re.compile(r"^(?:(plain|resnet)-(\d+)|fc-(\d+)x(\d+))$")
+
+
+def preset(name: str, *, input_shape: tuple, n_classes: int, width_multiplier: float = 1.0) -> Spec:
+    """A preset by name, for data of ``input_shape`` and ``n_classes``: the CLI's spec names.
+
+    ``"plain-N"`` and ``"resnet-N"`` are :func:`conv_net` of ``N`` layers (a key of
+    :data:`PRESETS`) without and with residual connections; ``"fc-DxW"`` is
+    :func:`fully_connected` with ``D`` hidden layers of ``W`` units (times the multiplier), named
+    like the specs it makes.
+
+    >>> preset("plain-20", input_shape=(1, 8, 8), n_classes=10, width_multiplier=0.25).name
+    'plain-20-x0.25'
+    >>> preset("fc-3x16", input_shape=(1, 8, 8), n_classes=10).name
+    'fc-3x16-relu'
+    """
+    match = _NAMED.match(name) if isinstance(name, str) else None
+    if match is None:
+        raise BundleLabError(
+            f"unknown preset {name!r}: use plain-N or resnet-N (N in "
+            f"{', '.join(map(str, PRESETS))}) or fc-DEPTHxWIDTH, or give a spec file (.yaml, .json)"
+        )
+    kind, layers, depth, width = match.groups()
+    if kind:
+        return conv_net(int(layers), residual=kind == "resnet", width_multiplier=width_multiplier,
+                        input_shape=tuple(input_shape), n_classes=n_classes)
+    return fully_connected(_scaled(int(width), width_multiplier), int(depth),
+                           input_shape=tuple(input_shape), n_classes=n_classes)

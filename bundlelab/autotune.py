@@ -1,0 +1,221 @@
+"""The paper's auto-tune (section 3.6): prune conflicting layers, restart, until none conflict.
+
+Start from a deep network (the paper: the 120-layer plain net) and train it.  After each of
+the first ``check_epochs`` epochs of a run, measure ``H^l`` of every measured layer on the
+run's training subset; if a layer conflicts (``H^l > 0``), remove the first such layer and
+every later layer of its stage (:func:`bundlelab.spec.truncate_stage_from`; a stage left empty
+is dropped) and restart training from scratch with the pruned spec.  A run whose checks find
+no conflict trains to the end: that is the result.
+
+The folder of an auto-tune holds ``autotune.json`` (the restarts so far) and one run folder
+per restart (``restart-00``, ``restart-01``, ...), each resumable on its own, so the whole
+auto-tune resumes after a crash where it stopped.  When it ends it also writes
+``evolution.csv`` (the supplementary's table: epoch, blocks per stage), ``final-spec.yaml``
+and ``result.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from ._atomic import atomic_write_text
+from ._errors import BundleLabError
+from ._validation import check_positive_int
+from .spec import Spec, dump, from_dict, layer_count, stage_depths, to_dict, truncate_stage_from
+from .training import Backend, TrainConfig, Training, TrainingResult, check_data, get_backend
+
+AUTOTUNE_FORMAT = "bundlelab.autotune/1"
+STATE_FILE = "autotune.json"
+
+
+@dataclass
+class Restart:
+    """One architecture the auto-tune trained.
+
+    ``epochs`` is how many epochs it was trained; ``pruned_layer`` the conflicting layer that
+    ended it (None for the final run) with its ``entropy``; ``epoch`` the auto-tune's total
+    epoch count when it ended.
+    """
+
+    spec: Spec
+    epochs: int = 0
+    epoch: int = 0
+    pruned_layer: str | None = None
+    entropy: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spec": to_dict(self.spec), "epochs": self.epochs, "epoch": self.epoch,
+                "pruned_layer": self.pruned_layer, "entropy": self.entropy}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Restart:
+        return cls(**{**data, "spec": from_dict(data["spec"])})
+
+
+@dataclass
+class AutotuneResult:
+    """The auto-tune's outcome: the pruned ``spec``, every ``restart``, the final ``training``."""
+
+    spec: Spec
+    restarts: list
+    training: TrainingResult
+
+    def evolution(self) -> list[dict[str, Any]]:
+        """The supplementary's table: the start, then after each pruning the epoch and the
+        layers per stage (plus the pruned layer and its entropy)."""
+        stages = list(stage_depths(self.restarts[0].spec))
+        rows = [{"epoch": "start", **stage_depths(self.restarts[0].spec, tuple(stages)),
+                 "layers": layer_count(self.restarts[0].spec), "pruned_layer": "",
+                 "entropy": ""}]
+        for before, after in zip(self.restarts, self.restarts[1:]):
+            rows.append({"epoch": before.epoch, **stage_depths(after.spec, tuple(stages)),
+                         "layers": layer_count(after.spec), "pruned_layer": before.pruned_layer,
+                         "entropy": before.entropy})
+        return rows
+
+    def evolution_csv(self) -> str:
+        rows = self.evolution()
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return out.getvalue()
+
+    def summary(self) -> dict[str, Any]:
+        return {**self.training.summary(), "restarts": len(self.restarts) - 1,
+                "evolution": self.evolution()}
+
+
+def autotune(spec: Spec, data: Any, *, backend: str | Backend = "torch",
+             config: TrainConfig | None = None, directory: str | os.PathLike | None = None,
+             check_epochs: int = 1, max_restarts: int = 50,
+             progress: bool = False) -> AutotuneResult:
+    """Auto-tune the depth of ``spec`` on ``data`` by removing conflicting layers.
+
+    Parameters
+    ----------
+    spec : bundlelab.spec.Spec
+        The largest network; its measured layers must belong to stages (the presets' do).
+    data : bundlelab.datasets.Dataset
+    backend : str or Backend, default="torch"
+    config : TrainConfig, optional
+        Training of every run; ``config.epochs`` is the length of the final run.
+    directory : path, optional
+        The auto-tune folder; an existing one of the same spec and options resumes.
+    check_epochs : int, default=1
+        Bundles are checked after each of the first ``check_epochs`` epochs of every run (the
+        paper: after the first epoch).  Later epochs are measured as ``config.measure_every``
+        says, but never prune.
+    max_restarts : int, default=50
+        Stop with an error if the network is pruned more often than this.
+    progress : bool, default=False
+
+    Returns
+    -------
+    AutotuneResult
+    """
+    config = TrainConfig() if config is None else config
+    check_epochs = check_positive_int("check_epochs", check_epochs)
+    max_restarts = check_positive_int("max_restarts", max_restarts)
+    check_data(spec, data)
+    backend = get_backend(backend)
+    folder = None if directory is None else Path(directory)
+    restarts = _load_state(folder, spec, config, backend, check_epochs) if folder else None
+    restarts = restarts or [Restart(spec)]
+    while True:
+        k = len(restarts) - 1
+        current = restarts[k]
+        run = Training(current.spec, data, backend=backend, config=config, progress=progress,
+                       directory=None if folder is None else folder / f"restart-{k:02d}")
+        done_before = sum(r.epochs for r in restarts[:k])
+        pruned = None
+        while not run.finished:
+            checking = run.epochs_done < check_epochs
+            record = run.train_epoch(measure=True if checking else None)
+            current.epochs, current.epoch = run.epochs_done, done_before + run.epochs_done
+            if checking and record.first_conflicting:
+                pruned = record
+                break
+            _save_state(folder, restarts, spec, config, backend, check_epochs)
+        if pruned is None:
+            break
+        layer = pruned.first_conflicting
+        if current.spec[layer].stage is None:
+            raise BundleLabError(
+                f"layer {layer!r} conflicts but belongs to no stage, so the auto-tune cannot "
+                "remove it; give the spec's measured layers a stage"
+            )
+        current.pruned_layer = layer
+        current.entropy = float(pruned.report[layer].entropy)
+        if len(restarts) > max_restarts:
+            raise BundleLabError(
+                f"the auto-tune pruned {max_restarts} times without finding a network free of "
+                "conflicts; raise max_restarts or start from another spec"
+            )
+        restarts.append(Restart(truncate_stage_from(current.spec, layer)))
+        _save_state(folder, restarts, spec, config, backend, check_epochs)
+        if progress:
+            _say(f"auto-tune: {layer!r} conflicts (H = {current.entropy:.3f}) after epoch "
+                 f"{current.epoch}; restarting with {layer_count(restarts[-1].spec)} layers")
+    result = AutotuneResult(restarts[-1].spec, restarts, run.result())
+    _save_state(folder, restarts, spec, config, backend, check_epochs)
+    if folder is not None:
+        dump(result.spec, folder / "final-spec.yaml")
+        atomic_write_text(folder / "evolution.csv", result.evolution_csv())
+        atomic_write_text(folder / "result.json", json.dumps(result.summary(), indent=2) + "\n")
+    return result
+
+
+def _say(line: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(line)
+
+
+def _state(restarts, spec, config, backend, check_epochs) -> dict[str, Any]:
+    return {"format": AUTOTUNE_FORMAT, "bundlelab": __version__, "backend": backend.name,
+            "spec": to_dict(spec), "config": config.to_dict(), "check_epochs": check_epochs,
+            "restarts": [r.to_dict() for r in restarts]}
+
+
+def _save_state(folder, restarts, spec, config, backend, check_epochs) -> None:
+    if folder is not None:
+        state = _state(restarts, spec, config, backend, check_epochs)
+        atomic_write_text(folder / STATE_FILE, json.dumps(state) + "\n")
+
+
+def _load_state(folder: Path, spec, config, backend, check_epochs) -> list | None:
+    path = folder / STATE_FILE
+    if not path.exists():
+        return None
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BundleLabError(f"cannot read {path}: {exc}; remove the folder to start over") from None
+    if not isinstance(state, dict) or state.get("format") != AUTOTUNE_FORMAT:
+        raise BundleLabError(f"{path} is not an auto-tune state ({AUTOTUNE_FORMAT}); use an empty folder")
+    if state.get("bundlelab") != __version__:
+        raise BundleLabError(
+            f"{folder} was written by bundlelab {state.get('bundlelab')}, this is {__version__}; "
+            "resume it with that version or start a new folder"
+        )
+    fresh = _state([], spec, config, backend, check_epochs)
+    for key in ("backend", "spec", "check_epochs"):
+        if state.get(key) != fresh[key]:
+            raise BundleLabError(
+                f"{folder} holds an auto-tune with another {key}; use the same {key} or another folder"
+            )
+    saved = TrainConfig.from_dict(state["config"])
+    if saved.replace(device=config.device) != config:
+        raise BundleLabError(
+            f"{folder} holds an auto-tune trained with other options; use the same options or "
+            "another folder"
+        )
+    return [Restart.from_dict(r) for r in state["restarts"]]

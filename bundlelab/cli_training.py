@@ -1,0 +1,227 @@
+"""``bundlelab train`` and ``bundlelab autotune``: specs trained through a backend.
+
+Registered on the app of :mod:`bundlelab.cli`; like the other commands they import numpy,
+the data loaders and the framework only when they run, so ``bundlelab --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ._atomic import atomic_write_text
+from ._errors import BundleLabError
+from .cli import app
+
+HELP = {
+    "spec": "A spec file (.yaml/.json), or a preset: plain-N or resnet-N (N in 4, 10, 20, 30, 50, "
+    "76, 100, 120), fc-DEPTHxWIDTH (e.g. fc-20x16: 20 hidden layers of 16 units). Presets take the data's input shape and classes.",
+    "data": "digits (embedded), or mnist:DIR, cifar10:DIR, svhn:DIR, imagefolder:DIR (local files; "
+    "nothing is downloaded).",
+    "epochs": "Training epochs (of the final run, for the auto-tune).",
+    "optimizer": "ranger (RAdam + Lookahead, the paper's), adam or sgd.",
+    "lr": "Learning rate.",
+    "weight_decay": "Weight decay (decoupled for ranger and adam).",
+    "batch_size": "Training batch size.",
+    "width": "Width multiplier of presets (filters or units), to run small on a CPU.",
+    "backend": "Framework that builds and trains the spec.",
+    "device": "auto, cpu, cuda or cuda:N (torch backend).",
+    "seed": "Seed of the weights, shuffling, augmentation and measured subset.",
+    "seeds": "Repeat with seeds 0..N-1 and report mean ± std.",
+    "out": "Run folder; a folder holding the same run resumes it after a crash.",
+    "no_augment": "Turn off random crops, flips and brightness.",
+    "n_train": "Use a seeded random subset of this many training samples.",
+    "n_test": "Use a seeded random subset of this many test samples.",
+    "image_size": "Image side for imagefolder data (resized and centre-cropped).",
+    "measure_samples": "Training samples on which bundles are measured after each epoch.",
+    "measure_every": "Measure bundles every N epochs (and after the last).",
+    "check_epochs": "Check for conflicting layers after each of a run's first N epochs.",
+    "compare": "Also train these specs (e.g. resnet-50) with the same settings and seeds, for "
+    "the comparison table; repeat the option.",
+}
+
+
+def _load_data(data: str, *, n_train, n_test, image_size, seed):
+    from .datasets import load_dataset
+
+    return load_dataset(data, n_train=n_train, n_test=n_test, image_size=image_size, seed=seed)
+
+
+def resolve_spec(text: str, data, width_multiplier: float):
+    """A spec from a file, or a named preset sized for ``data``."""
+    from .spec import load, preset
+
+    path = Path(text)
+    if path.suffix.lower() in (".yaml", ".yml", ".json") or path.exists():
+        if width_multiplier != 1.0:
+            raise BundleLabError(
+                "--width-multiplier applies to presets only; scale a spec file with "
+                "bundlelab.spec.scale_width"
+            )
+        return load(path)
+    return preset(text, input_shape=data.input_shape, n_classes=data.n_classes,
+                  width_multiplier=width_multiplier)
+
+
+def _config(**options):
+    from .training import TrainConfig
+
+    return TrainConfig(**options)
+
+
+def _mean_std(values, fmt: str = ".3g") -> str:
+    values = list(values)
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.fmean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
+
+
+def comparison_rows(groups: dict) -> list[dict]:
+    """One row per network (name -> list of TrainingResult over seeds): the paper's Table 1."""
+    rows = []
+    for name, results in groups.items():
+        rows.append({
+            "name": name,
+            "seeds": len(results),
+            "layers": _mean_std((r.layers for r in results), ".3g"),
+            "test_accuracy_pct": _mean_std((100 * r.test_accuracy for r in results), ".1f"),
+            "checkpoint_mb": _mean_std(r.checkpoint_mb for r in results),
+            "ms_per_step": _mean_std(r.ms_per_step for r in results),
+            "final_entropy": _mean_std((r.final_entropy for r in results), ".2g"),
+            "accuracy_mean": statistics.fmean(r.test_accuracy for r in results),
+        })
+    return rows
+
+
+def _print_rows(rows: list[dict], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    columns = ["name", "seeds", "layers", "test_accuracy_pct", "checkpoint_mb", "ms_per_step",
+               "final_entropy"]
+    heads = ["network", "seeds", "layers", "test acc. [%]", "checkpoint [MB]", "time/step [ms]",
+             "H^L (last)"]
+    for head in heads:
+        table.add_column(head, justify="left" if head == "network" else "right")
+    for row in rows:
+        table.add_row(*(str(row[c]) for c in columns))
+    Console().print(table)
+
+
+def _write_rows(folder: Path, stem: str, rows: list[dict]) -> None:
+    import csv
+    import io
+
+    atomic_write_text(folder / f"{stem}.json", json.dumps(rows, indent=2) + "\n")
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(folder / f"{stem}.csv", out.getvalue())
+
+
+@app.command()
+def train(
+    spec: str = typer.Argument(..., metavar="SPEC", help=HELP["spec"]),
+    data: str = typer.Option("digits", "--data", help=HELP["data"]),
+    epochs: int = typer.Option(20, "--epochs", min=1, help=HELP["epochs"]),
+    optimizer: str = typer.Option("ranger", "--optimizer", help=HELP["optimizer"]),
+    lr: float = typer.Option(1e-3, "--lr", help=HELP["lr"]),
+    weight_decay: float = typer.Option(0.01, "--weight-decay", help=HELP["weight_decay"]),
+    batch_size: int = typer.Option(64, "--batch-size", help=HELP["batch_size"]),
+    width_multiplier: float = typer.Option(1.0, "--width-multiplier", help=HELP["width"]),
+    backend: str = typer.Option("torch", "--backend", help=HELP["backend"]),
+    device: str = typer.Option("auto", "--device", help=HELP["device"]),
+    seed: int = typer.Option(0, "--seed", min=0, help=HELP["seed"]),
+    out: Path = typer.Option(Path("runs/train"), "--out", help=HELP["out"]),
+    no_augment: bool = typer.Option(False, "--no-augment", help=HELP["no_augment"]),
+    n_train: Optional[int] = typer.Option(None, "--n-train", help=HELP["n_train"]),
+    n_test: Optional[int] = typer.Option(None, "--n-test", help=HELP["n_test"]),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help=HELP["image_size"]),
+    measure_samples: int = typer.Option(2048, "--measure-samples", help=HELP["measure_samples"]),
+    measure_every: int = typer.Option(1, "--measure-every", help=HELP["measure_every"]),
+) -> None:
+    """Train a spec, recording the bundle entropy of every layer after each epoch.
+
+    Writes the run folder (checkpoint every epoch, run.json, spec.yaml; at the end result.json
+    and entropy.png, the H^l(t) heatmap). Run the same command again to resume after a crash.
+    """
+    from .training import fit
+
+    dataset = _load_data(data, n_train=n_train, n_test=n_test, image_size=image_size, seed=seed)
+    net = resolve_spec(spec, dataset, width_multiplier)
+    config = _config(epochs=epochs, optimizer=optimizer, learning_rate=lr,
+                     weight_decay=weight_decay, batch_size=batch_size, seed=seed, device=device,
+                     augment=not no_augment, measure_samples=measure_samples,
+                     measure_every=measure_every)
+    result = fit(net, dataset, backend=backend, config=config, directory=out, progress=True)
+    rows = comparison_rows({net.name: [result]})
+    _print_rows(rows, f"{net.name} on {dataset.name}, {epochs} epochs")
+    typer.echo(f"run folder: {out}")
+
+
+@app.command()
+def autotune(
+    spec: str = typer.Argument("plain-120", metavar="[SPEC]", help=HELP["spec"]),
+    data: str = typer.Option("digits", "--data", help=HELP["data"]),
+    epochs: int = typer.Option(20, "--epochs", min=1, help=HELP["epochs"]),
+    optimizer: str = typer.Option("ranger", "--optimizer", help=HELP["optimizer"]),
+    lr: float = typer.Option(1e-3, "--lr", help=HELP["lr"]),
+    weight_decay: float = typer.Option(0.01, "--weight-decay", help=HELP["weight_decay"]),
+    batch_size: int = typer.Option(64, "--batch-size", help=HELP["batch_size"]),
+    width_multiplier: float = typer.Option(1.0, "--width-multiplier", help=HELP["width"]),
+    backend: str = typer.Option("torch", "--backend", help=HELP["backend"]),
+    device: str = typer.Option("auto", "--device", help=HELP["device"]),
+    seeds: int = typer.Option(1, "--seeds", min=1, help=HELP["seeds"]),
+    out: Path = typer.Option(Path("runs/autotune"), "--out", help=HELP["out"]),
+    check_epochs: int = typer.Option(1, "--check-epochs", min=1, help=HELP["check_epochs"]),
+    compare: Optional[List[str]] = typer.Option(None, "--compare", help=HELP["compare"]),
+    no_augment: bool = typer.Option(False, "--no-augment", help=HELP["no_augment"]),
+    n_train: Optional[int] = typer.Option(None, "--n-train", help=HELP["n_train"]),
+    n_test: Optional[int] = typer.Option(None, "--n-test", help=HELP["n_test"]),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help=HELP["image_size"]),
+    measure_samples: int = typer.Option(2048, "--measure-samples", help=HELP["measure_samples"]),
+    measure_every: int = typer.Option(1, "--measure-every", help=HELP["measure_every"]),
+) -> None:
+    """Auto-tune a network's depth: remove conflicting layers and retrain (the paper's 3.6).
+
+    Trains SPEC (default: the paper's 120-layer plain net); after a run's first epoch(s) the
+    first layer with bundle entropy > 0 and the rest of its stage are removed and training
+    restarts from scratch, until no layer conflicts; the final network trains to the end.
+    With --seeds N it runs N times; with --compare resnet-50 it also trains that network and
+    prints the paper's Table 1 (layers, accuracy, checkpoint MB, time per step, mean ± std).
+    Writes OUT/seed-K/ (autotune.json, evolution.csv, final-spec.yaml, one folder per restart)
+    and OUT/comparison.csv; the same command resumes after a crash.
+    """
+    from .autotune import autotune as run_autotune
+    from .training import fit
+
+    dataset = _load_data(data, n_train=n_train, n_test=n_test, image_size=image_size, seed=0)
+    net = resolve_spec(spec, dataset, width_multiplier)
+    baselines = {name: resolve_spec(name, dataset, width_multiplier) for name in compare or []}
+    groups: dict[str, list] = {"auto-tune": []}
+    for name in baselines:
+        groups[name] = []
+    for seed in range(seeds):
+        config = _config(epochs=epochs, optimizer=optimizer, learning_rate=lr,
+                         weight_decay=weight_decay, batch_size=batch_size, seed=seed,
+                         device=device, augment=not no_augment,
+                         measure_samples=measure_samples, measure_every=measure_every)
+        tuned = run_autotune(net, dataset, backend=backend, config=config,
+                             directory=out / f"seed-{seed}", check_epochs=check_epochs,
+                             progress=True)
+        groups["auto-tune"].append(tuned.training)
+        typer.echo(f"seed {seed}: auto-tune evolution\n{tuned.evolution_csv()}")
+        for name, baseline in baselines.items():
+            groups[name].append(fit(baseline, dataset, backend=backend, config=config,
+                                    directory=out / f"{name}-seed-{seed}", progress=True))
+    rows = comparison_rows(groups)
+    _write_rows(out, "comparison", rows)
+    _print_rows(rows, f"auto-tune from {net.name} on {dataset.name}")
+    typer.echo(f"results: {out}/comparison.csv, {out}/seed-*/evolution.csv, "
+               f"{out}/seed-*/final-spec.yaml")

@@ -1,0 +1,438 @@
+"""One training run of a spec: epochs, evaluation, H^l(t), checkpoints and resuming.
+
+A run lives in a folder (``directory``)::
+
+    run.json                  state: format, bundlelab version, backend, spec, config,
+                              epochs done, the checkpoint's file name, the history per epoch
+    spec.yaml                 the spec, for people and for `bundlelab audit`
+    checkpoint-0007.pt        weights and optimizer state after the last finished epoch
+    result.json, entropy.png  written when the run ends
+
+Each epoch writes its checkpoint under a new name, then replaces ``run.json`` atomically, and
+only then removes the previous checkpoint: a crash at any point leaves ``run.json`` naming a
+complete checkpoint of the epochs it lists, so a restart loses at most the epoch in progress.
+The shuffling and augmentation of epoch ``e`` are seeded by ``(seed, e)``, so a resumed run
+trains on exactly the batches an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from .._atomic import atomic_write_text
+from .._errors import BundleLabError
+from ..report import BundleReport
+from ..spec import Spec, dumps, from_dict, layer_count, measured_layers, parameter_count, to_dict
+from ..tracker import BundleTracker
+from ._augment import augment_batch
+from ._backend import Backend, get_backend
+from ._config import TrainConfig
+
+RUN_FORMAT = "bundlelab.run/1"
+RUN_FILE = "run.json"
+
+
+@dataclass
+class EpochRecord:
+    """What one epoch gave.  ``report`` is the bundles of every measured layer, or None when
+    the epoch was not measured (see ``TrainConfig.measure_every``)."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    test_loss: float
+    test_accuracy: float
+    seconds: float
+    report: BundleReport | None = None
+
+    @property
+    def first_conflicting(self) -> str | None:
+        """The first measured layer with a conflicting bundle, or None."""
+        if self.report is None or self.report.first_conflicting is None:
+            return None
+        return self.report.first_conflicting.layer
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: getattr(self, k) for k in
+                ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds")}
+        data["report"] = None if self.report is None else self.report.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EpochRecord:
+        report = data.get("report")
+        return cls(**{**data, "report": None if report is None else BundleReport.from_dict(report)})
+
+
+@dataclass
+class TrainingResult:
+    """A finished run, with the figures of the paper's Table 1.
+
+    Attributes
+    ----------
+    spec : Spec
+    history : list of EpochRecord
+    test_accuracy : float
+        Mean test accuracy over the last ``config.average_last`` epochs (the paper: 5).
+    layers : int
+        Weighted layers, as the paper counts them (:func:`bundlelab.spec.layer_count`).
+    parameters : int
+    checkpoint_mb : float
+        Size of the weights-only checkpoint file, in MB (10^6 bytes), the paper's memory.
+    ms_per_step : float
+        Inference time of one batch of ``config.batch_size`` test samples, in milliseconds.
+    """
+
+    spec: Spec
+    config: TrainConfig
+    history: list
+    test_accuracy: float
+    layers: int
+    parameters: int
+    checkpoint_mb: float
+    ms_per_step: float
+    directory: str | None = None
+
+    @property
+    def bundle_entropy(self) -> dict[str, float]:
+        """Time-averaged bundle entropy ``H^l`` of each measured layer over the run."""
+        return self.tracker().time_averaged()
+
+    @property
+    def final_entropy(self) -> float:
+        """``H^L(t)`` of the last measured layer at the last measurement (0.0 if none)."""
+        reports = [r.report for r in self.history if r.report is not None and len(r.report)]
+        return float(reports[-1][-1].entropy) if reports else 0.0
+
+    def tracker(self) -> BundleTracker:
+        """The measured epochs as a :class:`bundlelab.BundleTracker` (``H^l(t)``)."""
+        tracker = BundleTracker()
+        for record in self.history:
+            if record.report is not None and len(record.report):
+                tracker.record(record.epoch, record.report)
+        return tracker
+
+    def summary(self) -> dict[str, Any]:
+        """The headline figures as plain JSON-ready data."""
+        return {
+            "spec": self.spec.name, "layers": self.layers, "parameters": self.parameters,
+            "test_accuracy": self.test_accuracy, "checkpoint_mb": self.checkpoint_mb,
+            "ms_per_step": self.ms_per_step, "epochs": len(self.history),
+            "final_train_accuracy": self.history[-1].train_accuracy if self.history else None,
+            "final_entropy": self.final_entropy,
+            "bundle_entropy": self.bundle_entropy if self.history else {},
+        }
+
+
+def check_data(spec: Spec, data: Any) -> None:
+    """Raise a one-line error when ``data`` cannot train ``spec`` (shapes, classes)."""
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        if not hasattr(data, name):
+            raise BundleLabError(
+                "The 'data' parameter must be a bundlelab.datasets.Dataset (x_train, y_train, "
+                f"x_test, y_test); got {type(data).__name__} without {name!r}"
+            )
+    shape = tuple(data.x_train.shape[1:])
+    if shape != tuple(spec.input_shape):
+        raise BundleLabError(
+            f"spec {spec.name!r} takes inputs of shape {tuple(spec.input_shape)} but the data has "
+            f"{shape}; build the spec with input_shape={shape} (presets in the CLI take the "
+            "data's shape)"
+        )
+    top = int(max(data.y_train.max(initial=0), data.y_test.max(initial=0)))
+    if top >= spec.n_classes:
+        raise BundleLabError(
+            f"spec {spec.name!r} has n_classes={spec.n_classes} but the data has label {top}; "
+            f"build the spec with n_classes={top + 1}"
+        )
+
+
+class Training:
+    """A resumable training run of ``spec`` on ``data`` through a backend.
+
+    Parameters
+    ----------
+    spec : bundlelab.spec.Spec
+    data : bundlelab.datasets.Dataset
+        Standardised ``x_train, y_train, x_test, y_test``; ``data.flip`` says whether flips
+        are a valid augmentation.
+    backend : str or Backend, default="torch"
+    config : TrainConfig, optional
+    directory : path, optional
+        The run folder.  If it holds a run of the same spec, config and backend, training
+        resumes after its last finished epoch; a run of anything else is an error.  None:
+        nothing is written and nothing can resume.
+    progress : bool, default=False
+        Progress bars over each epoch's batches and a line per epoch (rich, on stderr).
+
+    Examples
+    --------
+    >>> run = Training(spec, data, config=TrainConfig(epochs=3), directory="runs/a")  # doctest: +SKIP
+    >>> result = run.run()                                                          # doctest: +SKIP
+    """
+
+    def __init__(self, spec: Spec, data: Any, *, backend: str | Backend = "torch",
+                 config: TrainConfig | None = None, directory: str | os.PathLike | None = None,
+                 progress: bool = False) -> None:
+        if not isinstance(spec, Spec):
+            raise BundleLabError(
+                f"The 'spec' parameter must be a bundlelab.spec.Spec. Got {type(spec).__name__} "
+                "instead."
+            )
+        config = TrainConfig() if config is None else config
+        if not isinstance(config, TrainConfig):
+            raise BundleLabError(
+                f"The 'config' parameter must be a TrainConfig. Got {type(config).__name__} instead."
+            )
+        check_data(spec, data)
+        self.spec, self.data, self.config, self.progress = spec, data, config, progress
+        self.backend = get_backend(backend)
+        self.directory = None if directory is None else Path(directory)
+        self.history: list[EpochRecord] = []
+        self._checkpoint: str | None = None
+        n = len(data.y_train)
+        self.measure_index = np.sort(
+            np.random.default_rng(config.seed).choice(n, min(n, config.measure_samples), replace=False)
+        )
+        self.trainee = self.backend.build(spec, config)
+        if self.directory is not None and (self.directory / RUN_FILE).exists():
+            self._resume()
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.history)
+
+    @property
+    def finished(self) -> bool:
+        return self.epochs_done >= self.config.epochs
+
+    # -- one epoch ------------------------------------------------------------------------
+
+    def batches(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The shuffled, augmented training batches of ``epoch`` (1-based), seeded."""
+        config, data = self.config, self.data
+        rng = np.random.default_rng([config.seed, epoch])
+        order = rng.permutation(len(data.y_train))
+        crop = config.crop_for(tuple(self.spec.input_shape))
+        flip = config.augment and (data.flip if config.flip is None else config.flip)
+        brightness = config.brightness if config.augment else 0.0
+        for start in range(0, len(order), config.batch_size):
+            index = np.sort(order[start:start + config.batch_size])
+            x = augment_batch(data.x_train[index], rng, crop_padding=crop, flip=flip,
+                              brightness=brightness)
+            yield x, data.y_train[index]
+
+    def train_epoch(self, *, measure: bool | None = None) -> EpochRecord:
+        """Train one more epoch, evaluate, measure bundles, checkpoint; return its record.
+
+        ``measure`` forces (True) or skips (False) the bundle measurement; None follows
+        ``config.measure_every`` (and always measures the last epoch).
+        """
+        if self.finished:
+            raise BundleLabError(
+                f"the run already trained its {self.config.epochs} epochs; raise epochs to go on"
+            )
+        epoch = self.epochs_done + 1
+        start = time.perf_counter()
+        batches = self.batches(epoch)
+        with self._progress_bar(epoch) as advance:
+            train = self.trainee.train_epoch(advance(batches))
+        test = self.trainee.evaluate(self.data.x_test, self.data.y_test,
+                                     batch_size=max(256, self.config.batch_size))
+        if measure is None:
+            measure = epoch % self.config.measure_every == 0 or epoch == self.config.epochs
+        report = self.measure() if measure else None
+        record = EpochRecord(epoch, train["loss"], train["accuracy"], test["loss"],
+                             test["accuracy"], time.perf_counter() - start, report)
+        self.history.append(record)
+        self._save()
+        if self.progress:
+            self._print_epoch(record)
+        return record
+
+    def measure(self) -> BundleReport:
+        """Bundles of every measured layer on the run's fixed training subset, now."""
+        if not measured_layers(self.spec):  # e.g. an auto-tune that pruned every layer
+            return BundleReport([], {})
+        index = self.measure_index
+        return self.trainee.measure_bundles(
+            self.data.x_train[index], self.data.y_train[index],
+            learning_rate=self.config.learning_rate, batch_size=self.config.batch_size,
+        )
+
+    def run(self) -> TrainingResult:
+        """Train the remaining epochs and return the result (also written to the folder)."""
+        while not self.finished:
+            self.train_epoch()
+        return self.result()
+
+    # -- results --------------------------------------------------------------------------
+
+    def result(self) -> TrainingResult:
+        """The figures of the run so far: averaged test accuracy, size, speed, entropy."""
+        last = self.history[-self.config.average_last:]
+        accuracy = statistics.fmean(r.test_accuracy for r in last) if last else float("nan")
+        probe = self.data.x_test[: self.config.batch_size]
+        seconds = self.trainee.inference_seconds(probe) if len(probe) else float("nan")
+        result = TrainingResult(
+            spec=self.spec, config=self.config, history=list(self.history),
+            test_accuracy=accuracy, layers=layer_count(self.spec),
+            parameters=parameter_count(self.spec), checkpoint_mb=self._weights_mb(),
+            ms_per_step=seconds * 1e3,
+            directory=None if self.directory is None else str(self.directory),
+        )
+        if self.directory is not None and self.finished:
+            atomic_write_text(self.directory / "result.json",
+                              json.dumps(result.summary(), indent=2) + "\n")
+            tracker = result.tracker()
+            if tracker.steps and _have_matplotlib():
+                tracker.plot(self.directory / "entropy.png")
+        return result
+
+    def _weights_mb(self) -> float:
+        where = self.directory if self.directory is not None else None
+        fd, tmp = tempfile.mkstemp(suffix=self.backend.checkpoint_suffix, dir=where)
+        os.close(fd)
+        try:
+            self.trainee.save(tmp, optimizer=False)
+            return os.path.getsize(tmp) / 1e6
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    # -- the run folder -------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "format": RUN_FORMAT, "bundlelab": __version__, "backend": self.backend.name,
+            "spec": to_dict(self.spec), "config": self.config.to_dict(),
+            "epochs_done": self.epochs_done, "checkpoint": self._checkpoint,
+            "history": [r.to_dict() for r in self.history],
+        }
+
+    def _save(self) -> None:
+        if self.directory is None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        previous = self._checkpoint
+        name = f"checkpoint-{self.epochs_done:04d}{self.backend.checkpoint_suffix}"
+        tmp = self.directory / f".{name}.tmp"
+        self.trainee.save(str(tmp))
+        os.replace(tmp, self.directory / name)
+        self._checkpoint = name
+        if not (self.directory / "spec.yaml").exists():
+            atomic_write_text(self.directory / "spec.yaml", dumps(self.spec, format="yaml"))
+        atomic_write_text(self.directory / RUN_FILE, json.dumps(self._state()) + "\n")
+        if previous and previous != name:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.directory / previous)
+
+    def _resume(self) -> None:
+        path = self.directory / RUN_FILE
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise BundleLabError(f"cannot read {path}: {exc}; remove the folder to start over") from None
+        if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
+            raise BundleLabError(
+                f"{path} is not a bundlelab run of format {RUN_FORMAT!r}; use an empty folder"
+            )
+        if state.get("bundlelab") != __version__:
+            raise BundleLabError(
+                f"{self.directory} was written by bundlelab {state.get('bundlelab')}, this is "
+                f"{__version__}; resume it with that version or start a new folder"
+            )
+        if state.get("backend") != self.backend.name:
+            raise BundleLabError(
+                f"{self.directory} holds a run of the {state.get('backend')!r} backend, not "
+                f"{self.backend.name!r}; use another folder"
+            )
+        if from_dict(state["spec"]) != self.spec:
+            raise BundleLabError(
+                f"{self.directory} holds a run of spec {state['spec'].get('name')!r}, which "
+                f"differs from the given spec {self.spec.name!r}; use another folder"
+            )
+        saved = TrainConfig.from_dict(state["config"])
+        if saved.replace(epochs=self.config.epochs, device=self.config.device) != self.config:
+            raise BundleLabError(
+                f"{self.directory} was trained with other options ({_differences(saved, self.config)}); "
+                "use the same options or another folder"
+            )
+        if state.get("checkpoint"):
+            self.trainee.load(str(self.directory / state["checkpoint"]))
+        self._checkpoint = state.get("checkpoint")
+        self.history = [EpochRecord.from_dict(r) for r in state["history"]]
+
+    # -- progress -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _progress_bar(self, epoch: int):
+        if not self.progress:
+            yield lambda batches: batches
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        total = -(-len(self.data.y_train) // self.config.batch_size)
+        with Progress("[progress.description]{task.description}", BarColumn(),
+                      MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as bar:
+            task = bar.add_task(f"{self.spec.name} epoch {epoch}/{self.config.epochs}", total=total)
+
+            def advance(batches):
+                for item in batches:
+                    yield item
+                    bar.advance(task)
+
+            yield advance
+
+    def _print_epoch(self, record: EpochRecord) -> None:
+        from rich.console import Console
+
+        line = (f"{self.spec.name} epoch {record.epoch}/{self.config.epochs}: "
+                f"loss {record.train_loss:.4f}, train {record.train_accuracy:.2%}, "
+                f"test {record.test_accuracy:.2%}")
+        if record.report is not None and len(record.report):
+            line += f", H^L {record.report[-1].entropy:.3f}"
+            if record.first_conflicting:
+                line += f", first conflicting layer {record.first_conflicting}"
+        line += f" ({record.seconds:.1f} s)"
+        Console(stderr=True, highlight=False).print(line)
+
+
+def _differences(a: TrainConfig, b: TrainConfig) -> str:
+    da, db = a.to_dict(), b.to_dict()
+    return ", ".join(f"{k}={da[k]!r} vs {db[k]!r}" for k in da if da[k] != db[k] and k not in ("epochs", "device"))
+
+
+def _have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def fit(spec: Spec, data: Any, *, backend: str | Backend = "torch",
+        config: TrainConfig | None = None, directory: str | os.PathLike | None = None,
+        progress: bool = False) -> TrainingResult:
+    """Train ``spec`` on ``data`` (resuming from ``directory`` if it holds the same run).
+
+    See :class:`Training` for the parameters.
+
+    Returns
+    -------
+    TrainingResult
+    """
+    return Training(spec, data, backend=backend, config=config, directory=directory,
+                    progress=progress).run()

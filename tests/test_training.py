@@ -1,0 +1,211 @@
+"""Training a spec through the backend protocol: augmentation, the loop, checkpoints, resuming."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import bundlelab
+from bundlelab import BundleLabError
+from bundlelab.datasets import load_dataset
+from bundlelab.spec import conv_net, fully_connected, parameter_count
+from bundlelab.training import TrainConfig, Training, augment_batch, fit, get_backend
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", n_train=512, n_test=200)
+
+
+def small_config(**changes):
+    return TrainConfig(epochs=3, optimizer="adam", measure_samples=256, device="cpu").replace(
+        **changes
+    )
+
+
+# -- augmentation ----------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 3), st.integers(2, 7), st.integers(0, 3),
+       st.booleans(), st.integers(0, 2**32 - 1))
+def test_every_augmented_image_is_a_window_of_the_padded_or_mirrored_original(
+    n, channels, side, padding, flip, seed
+):
+    x = np.random.default_rng(seed).normal(size=(n, channels, side, side + 1)).astype(np.float32)
+    out = augment_batch(x, np.random.default_rng(seed), crop_padding=padding, flip=flip)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    p = padding
+    for image, original in zip(out, x):
+        candidates = [original, original[:, :, ::-1]] if flip else [original]
+        windows = []
+        for source in candidates:
+            padded = np.pad(source, ((0, 0), (p, p), (p, p)))
+            windows += [padded[:, t:t + side, s:s + side + 1]
+                        for t in range(2 * p + 1) for s in range(2 * p + 1)]
+        assert any(np.array_equal(image, w) for w in windows)
+
+
+def test_brightness_shifts_each_image_by_one_bounded_offset():
+    x = np.random.default_rng(0).normal(size=(6, 3, 4, 4)).astype(np.float32)
+    out = augment_batch(x, np.random.default_rng(1), brightness=0.2)
+    shift = (out - x).reshape(6, -1)
+    np.testing.assert_allclose(shift, shift[:, :1].repeat(shift.shape[1], 1), atol=1e-6)
+    assert np.all(np.abs(shift) <= 0.2 + 1e-6) and np.ptp(shift[:, 0]) > 0
+
+
+def test_flat_inputs_and_no_augmentation_are_left_alone():
+    x = np.ones((4, 10), np.float32)
+    assert augment_batch(x, np.random.default_rng(0), crop_padding=2, flip=True) is x
+    images = np.ones((4, 1, 3, 3), np.float32)
+    assert augment_batch(images, np.random.default_rng(0)) is images
+
+
+# -- options ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"optimizer": "lamb"}, "'optimizer' parameter must be one of 'ranger', 'adam', 'sgd'"),
+    ({"epochs": 0}, "'epochs' parameter must be an int in [1, inf)"),
+    ({"learning_rate": -1.0}, "'learning_rate' parameter"),
+    ({"crop_padding": -1}, "'crop_padding' parameter"),
+])
+def test_bad_options_are_one_line_errors(changes, fragment):
+    with pytest.raises(BundleLabError) as error:
+        TrainConfig(**changes)
+    assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+def test_unknown_backend_names_the_known_ones(digits):
+    with pytest.raises(BundleLabError, match="'keras', 'torch'"):
+        get_backend("jax")
+
+
+def test_data_of_another_shape_says_how_to_build_the_spec(digits):
+    spec = conv_net(10, width_multiplier=0.125)  # (3, 32, 32) inputs
+    with pytest.raises(BundleLabError, match=r"input_shape=\(1, 8, 8\)"):
+        Training(spec, digits, config=small_config())
+
+
+# -- the loop --------------------------------------------------------------------------------
+
+
+def test_training_learns_and_reports_the_papers_figures(digits, tmp_path):
+    spec = fully_connected(32, 2, input_shape=digits.input_shape)
+    result = fit(spec, digits, config=small_config(epochs=6, augment=False,
+                                                   learning_rate=3e-3, average_last=2),
+                 directory=tmp_path)
+    losses = [r.train_loss for r in result.history]
+    assert losses[-1] < 0.6 * losses[0]
+    assert result.test_accuracy == pytest.approx(
+        np.mean([r.test_accuracy for r in result.history[-2:]]))
+    assert result.test_accuracy > 0.7  # ten classes: chance is 0.1
+    assert result.parameters == parameter_count(spec)
+    # weights-only checkpoint: float32 parameters plus a small container overhead
+    assert 4 * result.parameters / 1e6 < result.checkpoint_mb < 4 * result.parameters / 1e6 + 0.05
+    assert result.ms_per_step > 0
+    assert result.tracker().steps == [1, 2, 3, 4, 5, 6]
+    assert set(result.bundle_entropy) == {"dense1", "dense2"}
+    summary = json.loads((tmp_path / "result.json").read_text())
+    assert summary["test_accuracy"] == pytest.approx(result.test_accuracy)
+    assert (tmp_path / "entropy.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-0006.pt"]
+
+
+def test_measured_layers_are_reported_under_their_spec_ids(digits):
+    spec = conv_net(blocks=[1, 1, 0, 0], width_multiplier=0.125, input_shape=digits.input_shape)
+    run = Training(spec, digits, config=small_config(epochs=1))
+    record = run.train_epoch()
+    assert record.report.names == ["a1", "b1"]
+    assert record.report.params["learning_rate"] == pytest.approx(1e-3)
+    assert record.report.params["batch_size"] == 64
+
+
+def test_a_resumed_run_trains_exactly_as_an_uninterrupted_one(digits, tmp_path):
+    spec = conv_net(blocks=[1, 1, 0, 0], width_multiplier=0.125, input_shape=digits.input_shape)
+    config = small_config(epochs=4, optimizer="ranger")
+    straight = fit(spec, digits, config=config)
+
+    first = Training(spec, digits, config=config, directory=tmp_path)
+    first.train_epoch()
+    first.train_epoch()
+    del first  # the process dies here
+    resumed = Training(spec, digits, config=config, directory=tmp_path)
+    assert resumed.epochs_done == 2
+    result = resumed.run()
+    assert [r.train_loss for r in result.history] == [r.train_loss for r in straight.history]
+    assert [r.test_accuracy for r in result.history] == [r.test_accuracy for r in straight.history]
+
+
+def test_a_crash_while_checkpointing_keeps_the_last_good_checkpoint(digits, tmp_path, monkeypatch):
+    spec = fully_connected(16, 2, input_shape=digits.input_shape)
+    config = small_config(epochs=3)
+    run = Training(spec, digits, config=config, directory=tmp_path)
+    run.train_epoch()
+
+    def dies_halfway(path, optimizer=True):
+        with open(path, "wb") as handle:
+            handle.write(b"PK\x03\x04 half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run.trainee, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        run.train_epoch()
+    state = json.loads((tmp_path / "run.json").read_text())
+    assert state["epochs_done"] == 1 and state["checkpoint"] == "checkpoint-0001.pt"
+    resumed = Training(spec, digits, config=config, directory=tmp_path)
+    assert resumed.epochs_done == 1
+    assert resumed.run().history[-1].epoch == 3
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ("spec", "differs from the given spec"),
+    ("config", "trained with other options (learning_rate=0.001 vs 0.01)"),
+    ("version", "was written by bundlelab 0.0.1"),
+])
+def test_resuming_a_folder_of_another_run_is_a_one_line_error(digits, tmp_path, change, fragment):
+    spec = fully_connected(16, 2, input_shape=digits.input_shape)
+    Training(spec, digits, config=small_config(), directory=tmp_path).train_epoch()
+    config = small_config()
+    if change == "spec":
+        spec = fully_connected(16, 3, input_shape=digits.input_shape)
+    elif change == "config":
+        config = small_config(learning_rate=0.01)
+    else:
+        state = json.loads((tmp_path / "run.json").read_text())
+        state["bundlelab"] = "0.0.1"
+        (tmp_path / "run.json").write_text(json.dumps(state))
+    with pytest.raises(BundleLabError) as error:
+        Training(spec, digits, config=config, directory=tmp_path)
+    assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_checkpoint_of_another_spec_is_refused(digits, tmp_path):
+    config = small_config()
+    one = get_backend("torch").build(fully_connected(16, 2, input_shape=(1, 8, 8)), config)
+    one.save(str(tmp_path / "one.pt"))
+    other = get_backend("torch").build(fully_connected(8, 2, input_shape=(1, 8, 8)), config)
+    with pytest.raises(BundleLabError, match="written for another architecture"):
+        other.load(str(tmp_path / "one.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(BundleLabError, match="cannot read checkpoint"):
+        other.load(str(tmp_path / "junk.pt"))
+
+
+def test_lookahead_moves_slow_weights_halfway_every_six_steps():
+    from bundlelab.adapters.torch._optim import Lookahead
+
+    weight = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    inner = torch.optim.SGD([weight], lr=0.1)
+    optimizer = Lookahead(inner, k=6, alpha=0.5)
+    start = weight.detach().clone()
+    for _ in range(6):
+        optimizer.zero_grad()
+        (weight ** 2).sum().backward()
+        optimizer.step()
+    fast = start * 0.8 ** 6  # plain SGD on w^2 with lr 0.1 multiplies w by 0.8 per step
+    torch.testing.assert_close(weight.detach(), start + 0.5 * (fast - start))
