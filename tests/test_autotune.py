@@ -1,0 +1,135 @@
+"""The auto-tune: a deep narrow net that conflicts is really pruned, resumes, and the CLI."""
+
+import json
+
+import pytest
+
+from bundlelab import BundleLabError
+from bundlelab.autotune import autotune
+from bundlelab.cli import run as cli_run
+from bundlelab.datasets import load_dataset
+from bundlelab.spec import fully_connected, layer_count, measured_layers, stage_depths
+from bundlelab.training import TrainConfig, Training
+
+pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", n_train=512, n_test=200)
+
+
+CONFIG = TrainConfig(epochs=2, optimizer="adam", measure_samples=256, device="cpu")
+# 40 ReLU layers of 8 units on the digits: the deep end collapses samples of different digits
+# into one output (found after the first epoch with every seed tried), the shallow end does not.
+DEEP_NARROW = dict(width=8, depth=40)
+
+
+def deep_narrow(data):
+    return fully_connected(DEEP_NARROW["width"], DEEP_NARROW["depth"], input_shape=data.input_shape)
+
+
+@pytest.fixture(scope="module")
+def tuned(digits, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("autotune")
+    return autotune(deep_narrow(digits), digits, config=CONFIG, directory=folder), folder
+
+
+def test_a_deep_narrow_net_is_pruned_until_no_layer_conflicts(tuned):
+    result, _ = tuned
+    restarts = result.restarts
+    assert len(restarts) >= 2, "the deep narrow net should have been pruned"
+    for before, after in zip(restarts, restarts[1:]):
+        # the pruned layer and everything after it in its stage are gone, nothing else
+        cut = measured_layers(before.spec).index(before.pruned_layer)
+        assert measured_layers(after.spec) == measured_layers(before.spec)[:cut]
+        assert before.epochs == 1 and before.entropy > 0
+    final = result.training
+    assert result.spec == restarts[-1].spec and restarts[-1].pruned_layer is None
+    assert layer_count(result.spec) < DEEP_NARROW["depth"] + 1
+    assert len(final.history) == CONFIG.epochs
+    assert final.history[0].first_conflicting is None  # its check passed
+
+
+def test_the_folder_holds_the_evolution_and_the_final_spec(tuned):
+    result, folder = tuned
+    rows = (folder / "evolution.csv").read_text().splitlines()
+    assert rows[0] == "epoch,hidden,layers,pruned_layer,entropy"
+    assert rows[1].startswith(f"start,{DEEP_NARROW['depth']},")
+    assert len(rows) == len(result.restarts) + 1
+    from bundlelab.spec import load
+
+    assert load(folder / "final-spec.yaml") == result.spec
+    summary = json.loads((folder / "result.json").read_text())
+    assert summary["restarts"] == len(result.restarts) - 1
+    assert stage_depths(result.spec)["hidden"] == summary["evolution"][-1]["hidden"]
+
+
+def test_an_interrupted_autotune_resumes_where_it_stopped(digits, tuned, tmp_path, monkeypatch):
+    expected, _ = tuned
+    calls = {"n": 0}
+    original = Training.train_epoch
+
+    def crashes_on_the_third_epoch(self, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(Training, "train_epoch", crashes_on_the_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        autotune(deep_narrow(digits), digits, config=CONFIG, directory=tmp_path)
+    monkeypatch.setattr(Training, "train_epoch", original)
+    state = json.loads((tmp_path / "autotune.json").read_text())
+    assert len(state["restarts"]) >= 2  # two epochs: at least one pruning was saved
+    resumed = autotune(deep_narrow(digits), digits, config=CONFIG, directory=tmp_path)
+    assert resumed.spec == expected.spec
+    assert [r.pruned_layer for r in resumed.restarts] == [r.pruned_layer for r in expected.restarts]
+
+
+def test_resuming_with_another_spec_is_refused(digits, tuned):
+    _, folder = tuned
+    with pytest.raises(BundleLabError, match="another spec"):
+        autotune(fully_connected(8, 4, input_shape=(1, 8, 8)), digits, config=CONFIG,
+                 directory=folder)
+
+
+def cli(capsys, *argv):
+    code = cli_run([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_train_command_writes_a_resumable_run(tmp_path, capsys):
+    args = ["train", "fc-2x16", "--epochs", "2", "--optimizer", "adam", "--out", tmp_path,
+            "--n-train", "256", "--n-test", "100", "--device", "cpu"]
+    code, out, err = cli(capsys, *args)
+    assert code == 0, err
+    assert "fc-2x16-relu" in out
+    assert json.loads((tmp_path / "result.json").read_text())["epochs"] == 2
+    code, out, err = cli(capsys, *args)  # nothing left to train: the result is reported again
+    assert code == 0, err
+
+
+def test_autotune_command_prints_the_comparison_table(tmp_path, capsys):
+    code, out, err = cli(capsys, "autotune", "fc-40x8", "--epochs", "1", "--optimizer", "adam",
+                         "--out", tmp_path, "--n-train", "256", "--n-test", "100",
+                         "--compare", "fc-2x8", "--measure-samples", "256", "--device", "cpu")
+    assert code == 0, err
+    assert "auto-tune" in out and "fc-2x8" in out
+    rows = json.loads((tmp_path / "comparison.json").read_text())
+    assert [r["name"] for r in rows] == ["auto-tune", "fc-2x8"]
+    assert (tmp_path / "seed-0" / "final-spec.yaml").exists()
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["train", "plain-7"], "must be one of 4, 10, 20, 30, 50, 76, 100, 120"),
+    (["train", "vgg-16"], "unknown preset 'vgg-16'"),
+    (["train", "fc-2x16", "--data", "cifar10"], "cifar10"),
+    (["train", "fc-2x16", "--optimizer", "lamb"], "'optimizer' parameter must be one of"),
+    (["autotune", "nope.yaml"], "nope.yaml"),
+])
+def test_bad_input_is_one_line_with_status_2(tmp_path, capsys, argv, fragment):
+    code, out, err = cli(capsys, *argv, "--out", tmp_path / "run")
+    assert code == 2
+    assert err.startswith("error: ") and fragment in err and err.count("\n") == 1
