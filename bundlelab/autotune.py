@@ -24,12 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from ._atomic import atomic_write_text
 from ._errors import BundleLabError
 from ._validation import check_positive_int
 from .spec import Spec, dump, from_dict, layer_count, stage_depths, to_dict, truncate_stage_from
-from .training import Backend, TrainConfig, Training, TrainingResult, check_data, get_backend
+from .training import (
+    Backend,
+    RunFolder,
+    TrainConfig,
+    Training,
+    TrainingResult,
+    check_data,
+    get_backend,
+)
 
 AUTOTUNE_FORMAT = "bundlelab.autotune/1"
 STATE_FILE = "autotune.json"
@@ -180,32 +187,20 @@ def _say(line: str) -> None:
 
 
 def _state(restarts, spec, config, backend, check_epochs) -> dict[str, Any]:
-    return {"format": AUTOTUNE_FORMAT, "bundlelab": __version__, "backend": backend.name,
-            "spec": to_dict(spec), "config": config.to_dict(), "check_epochs": check_epochs,
-            "restarts": [r.to_dict() for r in restarts]}
+    return {"backend": backend.name, "spec": to_dict(spec), "config": config.to_dict(),
+            "check_epochs": check_epochs, "restarts": [r.to_dict() for r in restarts]}
 
 
 def _save_state(folder, restarts, spec, config, backend, check_epochs) -> None:
     if folder is not None:
-        state = _state(restarts, spec, config, backend, check_epochs)
-        atomic_write_text(folder / STATE_FILE, json.dumps(state) + "\n")
+        RunFolder(folder, STATE_FILE, AUTOTUNE_FORMAT).write(
+            _state(restarts, spec, config, backend, check_epochs))
 
 
 def _load_state(folder: Path, spec, config, backend, check_epochs) -> list | None:
-    path = folder / STATE_FILE
-    if not path.exists():
+    state = RunFolder(folder, STATE_FILE, AUTOTUNE_FORMAT).read()
+    if state is None:
         return None
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise BundleLabError(f"cannot read {path}: {exc}; remove the folder to start over") from None
-    if not isinstance(state, dict) or state.get("format") != AUTOTUNE_FORMAT:
-        raise BundleLabError(f"{path} is not an auto-tune state ({AUTOTUNE_FORMAT}); use an empty folder")
-    if state.get("bundlelab") != __version__:
-        raise BundleLabError(
-            f"{folder} was written by bundlelab {state.get('bundlelab')}, this is {__version__}; "
-            "resume it with that version or start a new folder"
-        )
     fresh = _state([], spec, config, backend, check_epochs)
     for key in ("backend", "spec", "check_epochs"):
         if state.get(key) != fresh[key]:

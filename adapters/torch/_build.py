@@ -146,6 +146,8 @@ def _final_activation(node) -> str:
         return node.params["activation"]
     if node.op == "activation":
         return node.params["function"]
+    if node.op in ("add", "conv_bn"):
+        return node.params["activation"]
     if node.op == "basic_block":
         return "relu"
     return "linear"
@@ -208,8 +210,40 @@ class _Activation(nn.Module):
 
 
 class _Add(nn.Module):
+    def __init__(self, activation: str = "linear") -> None:
+        super().__init__()
+        self.activation = _ACTIVATION_FUNCTIONS[activation]
+
     def forward(self, *xs):
-        return sum(xs[1:], xs[0])
+        return self.activation(sum(xs[1:], xs[0]))
+
+
+class _ConvBN(nn.Module):
+    """[Nearest x``upsample``,] conv without bias, batch norm, activation."""
+
+    def __init__(self, c_in, filters, kernel, stride, upsample, activation, hw) -> None:
+        super().__init__()
+        self.upsample = upsample
+        hw = tuple(n * upsample for n in hw)
+        self.conv = _Conv(c_in, filters, kernel, stride, False, hw)
+        self.bn = nn.BatchNorm2d(filters)
+        self.activation = _ACTIVATION_FUNCTIONS[activation]
+
+    def forward(self, x):
+        if self.upsample > 1:
+            x = F.interpolate(x, scale_factor=self.upsample, mode="nearest")
+        return self.activation(self.bn(self.conv(x)))
+
+
+class _Classifier(nn.Module):
+    """Global average pooling of an image input, then a dense layer with bias."""
+
+    def __init__(self, n_in, units) -> None:
+        super().__init__()
+        self.linear = nn.Linear(n_in, units)
+
+    def forward(self, x):
+        return self.linear(x.mean(dim=(2, 3)) if x.dim() == 4 else x)
 
 
 class _GlobalAvgPool(nn.Module):
@@ -261,7 +295,14 @@ _MAKERS: dict[str, Callable[[dict, list, bool], nn.Module]] = {
     "activation": lambda p, s, final: _Activation(p["function"] if final else "linear"),
     "maxpool": lambda p, s, final: _MaxPool(p["pool_size"], p["stride"], s[0][1:]),
     "global_avg_pool": lambda p, s, final: _GlobalAvgPool(),
-    "add": lambda p, s, final: _Add(),
+    "add": lambda p, s, final: _Add(p["activation"] if final else "linear"),
+    "conv_bn": lambda p, s, final: _ConvBN(
+        s[0][0], p["filters"], p["kernel_size"], p["stride"], p["upsample"],
+        p["activation"] if final else "linear", s[0][1:],
+    ),
+    "branch": lambda p, s, final: _BasicBlock(s[0][0], p["filters"], p["stride"], False,
+                                              s[0][1:], final_relu=False),
+    "classifier": lambda p, s, final: _Classifier(s[0][0], p["units"]),
     "basic_block": lambda p, s, final: _BasicBlock(
         s[0][0], p["filters"], p["stride"], p["residual"], s[0][1:], final
     ),

@@ -363,12 +363,20 @@ def stage_depths(spec: Spec, stages: tuple = ()) -> dict[str, int]:
 def layer_count(spec: Spec) -> int:
     """Weighted layers on the main path, as the paper counts them.
 
-    Each ``conv`` and ``dense`` node counts 1 and each ``basic_block`` 2 (its shortcut
-    projection is not counted), so a conv preset has ``2 * blocks + 2`` layers (stem conv and
-    classifier), and a fully connected net ``depth + 1``.
+    Each ``conv``, ``dense`` and ``classifier`` node counts 1, each ``basic_block`` and
+    ``branch`` 2, and a ``conv_bn`` 1 unless it is a 1x1 shortcut projection (projections are
+    not counted, as in He et al.), so a conv preset has ``2 * blocks + 2`` layers (stem conv and
+    classifier), a fully connected net ``depth + 1``, and the ResNet fabric without its extra
+    connections ``6n + 2``.
     """
-    weights = {"conv": 1, "dense": 1, "basic_block": 2}
-    return sum(weights.get(node.op, 0) for node in spec.nodes)
+    weights = {"conv": 1, "dense": 1, "classifier": 1, "basic_block": 2, "branch": 2}
+
+    def weight(node: Node) -> int:
+        if node.op == "conv_bn":
+            return int(node.params["kernel_size"] > 1)
+        return weights.get(node.op, 0)
+
+    return sum(weight(node) for node in spec.nodes)
 
 
 def parameter_count(spec: Spec) -> int:

@@ -60,6 +60,8 @@ class OpDef:
     max_inputs: int | None = 1
     shape: Callable[[dict, list], Shape] = lambda p, s: s[0]
     weights: Callable[[dict, list], int] = lambda p, s: 0
+    #: multiply-accumulates of one sample: (params, input shapes, output shape) -> int
+    macs: Callable[[dict, list, Shape], int] = lambda p, s, out: 0
     doc: str = ""
 
 
@@ -98,6 +100,37 @@ def _basic_block_weights(p: dict, shapes: list) -> int:
     return main + (c_in * f + 2 * f if projects else 0)
 
 
+def _conv_macs(c_in: int, out: Shape, kernel: int) -> int:
+    """A convolution's multiply-accumulates, counted at its output resolution (so a strided conv
+    costs a quarter, and a conv after a x2 upsampling four times, of the same conv at stride 1
+    on its input)."""
+    filters, height, width = out
+    return c_in * filters * height * width * kernel * kernel
+
+
+def _conv_bn_shape(p: dict, shapes: list) -> Shape:
+    c, h, w = _image(shapes[0], "conv_bn")
+    up = p["upsample"]
+    return _strided((c, h * up, w * up), p["filters"], p["stride"], "conv_bn")
+
+
+def _branch_macs(p: dict, shapes: list, out: Shape) -> int:
+    return _conv_macs(shapes[0][0], out, 3) + _conv_macs(out[0], out, 3)
+
+
+def _basic_block_macs(p: dict, shapes: list, out: Shape) -> int:
+    c_in, f = shapes[0][0], p["filters"]
+    projects = p["residual"] and (p["stride"] != 1 or c_in != f)
+    add = math.prod(out) if p["residual"] else 0
+    return _branch_macs(p, shapes, out) + (_conv_macs(c_in, out, 1) if projects else 0) + add
+
+
+def _classifier_shape(p: dict, shapes: list) -> Shape:
+    if len(shapes[0]) not in (1, 3):
+        raise ShapeError(f"'classifier' needs a flat or image input; got shape {shapes[0]}")
+    return (p["units"],)
+
+
 def _batchnorm_shape(p: dict, shapes: list) -> Shape:
     if len(shapes[0]) not in (1, 3):
         raise ShapeError(f"'batchnorm' needs a flat or image input; got shape {shapes[0]}")
@@ -124,6 +157,7 @@ OPS: dict[str, OpDef] = {
             },
             shape=lambda p, s: (_flat(s[0], "dense"), (p["units"],))[1],
             weights=lambda p, s: s[0][0] * p["units"] + (p["units"] if p["use_bias"] else 0),
+            macs=lambda p, s, out: s[0][0] * p["units"],
             doc="fully connected layer, its activation applied after it",
         ),
         OpDef(
@@ -139,6 +173,7 @@ OPS: dict[str, OpDef] = {
                 p["kernel_size"] ** 2 * s[0][0] * p["filters"]
                 + (p["filters"] if p["use_bias"] else 0)
             ),
+            macs=lambda p, s, out: _conv_macs(s[0][0], out, p["kernel_size"]),
             doc="2-D convolution, square kernel, 'same' padding",
         ),
         OpDef(
@@ -165,10 +200,53 @@ OPS: dict[str, OpDef] = {
         ),
         OpDef(
             "add",
+            {"activation": Param("choice", "linear", ACTIVATIONS)},
             min_inputs=1,
             max_inputs=None,
             shape=_same_shapes,
-            doc="element-wise sum; the only op whose inputs may be optional (stochastic) edges",
+            macs=lambda p, s, out: math.prod(out) * (len(s) - 1),
+            doc=(
+                "element-wise sum, then its activation (a fabric's aggregation: ReLU of the sum); "
+                "the only op whose inputs may be optional (stochastic) edges"
+            ),
+        ),
+        OpDef(
+            "conv_bn",
+            {
+                "filters": Param("int"),
+                "kernel_size": Param("int", 3),
+                "stride": Param("int", 1),
+                "upsample": Param("int", 1),
+                "activation": Param("choice", "linear", ACTIVATIONS),
+            },
+            shape=_conv_bn_shape,
+            weights=lambda p, s: p["kernel_size"] ** 2 * s[0][0] * p["filters"] + 2 * p["filters"],
+            macs=lambda p, s, out: _conv_macs(s[0][0], out, p["kernel_size"]),
+            doc=(
+                "[nearest-neighbour x upsample,] conv without bias ('same' padding, stride), batch "
+                "norm, then its activation: a fabric's transformation, a projection shortcut"
+            ),
+        ),
+        OpDef(
+            "branch",
+            {"filters": Param("int"), "stride": Param("int", 1)},
+            shape=lambda p, s: _strided(s[0], p["filters"], p["stride"], "branch"),
+            weights=lambda p, s: (
+                9 * s[0][0] * p["filters"] + 9 * p["filters"] ** 2 + 4 * p["filters"]
+            ),
+            macs=_branch_macs,
+            doc=(
+                "the residual branch of a basic block: 3x3 conv (stride), BN, ReLU, 3x3 conv, BN; "
+                "no shortcut and no final activation (an 'add' joins it to its shortcut)"
+            ),
+        ),
+        OpDef(
+            "classifier",
+            {"units": Param("int")},
+            shape=_classifier_shape,
+            weights=lambda p, s: s[0][0] * p["units"] + p["units"],
+            macs=lambda p, s, out: s[0][0] * p["units"],
+            doc="global average pooling (of an image input) and a dense layer with bias: logits",
         ),
         OpDef(
             "basic_block",
@@ -179,6 +257,7 @@ OPS: dict[str, OpDef] = {
             },
             shape=lambda p, s: _strided(s[0], p["filters"], p["stride"], "basic_block"),
             weights=_basic_block_weights,
+            macs=_basic_block_macs,
             doc=(
                 "He et al.'s basic block: 3x3 conv (stride), BN, ReLU, 3x3 conv, BN, [+ shortcut], "
                 "ReLU; the shortcut is the identity, or a 1x1 conv (stride) with BN where the "

@@ -16,10 +16,20 @@ fixed training subset, checkpoints every epoch and resumes after a crash; a back
 from ._augment import augment_batch
 from ._backend import Backend, Trainee, available_backends, get_backend, register_backend
 from ._config import OPTIMIZERS, TrainConfig
-from ._run import EpochRecord, Training, TrainingResult, check_data, fit
+from ._folder import RunFolder
+from ._run import (
+    EpochRecord,
+    Training,
+    TrainingResult,
+    check_data,
+    check_same_run,
+    fit,
+    training_batches,
+)
 
 __all__ = [
     "OPTIMIZERS",
+    "RunFolder",
     "Backend",
     "EpochRecord",
     "TrainConfig",
@@ -29,7 +39,9 @@ __all__ = [
     "augment_batch",
     "available_backends",
     "check_data",
+    "check_same_run",
     "fit",
     "get_backend",
     "register_backend",
+    "training_batches",
 ]

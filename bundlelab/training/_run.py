@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
 from .._atomic import atomic_write_text
 from .._errors import BundleLabError
 from ..report import BundleReport
@@ -39,6 +38,7 @@ from ..tracker import BundleTracker
 from ._augment import augment_batch
 from ._backend import Backend, get_backend
 from ._config import TrainConfig
+from ._folder import RunFolder
 
 RUN_FORMAT = "bundlelab.run/1"
 RUN_FILE = "run.json"
@@ -136,6 +136,25 @@ class TrainingResult:
         }
 
 
+def training_batches(data: Any, config: TrainConfig,
+                     epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The shuffled, augmented batches ``(x, y)`` of ``data``'s training set in ``epoch``.
+
+    Seeded by ``(config.seed, epoch)``: the same epoch always gives the same batches, so a
+    resumed run sees exactly what an uninterrupted one would have.
+    """
+    rng = np.random.default_rng([config.seed, epoch])
+    order = rng.permutation(len(data.y_train))
+    crop = config.crop_for(tuple(data.x_train.shape[1:]))
+    flip = config.augment and (data.flip if config.flip is None else config.flip)
+    brightness = config.brightness if config.augment else 0.0
+    for start in range(0, len(order), config.batch_size):
+        index = np.sort(order[start:start + config.batch_size])
+        x = augment_batch(data.x_train[index], rng, crop_padding=crop, flip=flip,
+                          brightness=brightness)
+        yield x, data.y_train[index]
+
+
 def check_data(spec: Spec, data: Any) -> None:
     """Raise a one-line error when ``data`` cannot train ``spec`` (shapes, classes)."""
     for name in ("x_train", "y_train", "x_test", "y_test"):
@@ -201,13 +220,13 @@ class Training:
         self.backend = get_backend(backend)
         self.directory = None if directory is None else Path(directory)
         self.history: list[EpochRecord] = []
-        self._checkpoint: str | None = None
+        self._folder = None if directory is None else RunFolder(directory, RUN_FILE, RUN_FORMAT)
         n = len(data.y_train)
         self.measure_index = np.sort(
             np.random.default_rng(config.seed).choice(n, min(n, config.measure_samples), replace=False)
         )
         self.trainee = self.backend.build(spec, config)
-        if self.directory is not None and (self.directory / RUN_FILE).exists():
+        if self._folder is not None:
             self._resume()
 
     @property
@@ -222,17 +241,7 @@ class Training:
 
     def batches(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The shuffled, augmented training batches of ``epoch`` (1-based), seeded."""
-        config, data = self.config, self.data
-        rng = np.random.default_rng([config.seed, epoch])
-        order = rng.permutation(len(data.y_train))
-        crop = config.crop_for(tuple(self.spec.input_shape))
-        flip = config.augment and (data.flip if config.flip is None else config.flip)
-        brightness = config.brightness if config.augment else 0.0
-        for start in range(0, len(order), config.batch_size):
-            index = np.sort(order[start:start + config.batch_size])
-            x = augment_batch(data.x_train[index], rng, crop_padding=crop, flip=flip,
-                              brightness=brightness)
-            yield x, data.y_train[index]
+        return training_batches(self.data, self.config, epoch)
 
     def train_epoch(self, *, measure: bool | None = None) -> EpochRecord:
         """Train one more epoch, evaluate, measure bundles, checkpoint; return its record.
@@ -302,8 +311,7 @@ class Training:
         return result
 
     def _weights_mb(self) -> float:
-        where = self.directory if self.directory is not None else None
-        fd, tmp = tempfile.mkstemp(suffix=self.backend.checkpoint_suffix, dir=where)
+        fd, tmp = tempfile.mkstemp(suffix=self.backend.checkpoint_suffix, dir=self.directory)
         os.close(fd)
         try:
             self.trainee.save(tmp, optimizer=False)
@@ -316,63 +324,27 @@ class Training:
 
     def _state(self) -> dict[str, Any]:
         return {
-            "format": RUN_FORMAT, "bundlelab": __version__, "backend": self.backend.name,
-            "spec": to_dict(self.spec), "config": self.config.to_dict(),
-            "epochs_done": self.epochs_done, "checkpoint": self._checkpoint,
+            "backend": self.backend.name, "spec": to_dict(self.spec),
+            "config": self.config.to_dict(), "epochs_done": self.epochs_done,
             "history": [r.to_dict() for r in self.history],
         }
 
     def _save(self) -> None:
-        if self.directory is None:
+        if self._folder is None:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        previous = self._checkpoint
-        name = f"checkpoint-{self.epochs_done:04d}{self.backend.checkpoint_suffix}"
-        tmp = self.directory / f".{name}.tmp"
-        self.trainee.save(str(tmp))
-        os.replace(tmp, self.directory / name)
-        self._checkpoint = name
+        self._folder.commit(self.epochs_done, self.backend.checkpoint_suffix, self.trainee.save,
+                            self._state())
         if not (self.directory / "spec.yaml").exists():
             atomic_write_text(self.directory / "spec.yaml", dumps(self.spec, format="yaml"))
-        atomic_write_text(self.directory / RUN_FILE, json.dumps(self._state()) + "\n")
-        if previous and previous != name:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.directory / previous)
 
     def _resume(self) -> None:
-        path = self.directory / RUN_FILE
-        try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise BundleLabError(f"cannot read {path}: {exc}; remove the folder to start over") from None
-        if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
-            raise BundleLabError(
-                f"{path} is not a bundlelab run of format {RUN_FORMAT!r}; use an empty folder"
-            )
-        if state.get("bundlelab") != __version__:
-            raise BundleLabError(
-                f"{self.directory} was written by bundlelab {state.get('bundlelab')}, this is "
-                f"{__version__}; resume it with that version or start a new folder"
-            )
-        if state.get("backend") != self.backend.name:
-            raise BundleLabError(
-                f"{self.directory} holds a run of the {state.get('backend')!r} backend, not "
-                f"{self.backend.name!r}; use another folder"
-            )
-        if from_dict(state["spec"]) != self.spec:
-            raise BundleLabError(
-                f"{self.directory} holds a run of spec {state['spec'].get('name')!r}, which "
-                f"differs from the given spec {self.spec.name!r}; use another folder"
-            )
-        saved = TrainConfig.from_dict(state["config"])
-        if saved.replace(epochs=self.config.epochs, device=self.config.device) != self.config:
-            raise BundleLabError(
-                f"{self.directory} was trained with other options ({_differences(saved, self.config)}); "
-                "use the same options or another folder"
-            )
-        if state.get("checkpoint"):
-            self.trainee.load(str(self.directory / state["checkpoint"]))
-        self._checkpoint = state.get("checkpoint")
+        state = self._folder.read()
+        if state is None:
+            return
+        check_same_run(self.directory, state, backend=self.backend.name, spec=self.spec,
+                       config=self.config)
+        if self._folder.checkpoint_path():
+            self.trainee.load(self._folder.checkpoint_path())
         self.history = [EpochRecord.from_dict(r) for r in state["history"]]
 
     # -- progress -------------------------------------------------------------------------
@@ -408,6 +380,28 @@ class Training:
                 line += f", first conflicting layer {record.first_conflicting}"
         line += f" ({record.seconds:.1f} s)"
         Console(stderr=True, highlight=False).print(line)
+
+
+def check_same_run(directory, state: dict, *, backend: str, spec: Spec,
+                   config: TrainConfig) -> None:
+    """Refuse to resume ``state`` (read from ``directory``) with another backend, spec or
+    training options; ``epochs`` and ``device`` may change."""
+    if state.get("backend") != backend:
+        raise BundleLabError(
+            f"{directory} holds a run of the {state.get('backend')!r} backend, not {backend!r}; "
+            "use another folder"
+        )
+    if from_dict(state["spec"]) != spec:
+        raise BundleLabError(
+            f"{directory} holds a run of spec {state['spec'].get('name')!r}, which differs from "
+            f"the given spec {spec.name!r}; use another folder"
+        )
+    saved = TrainConfig.from_dict(state["config"])
+    if saved.replace(epochs=config.epochs, device=config.device) != config:
+        raise BundleLabError(
+            f"{directory} was trained with other options ({_differences(saved, config)}); use "
+            "the same options or another folder"
+        )
 
 
 def _differences(a: TrainConfig, b: TrainConfig) -> str:

@@ -1,0 +1,429 @@
+"""The budgeted search: REINFORCE on the gates of a super-network, under a cost budget.
+
+Per batch (after the warm-up): every example samples its own architecture, each gate on with
+probability ``sigmoid(gamma_j)``; the core computes each example's real architecture and its
+cost; the backend takes one step on ``mean(loss_b) - mean((r_b - mean r) * log p(h_b))`` with
+the reward ``r_b = -(loss_b + lambda * penalty(cost_b - C))``, where ``penalty`` is
+``max(0, .)`` (default) or ``|.|``.  During the warm-up every gate is on and only the weights
+learn.  Evaluation is deterministic: gate ``j`` is on iff ``sigmoid(gamma_j) > 0.5``.
+
+A search folder holds ``search.json`` (options, history of every epoch with the gate
+probabilities) and the checkpoint of the last finished epoch (weights, gate logits, both
+optimizers), committed like a training run's, so a killed search resumes from its last epoch
+with the same gate state.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._errors import BundleLabError
+from .._validation import check_choice, check_positive_float, check_positive_int
+from ..spec import Spec, dump, from_dict, to_dict
+from ..training import (
+    Backend,
+    RunFolder,
+    TrainConfig,
+    check_data,
+    get_backend,
+    training_batches,
+)
+from ._costs import Cost, LatencyCost, cheapest_architecture, get_cost
+from ._extract import deterministic_gates, extract
+from ._graph import GatedGraph
+
+SEARCH_FORMAT = "bundlelab.search/1"
+STATE_FILE = "search.json"
+PENALTIES = ("hinge", "abs")
+GATE_OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Options of one budgeted search (the training options are a :class:`TrainConfig`).
+
+    Parameters
+    ----------
+    cost : str, default="flops"
+        "flops", "params", "latency" or "parallel:N".
+    budget : float
+        The maximal authorised cost ``C``.
+    lam : float or None, default=None
+        ``lambda`` (> 0); None: ``10 ** -m`` for the budget's order of magnitude ``m``, so a
+        cost overshooting the budget by ``C`` weighs about as much as the loss (the
+        supplementary picks lambda around the budget's magnitude by cross-validation).
+    penalty : {"hinge", "abs"}, default="hinge"
+        ``max(0, cost - C)`` or ``|cost - C|``.
+    warmup_epochs : int, default=50
+        Epochs training the whole super-network before the gates learn (the paper: 50).
+    search_epochs : int, default=100
+        Epochs of sampling after the warm-up.
+    gate_init : float, default=3.0
+        Initial logit of every gate (``sigmoid(3) = 0.95``).
+    gate_optimizer : {"adam", "sgd"}, default="adam"
+    gate_learning_rate : float, default=0.01
+    latency_batch_size : int, default=64
+        Batch size at which the latency cost is timed.
+    validation_fraction : float, default=0.1
+        Fraction of the training set held out (seeded) for the deterministic architecture's
+        validation accuracy; the test set is never looked at.
+    """
+
+    budget: float
+    cost: str = "flops"
+    lam: float | None = None
+    penalty: str = "hinge"
+    warmup_epochs: int = 50
+    search_epochs: int = 100
+    gate_init: float = 3.0
+    gate_optimizer: str = "adam"
+    gate_learning_rate: float = 0.01
+    latency_batch_size: int = 64
+    validation_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        get_cost(self.cost)
+        check_positive_float("budget", self.budget)
+        if self.lam is not None and (
+            isinstance(self.lam, bool) or not isinstance(self.lam, (int, float))
+            or not math.isfinite(self.lam) or self.lam <= 0
+        ):
+            raise BundleLabError(
+                f"The 'lam' parameter (lambda) must be a float in (0, inf). Got {self.lam!r} "
+                "instead."
+            )
+        check_choice("penalty", self.penalty, PENALTIES)
+        if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) \
+                or self.warmup_epochs < 0:
+            raise BundleLabError(
+                f"The 'warmup_epochs' parameter must be an int in [0, inf). Got "
+                f"{self.warmup_epochs!r} instead."
+            )
+        check_positive_int("search_epochs", self.search_epochs)
+        check_choice("gate_optimizer", self.gate_optimizer, GATE_OPTIMIZERS)
+        check_positive_float("gate_learning_rate", self.gate_learning_rate)
+        check_positive_int("latency_batch_size", self.latency_batch_size)
+        if not 0 < self.validation_fraction < 1:
+            raise BundleLabError(
+                f"The 'validation_fraction' parameter must be a float in (0, 1). Got "
+                f"{self.validation_fraction!r} instead."
+            )
+
+    @property
+    def epochs(self) -> int:
+        return self.warmup_epochs + self.search_epochs
+
+    @property
+    def lam_value(self) -> float:
+        """``lambda``, or its default ``10 ** -floor(log10(budget))``."""
+        if self.lam is not None:
+            return float(self.lam)
+        return 10.0 ** -math.floor(math.log10(self.budget))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
+        return cls(**{k: v for k, v in data.items() if k in {f.name for f in fields(cls)}})
+
+
+def validation_split(data: Any, fraction: float, seed: int) -> Any:
+    """``data`` with a seeded ``fraction`` of its training set moved into its test slots.
+
+    The search selects architectures on this validation set and never sees the test set.
+    """
+    import dataclasses
+
+    n = len(data.y_train)
+    held = np.zeros(n, dtype=bool)
+    held[np.random.default_rng([seed, 7]).choice(n, max(1, round(n * fraction)), replace=False)] = True
+    return dataclasses.replace(
+        data, name=f"{data.name}-validation", x_train=data.x_train[~held],
+        y_train=data.y_train[~held], x_test=data.x_train[held], y_test=data.y_train[held],
+    )
+
+
+@dataclass
+class SearchResult:
+    """A finished search: the deterministic architecture, as a spec, and its costs."""
+
+    supernet: Spec
+    spec: Spec
+    gates: list
+    probabilities: np.ndarray
+    cost_name: str
+    cost: float
+    budget: float
+    met_budget: bool
+    validation_accuracy: float
+    costs: dict
+    history: list = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "supernet": self.supernet.name, "spec": self.spec.name, "cost": self.cost_name,
+            "budget": self.budget, "architecture_cost": self.cost,
+            "met_budget": self.met_budget, "validation_accuracy": self.validation_accuracy,
+            "costs": self.costs, "gates_on": int(deterministic_gates(self.probabilities).sum()),
+            "gates": len(self.gates),
+        }
+
+
+def architecture_costs(spec: Spec, costs: tuple = ("flops", "params", "parallel:1",
+                                                    "parallel:2", "parallel:4")) -> dict:
+    """Every analytic cost of an ordinary spec (all of it runs), by cost name."""
+    graph = GatedGraph(spec)
+    alive, live = graph.real_architecture(graph.all_on()[None])
+    return {name: float(get_cost(name)(graph, alive, live)[0]) for name in costs}
+
+
+class BudgetedSearch:
+    """A resumable budgeted search of ``supernet`` on ``data`` through a backend.
+
+    Parameters
+    ----------
+    supernet : Spec
+        A spec with optional edges (:func:`resnet_fabric`, :func:`conv_fabric`, or any DAG).
+    data : bundlelab.datasets.Dataset
+        Its training set is split into search-training and validation sets
+        (:func:`validation_split`); its test set is not used.
+    search : SearchConfig
+    config : TrainConfig, optional
+        Weights' optimizer, batch size, augmentation, seed, device (``epochs`` is ignored:
+        ``search.epochs`` counts).
+    backend : str or Backend, default="torch"
+        Must offer ``build_supernet``.
+    directory : path, optional
+        The search folder; one holding the same search resumes.
+    progress : bool, default=False
+    """
+
+    def __init__(self, supernet: Spec, data: Any, search: SearchConfig, *,
+                 config: TrainConfig | None = None, backend: str | Backend = "torch",
+                 directory: str | os.PathLike | None = None, progress: bool = False) -> None:
+        if not isinstance(search, SearchConfig):
+            raise BundleLabError(
+                f"The 'search' parameter must be a SearchConfig. Got {type(search).__name__} "
+                "instead."
+            )
+        config = TrainConfig() if config is None else config
+        check_data(supernet, data)
+        self.graph = GatedGraph(supernet)
+        if not self.graph.n_gates:
+            raise BundleLabError(
+                f"spec {supernet.name!r} has no optional edges, so there is nothing to search; "
+                "mark the edges the search may drop as 'optional' on their add nodes"
+            )
+        self.supernet, self.search, self.config, self.progress = supernet, search, config, progress
+        self.cost: Cost = get_cost(search.cost)
+        self.backend = get_backend(backend)
+        if not hasattr(self.backend, "build_supernet"):
+            raise BundleLabError(f"the {self.backend.name!r} backend cannot train super-networks")
+        self.data = validation_split(data, search.validation_fraction, config.seed)
+        self.trainee = self.backend.build_supernet(
+            supernet, config, gate_init=search.gate_init, gate_optimizer=search.gate_optimizer,
+            gate_learning_rate=search.gate_learning_rate,
+        )
+        if isinstance(self.cost, LatencyCost):
+            self._time_nodes()
+        cheapest_gates, self.minimum_cost = cheapest_architecture(self.graph, self.cost)
+        if search.budget < self.minimum_cost:
+            raise BundleLabError(
+                f"budget {search.budget:g} is below the cheapest architecture of "
+                f"{supernet.name!r}, which costs {self.minimum_cost:g} ({self.cost.name}); "
+                f"raise the budget to at least {self.minimum_cost:g}"
+            )
+        self.history: list[dict[str, Any]] = []
+        self.directory = None if directory is None else Path(directory)
+        self._folder = None if directory is None else RunFolder(directory, STATE_FILE, SEARCH_FORMAT)
+        self._resume()
+
+    # -- one epoch ------------------------------------------------------------------------
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.history)
+
+    @property
+    def finished(self) -> bool:
+        return self.epochs_done >= self.search.epochs
+
+    def _time_nodes(self) -> None:
+        self.cost.node_seconds = self.trainee.node_seconds(self.search.latency_batch_size)
+
+    def _penalty(self, cost: np.ndarray) -> np.ndarray:
+        over = cost - self.search.budget
+        return np.maximum(over, 0.0) if self.search.penalty == "hinge" else np.abs(over)
+
+    def train_epoch(self) -> dict[str, Any]:
+        """One epoch (warm-up or sampling); evaluate the deterministic architecture; commit."""
+        if self.finished:
+            raise BundleLabError(f"the search already ran its {self.search.epochs} epochs")
+        epoch = self.epochs_done + 1
+        warm = epoch <= self.search.warmup_epochs
+        if not warm and isinstance(self.cost, LatencyCost):
+            self._time_nodes()  # a measured cost: re-measured every epoch
+        rng = np.random.default_rng([self.config.seed, epoch, 1])
+        all_alive, all_live = self.graph.real_architecture(self.graph.all_on())
+        lam = self.search.lam_value
+        loss_sum = correct = seen = 0
+        sampled_costs = []
+        for x, y in self._batches(epoch, warm):
+            n = len(y)
+            if warm:
+                gates = np.ones((n, self.graph.n_gates), dtype=bool)
+                alive, live = np.broadcast_to(all_alive, (n, all_alive.size)), None
+                penalty = np.zeros(n)
+            else:
+                p = self.trainee.gate_probabilities()
+                gates = rng.random((n, p.size)) < p
+                alive, live = self.graph.real_architecture(gates)
+                cost = self.cost(self.graph, alive, live)
+                sampled_costs.append(cost)
+                penalty = lam * self._penalty(cost)
+            step = self.trainee.train_step(x, y, gates, np.ascontiguousarray(alive),
+                                           penalty.astype(np.float32), reinforce=not warm)
+            loss_sum += step["loss"] * step["n"]
+            correct += step["correct"]
+            seen += step["n"]
+        probabilities = self.trainee.gate_probabilities()
+        gates = deterministic_gates(probabilities)
+        alive, live = self.graph.real_architecture(gates)
+        consistent = bool(alive[self.graph.output])
+        evaluation = self.trainee.evaluate(
+            self.data.x_test, self.data.y_test, gates, alive,
+            batch_size=max(256, self.config.batch_size),
+        )
+        record = {
+            "epoch": epoch, "warmup": warm, "train_loss": loss_sum / seen,
+            "train_accuracy": correct / seen, "validation_accuracy": evaluation["accuracy"],
+            "validation_loss": evaluation["loss"],
+            "cost": float(self.cost(self.graph, alive[None], live[None])[0]) if consistent else None,
+            "sampled_cost_mean": float(np.concatenate(sampled_costs).mean()) if sampled_costs else None,
+            "gates_on": int(gates.sum()), "probabilities": probabilities.tolist(),
+        }
+        self.history.append(record)
+        self._commit()
+        if self.progress:
+            self._print(record)
+        return record
+
+    def _batches(self, epoch: int, warm: bool):
+        batches = training_batches(self.data, self.config, epoch)
+        if not self.progress:
+            return batches
+        from rich.progress import track
+
+        total = -(-len(self.data.y_train) // self.config.batch_size)
+        phase = "warm-up" if warm else "search"
+        return track(batches, total=total, transient=True,
+                     description=f"{phase} epoch {epoch}/{self.search.epochs}")
+
+    def run(self) -> SearchResult:
+        """Run the remaining epochs and return the deterministic architecture."""
+        while not self.finished:
+            self.train_epoch()
+        return self.result()
+
+    def result(self) -> SearchResult:
+        probabilities = self.trainee.gate_probabilities()
+        gates = deterministic_gates(probabilities)
+        alive, live = self.graph.real_architecture(gates)
+        if not alive[self.graph.output]:
+            raise BundleLabError(
+                "the search ended on an empty architecture (no path of gates with p > 0.5 "
+                "joins input and output); lower lambda or raise the budget"
+            )
+        spec = extract(self.supernet, gates,
+                       name=f"{self.supernet.name}-{self.cost.name}-{self.search.budget:g}")
+        cost = float(self.cost(self.graph, alive[None], live[None])[0])
+        result = SearchResult(
+            supernet=self.supernet, spec=spec, gates=self.graph.gates,
+            probabilities=probabilities, cost_name=self.cost.name, cost=cost,
+            budget=self.search.budget, met_budget=cost <= self.search.budget,
+            validation_accuracy=self.history[-1]["validation_accuracy"] if self.history else float("nan"),
+            costs=architecture_costs(spec), history=list(self.history),
+        )
+        if self.directory is not None and self.finished:
+            import json
+
+            from .._atomic import atomic_write_text
+
+            dump(spec, self.directory / "architecture.yaml")
+            atomic_write_text(self.directory / "result.json",
+                              json.dumps(result.summary(), indent=2) + "\n")
+            from ._plots import plot_gates, plot_search_log
+
+            if _have_matplotlib():
+                plot_gates(self.graph, probabilities, self.directory / "gates.png")
+                plot_search_log(self.history, self.search, self.directory / "search-log.png")
+        return result
+
+    # -- folder ---------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        return {"backend": self.backend.name, "spec": to_dict(self.supernet),
+                "config": self.config.to_dict(), "search": self.search.to_dict(),
+                "history": self.history}
+
+    def _commit(self) -> None:
+        if self._folder is not None:
+            self._folder.commit(self.epochs_done, self.backend.checkpoint_suffix,
+                                self.trainee.save, self._state())
+
+    def _resume(self) -> None:
+        if self._folder is None:
+            return
+        state = self._folder.read()
+        if state is None:
+            return
+        if state.get("backend") != self.backend.name or from_dict(state["spec"]) != self.supernet:
+            raise BundleLabError(
+                f"{self.directory} holds a search of another super-network or backend; use "
+                "another folder"
+            )
+        saved = (TrainConfig.from_dict(state["config"]), SearchConfig.from_dict(state["search"]))
+        if saved[0].replace(device=self.config.device, epochs=self.config.epochs) != self.config \
+                or saved[1] != self.search:
+            raise BundleLabError(
+                f"{self.directory} holds a search with other options; use the same options or "
+                "another folder"
+            )
+        if self._folder.checkpoint_path():
+            self.trainee.load(self._folder.checkpoint_path())
+        self.history = state["history"]
+
+    def _print(self, record: dict[str, Any]) -> None:
+        from rich.console import Console
+
+        phase = "warm-up" if record["warmup"] else "search"
+        cost = "empty" if record["cost"] is None else f"{record['cost']:.4g}"
+        Console(stderr=True, highlight=False).print(
+            f"{phase} epoch {record['epoch']}/{self.search.epochs}: loss "
+            f"{record['train_loss']:.4f}, validation {record['validation_accuracy']:.2%}, "
+            f"{self.cost.name} {cost} (budget {self.search.budget:g}), gates on "
+            f"{record['gates_on']}/{self.graph.n_gates}"
+        )
+
+
+def _have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def search(supernet: Spec, data: Any, search: SearchConfig, *,
+           config: TrainConfig | None = None, backend: str | Backend = "torch",
+           directory: str | os.PathLike | None = None, progress: bool = False) -> SearchResult:
+    """Run a budgeted search (see :class:`BudgetedSearch`) and return its architecture."""
+    return BudgetedSearch(supernet, data, search, config=config, backend=backend,
+                          directory=directory, progress=progress).run()
