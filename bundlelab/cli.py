@@ -698,8 +698,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(run(argv))
 
 
-# The training commands live in their own module; importing it registers them on `app`.
-from . import cli_training  # noqa: E402,F401
+# The training and search commands live in their own modules; importing them registers them.
+from . import cli_search, cli_training  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,158 @@
+"""``bundlelab search``: the budgeted architecture search, from the command line.
+
+Registered on the app of :mod:`bundlelab.cli`; numpy, the data and the framework are imported
+only when the command runs.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ._errors import BundleLabError
+from .cli import app
+from .cli_training import HELP as TRAIN_HELP
+from .cli_training import _load_data
+
+HELP = {
+    "supernet": "A super-network spec file (.yaml/.json; optional edges are the gates), or "
+    "resnet-fabric-N (N = 6n+2: 20, 32, 44, 56, 110) or conv-fabric-W (W columns).",
+    "cost": "The constrained cost: flops, params, latency (timed on --device) or parallel:N "
+    "(rounds on N machines).",
+    "budget": "Maximal cost C; repeat for a sweep (Pareto front over all runs).",
+    "lam": "lambda of the cost penalty (> 0); repeat to sweep; default: 10^-m for a budget of "
+    "order of magnitude m.",
+    "penalty": "hinge: max(0, cost - C); abs: |cost - C|.",
+    "warmup": "Epochs training the whole super-network before the gates learn (paper: 50).",
+    "search_epochs": "Epochs of sampling architectures after the warm-up.",
+    "retrain_epochs": "Epochs retraining each found architecture (and each family member).",
+    "gate_lr": "Learning rate of the gate logits (Adam).",
+    "family": "Also train the plain family (ResNets with fewer blocks, narrower fabrics) for the "
+    "comparison and the front plot.",
+    "out": "Search folder: one sub-folder per search and per retraining; rerun to resume.",
+}
+
+_FABRIC = re.compile(r"^(resnet-fabric|conv-fabric)-(\d+)$")
+RESNET_FAMILY = (1, 2, 3, 5, 7, 9, 18)  # ResNet-8, 14, 20, 32, 44, 56, 110
+FABRIC_FAMILY = (1, 2, 4, 8)
+
+
+def resolve_supernet(text: str, data, width_multiplier: float):
+    """A super-network (file or preset name) and its plain family, sized for ``data``."""
+    from .search import conv_fabric, resnet_fabric
+    from .spec import load
+
+    match = _FABRIC.match(text)
+    shape, classes = tuple(data.input_shape), data.n_classes
+    if match is None:
+        if Path(text).suffix.lower() in (".yaml", ".yml", ".json") or Path(text).exists():
+            return load(text), []
+        raise BundleLabError(
+            f"unknown super-network {text!r}: give a spec file (.yaml, .json), resnet-fabric-N "
+            "or conv-fabric-W"
+        )
+    kind, number = match[1], int(match[2])
+    if kind == "resnet-fabric":
+        if (number - 2) % 6 or number < 8:
+            raise BundleLabError(
+                f"resnet-fabric-{number}: N must be 6n+2 (8, 14, 20, 32, 44, 56, 110, ...)"
+            )
+        n = (number - 2) // 6
+        family = [resnet_fabric(m, extra=False, width_multiplier=width_multiplier,
+                                input_shape=shape, n_classes=classes)
+                  for m in RESNET_FAMILY if m <= n]
+        return resnet_fabric(n, width_multiplier=width_multiplier, input_shape=shape,
+                             n_classes=classes), family
+    channels = max(1, round(128 * width_multiplier))
+    family = [conv_fabric(w, channels=channels, input_shape=shape, n_classes=classes)
+              for w in FABRIC_FAMILY if w <= number]
+    return conv_fabric(number, channels=channels, input_shape=shape, n_classes=classes), family
+
+
+@app.command()
+def search(
+    supernet: str = typer.Argument(..., metavar="SUPERNET_SPEC", help=HELP["supernet"]),
+    cost: str = typer.Option("flops", "--cost", help=HELP["cost"]),
+    budget: List[float] = typer.Option(..., "--budget", help=HELP["budget"]),
+    lam: Optional[List[float]] = typer.Option(None, "--lambda", help=HELP["lam"]),
+    penalty: str = typer.Option("hinge", "--penalty", help=HELP["penalty"]),
+    data: str = typer.Option("digits", "--data", help=TRAIN_HELP["data"]),
+    warmup_epochs: int = typer.Option(5, "--warmup-epochs", min=0, help=HELP["warmup"]),
+    search_epochs: int = typer.Option(20, "--search-epochs", min=1, help=HELP["search_epochs"]),
+    retrain_epochs: int = typer.Option(20, "--retrain-epochs", min=1,
+                                       help=HELP["retrain_epochs"]),
+    optimizer: str = typer.Option("adam", "--optimizer", help=TRAIN_HELP["optimizer"]),
+    lr: float = typer.Option(1e-3, "--lr", help=TRAIN_HELP["lr"]),
+    weight_decay: float = typer.Option(1e-4, "--weight-decay", help=TRAIN_HELP["weight_decay"]),
+    batch_size: int = typer.Option(64, "--batch-size", help=TRAIN_HELP["batch_size"]),
+    gate_lr: float = typer.Option(0.01, "--gate-lr", help=HELP["gate_lr"]),
+    width_multiplier: float = typer.Option(1.0, "--width-multiplier", help=TRAIN_HELP["width"]),
+    family: bool = typer.Option(True, "--family/--no-family", help=HELP["family"]),
+    device: str = typer.Option("auto", "--device", help=TRAIN_HELP["device"]),
+    seed: int = typer.Option(0, "--seed", min=0, help=TRAIN_HELP["seed"]),
+    out: Path = typer.Option(Path("runs/search"), "--out", help=HELP["out"]),
+    no_augment: bool = typer.Option(False, "--no-augment", help=TRAIN_HELP["no_augment"]),
+    n_train: Optional[int] = typer.Option(None, "--n-train", help=TRAIN_HELP["n_train"]),
+    n_test: Optional[int] = typer.Option(None, "--n-test", help=TRAIN_HELP["n_test"]),
+) -> None:
+    """Find the most accurate network that costs at most C (budgeted super networks).
+
+    Trains SUPERNET with its gates sampled per example (REINFORCE, reward -(loss + lambda *
+    max(0, cost - C))), keeps the gates with p > 0.5, retrains the extracted network from
+    scratch and measures its bundle entropy. Several --budget/--lambda values make a sweep:
+    the Pareto front of validation accuracy against cost, reported with test accuracy, is
+    plotted against the plain family. Writes OUT/sweep.csv, OUT/front.png and per search
+    architecture.yaml (the chosen spec), search-log.png and gates.png. Rerun to resume.
+    """
+    from .search import SearchConfig, get_cost, sweep
+    from .training import TrainConfig
+
+    get_cost(cost)  # an unknown cost fails before any data is loaded
+    for value in lam or []:
+        SearchConfig(budget=1.0, lam=value)
+    dataset = _load_data(data, n_train=n_train, n_test=n_test, image_size=None, seed=seed)
+    net, members = resolve_supernet(supernet, dataset, width_multiplier)
+    config = TrainConfig(optimizer=optimizer, learning_rate=lr, weight_decay=weight_decay,
+                         batch_size=batch_size, seed=seed, device=device,
+                         augment=not no_augment)
+    options = {"penalty": penalty, "warmup_epochs": warmup_epochs,
+               "search_epochs": search_epochs, "gate_learning_rate": gate_lr}
+    result = sweep(net, dataset, budgets=list(budget), cost=cost, lambdas=lam, search=options,
+                   config=config, retrain_epochs=retrain_epochs,
+                   family=members if family else [], directory=out, progress=True)
+    _print(result, net.name, dataset.name)
+    typer.echo(f"results: {out}/sweep.csv, {out}/front.png; chosen specs: "
+               f"{out}/*/architecture.yaml")
+
+
+def _print(result, supernet: str, data: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"budgeted search of {supernet} on {data} ({result.cost})")
+    for head in ("network", "budget", "lambda", "cost", "within", "front", "val. acc [%]",
+                 "test acc [%]", "H^L (last)"):
+        table.add_column(head, justify="left" if head == "network" else "right")
+    for p in result.points:
+        table.add_row(p["name"], f"{p['budget']:.4g}", f"{p['lam']:.2g}", f"{p['cost']:.4g}",
+                      "yes" if p["met_budget"] else "NO", "*" if p["pareto"] else "",
+                      f"{100 * p['validation_accuracy']:.1f}", f"{100 * p['test_accuracy']:.1f}",
+                      f"{p['final_entropy']:.2g}")
+    for m in result.family:
+        table.add_row(m["name"], "", "", f"{m['cost']:.4g}", "", "family",
+                      f"{100 * m['validation_accuracy']:.1f}", f"{100 * m['test_accuracy']:.1f}",
+                      f"{m['final_entropy']:.2g}")
+    console = Console()
+    console.print(table)
+    for check in result.checks:
+        if not check["met_budget"]:
+            console.print(f"budget {check['budget']:.4g}: the search could not meet it "
+                          f"(its architecture costs {check['cost']:.4g})")
+        elif check["best_family_member"] is not None:
+            diff = 100 * (check["test_accuracy"] - check["family_test_accuracy"])
+            console.print(f"budget {check['budget']:.4g}: {100 * check['test_accuracy']:.1f}% vs "
+                          f"{check['best_family_member']} {100 * check['family_test_accuracy']:.1f}%"
+                          f" ({diff:+.1f} points)")
