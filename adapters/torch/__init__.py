@@ -85,3 +85,5 @@ def __getattr__(name: str) -> Any:
 
 __all__ = ["ACTIVATION_TYPES", "BundleHook", "Tap", "Trace", "TorchAdapter", "audit", "trace_model"]
 __all__ += ["TorchBackend", "TorchTrainee", "build_model"]
+from ._supernet import TorchSuperTrainee  # noqa: E402
+__all__ += ["TorchSuperTrainee"]

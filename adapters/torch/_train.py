@@ -52,6 +52,13 @@ class TorchBackend:
     def build(self, spec: Spec, config) -> TorchTrainee:
         return TorchTrainee(spec, config)
 
+    def build_supernet(self, spec: Spec, config, **options):
+        """A :class:`TorchSuperTrainee` (``options``: ``gate_init``, ``gate_optimizer``,
+        ``gate_learning_rate``)."""
+        from ._supernet import TorchSuperTrainee  # it imports this module
+
+        return TorchSuperTrainee(spec, config, **options)
+
 
 class TorchTrainee:
     """A spec's module and its optimizer on one device (see :class:`bundlelab.training.Trainee`).

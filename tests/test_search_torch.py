@@ -1,0 +1,144 @@
+"""The budgeted search end to end through the torch backend, on the embedded digits."""
+
+import json
+
+import numpy as np
+import pytest
+
+from bundlelab import BundleLabError
+from bundlelab.cli import run as cli_run
+from bundlelab.datasets import load_dataset
+from bundlelab.search import (
+    BudgetedSearch,
+    GatedGraph,
+    SearchConfig,
+    cheapest_architecture,
+    get_cost,
+    resnet_fabric,
+    sweep,
+)
+from bundlelab.spec import fully_connected, measured_layers
+from bundlelab.training import TrainConfig
+
+torch = pytest.importorskip("torch")
+
+CONFIG = TrainConfig(optimizer="adam", measure_samples=128, device="cpu", augment=False)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", n_train=320, n_test=100)
+
+
+@pytest.fixture(scope="module")
+def fabric(digits):
+    return resnet_fabric(1, k=2, filters=(4, 8), input_shape=digits.input_shape)
+
+
+def cheapest(spec, cost="flops"):
+    return cheapest_architecture(GatedGraph(spec), get_cost(cost))[1]
+
+
+def test_a_tight_budget_drives_the_architecture_under_it(digits, fabric):
+    graph = GatedGraph(fabric)
+    full = get_cost("flops")(graph, *graph.real_architecture(graph.all_on()[None]))[0]
+    budget = cheapest(fabric) + 0.25 * (full - cheapest(fabric))
+    settings = SearchConfig(budget=budget, lam=20 / full, warmup_epochs=1, search_epochs=6,
+                            gate_learning_rate=0.2)
+    result = BudgetedSearch(fabric, digits, settings, config=CONFIG).run()
+    assert result.met_budget and result.cost <= budget
+    assert result.cost == get_cost("flops")(
+        GatedGraph(result.spec), *GatedGraph(result.spec).real_architecture(
+            GatedGraph(result.spec).all_on()[None]))[0]
+    assert result.history[0]["warmup"] and not result.history[-1]["warmup"]
+    # the warm-up leaves the gates alone; the search moved them
+    assert np.allclose(result.history[0]["probabilities"], 1 / (1 + np.exp(-3.0)))
+    assert not np.allclose(result.history[-1]["probabilities"], result.history[0]["probabilities"])
+    assert set(measured_layers(result.spec)) <= set(measured_layers(fabric))
+
+
+def test_a_killed_search_resumes_with_the_same_gate_state(digits, fabric, tmp_path, monkeypatch):
+    settings = SearchConfig(budget=cheapest(fabric) * 2, warmup_epochs=1, search_epochs=2,
+                            gate_learning_rate=0.1)
+    straight = BudgetedSearch(fabric, digits, settings, config=CONFIG).run()
+
+    first = BudgetedSearch(fabric, digits, settings, config=CONFIG, directory=tmp_path)
+    first.train_epoch()
+    first.train_epoch()
+    saved = first.trainee.gate_probabilities()
+    steps = {"n": 0}
+    original = first.trainee.train_step
+
+    def dies_mid_epoch(*args, **kwargs):
+        steps["n"] += 1
+        if steps["n"] == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(first.trainee, "train_step", dies_mid_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        first.train_epoch()
+    resumed = BudgetedSearch(fabric, digits, settings, config=CONFIG, directory=tmp_path)
+    assert resumed.epochs_done == 2
+    np.testing.assert_array_equal(resumed.trainee.gate_probabilities(), saved)
+    result = resumed.run()
+    np.testing.assert_allclose(result.probabilities, straight.probabilities, rtol=1e-6)
+    assert (tmp_path / "architecture.yaml").exists()
+    assert (tmp_path / "gates.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "result.json").read_text())["met_budget"] in (True, False)
+
+
+def test_a_budget_below_the_cheapest_architecture_names_the_minimum(digits, fabric):
+    minimum = cheapest(fabric)
+    with pytest.raises(BundleLabError, match=f"at least {minimum:g}"):
+        BudgetedSearch(fabric, digits, SearchConfig(budget=minimum / 2), config=CONFIG)
+
+
+def test_a_spec_without_gates_has_nothing_to_search(digits):
+    spec = fully_connected(8, 2, input_shape=digits.input_shape)
+    with pytest.raises(BundleLabError, match="no optional edges"):
+        BudgetedSearch(spec, digits, SearchConfig(budget=1e9), config=CONFIG)
+
+
+def test_sweep_retrains_audits_and_compares_with_the_family(digits, fabric, tmp_path):
+    family = [resnet_fabric(1, k=2, filters=(4, 8), extra=False, input_shape=digits.input_shape)]
+    budgets = [cheapest(fabric) * 1.5, cheapest(fabric) * 4]
+    result = sweep(fabric, digits, budgets=budgets, search={"warmup_epochs": 1, "search_epochs": 1},
+                   config=CONFIG, retrain_epochs=1, family=family, directory=tmp_path)
+    assert [p["budget"] for p in result.points] == budgets
+    assert any(p["pareto"] for p in result.points)
+    for point in result.points:
+        assert 0 <= point["test_accuracy"] <= 1 and point["final_entropy"] >= 0
+        assert set(point["costs"]) >= {"flops", "params", "parallel:1"}
+    assert result.family[0]["name"] == family[0].name
+    assert [c["budget"] for c in result.checks] == budgets
+    assert (tmp_path / "front.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "sweep.csv").read_text().startswith("name,budget,lam,cost")
+
+
+def cli(capsys, *argv):
+    code = cli_run([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--cost", "energy", "--budget", "1e6"], "unknown cost 'energy'"),
+    (["--budget", "1e6", "--lambda", "0"], "'lam' parameter (lambda) must be a float in (0, inf)"),
+    (["--budget", "10"], "below the cheapest architecture"),
+])
+def test_search_command_bad_input_is_one_line(tmp_path, capsys, argv, fragment):
+    code, out, err = cli(capsys, "search", "resnet-fabric-8", *argv, "--out", tmp_path,
+                         "--device", "cpu", "--n-train", "200")
+    assert code == 2, err
+    assert err.startswith("error: ") and fragment in err and err.count("\n") == 1
+
+
+def test_search_command_writes_the_chosen_spec(tmp_path, capsys):
+    code, out, err = cli(capsys, "search", "resnet-fabric-8", "--width-multiplier", "0.25",
+                         "--budget", "3e5", "--warmup-epochs", "1", "--search-epochs", "1",
+                         "--retrain-epochs", "1", "--no-family", "--out", tmp_path,
+                         "--device", "cpu", "--n-train", "200", "--n-test", "50")
+    assert code == 0, err
+    assert "budgeted search of resnet-fabric-8" in out
+    assert len(list(tmp_path.glob("*/architecture.yaml"))) == 1
