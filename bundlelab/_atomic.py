@@ -9,6 +9,18 @@ from pathlib import Path
 from typing import IO, Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def give_default_mode(path: str | os.PathLike) -> None:
+    """Give a ``mkstemp`` file (created 0600) the mode a plain ``open`` would have given it,
+    so results written atomically are as readable as any other file of the user's."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
     """Open a temporary file beside ``path`` and move it over ``path`` on success.
@@ -20,6 +32,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    give_default_mode(tmp)
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle

@@ -6,6 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from ._atomic import give_default_mode
 from ._errors import BundleLabError
 
 
@@ -29,6 +30,7 @@ def save_figure(figure, path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
     os.close(fd)
+    give_default_mode(tmp)
     try:
         figure.savefig(tmp, dpi=150, bbox_inches="tight", format="png")
         os.replace(tmp, path)

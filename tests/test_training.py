@@ -1,6 +1,8 @@
 """Training a spec through the backend protocol: augmentation, the loop, checkpoints, resuming."""
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -111,6 +113,11 @@ def test_training_learns_and_reports_the_papers_figures(digits, tmp_path):
     assert result.tracker().steps == [1, 2, 3, 4, 5, 6]
     assert set(result.bundle_entropy) == {"dense1", "dense2"}
     summary = json.loads((tmp_path / "result.json").read_text())
+    # results written atomically are as readable as any file the user writes
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("result.json", "run.json", "entropy.png"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask
     assert summary["test_accuracy"] == pytest.approx(result.test_accuracy)
     assert (tmp_path / "entropy.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-0006.pt"]
