@@ -142,3 +142,17 @@ def test_search_command_writes_the_chosen_spec(tmp_path, capsys):
     assert code == 0, err
     assert "budgeted search of resnet-fabric-8" in out
     assert len(list(tmp_path.glob("*/architecture.yaml"))) == 1
+
+
+@pytest.mark.parametrize("cost", ["latency", "parallel:2", "params"])
+def test_every_cost_can_be_the_constraint(digits, fabric, cost):
+    budget = 1e9 if cost != "latency" else 10.0  # seconds: every architecture meets it
+    run = BudgetedSearch(fabric, digits, SearchConfig(budget=budget, cost=cost, warmup_epochs=0,
+                                                      search_epochs=1), config=CONFIG)
+    if cost == "latency":
+        seconds = run.cost.node_seconds
+        assert seconds.shape == (len(fabric.nodes),) and seconds[0] == 0 and (seconds >= 0).all()
+        assert seconds.sum() > 0
+    record = run.train_epoch()
+    assert record["sampled_cost_mean"] > 0 and record["cost"] > 0
+    assert run.result().met_budget
