@@ -14,8 +14,18 @@ import typer
 
 from ._errors import BundleLabError
 from .cli import app
+from .cli_training import (
+    BATCH_SIZE,
+    DATA,
+    DEVICE,
+    LR,
+    N_TEST,
+    N_TRAIN,
+    NO_AUGMENT,
+    WIDTH,
+    _load_data,
+)
 from .cli_training import HELP as TRAIN_HELP
-from .cli_training import _load_data
 
 HELP = {
     "supernet": "A super-network spec file (.yaml/.json; optional edges are the gates), or "
@@ -79,24 +89,24 @@ def search(
     budget: List[float] = typer.Option(..., "--budget", help=HELP["budget"]),
     lam: Optional[List[float]] = typer.Option(None, "--lambda", help=HELP["lam"]),
     penalty: str = typer.Option("hinge", "--penalty", help=HELP["penalty"]),
-    data: str = typer.Option("digits", "--data", help=TRAIN_HELP["data"]),
+    data: str = DATA,
     warmup_epochs: int = typer.Option(5, "--warmup-epochs", min=0, help=HELP["warmup"]),
     search_epochs: int = typer.Option(20, "--search-epochs", min=1, help=HELP["search_epochs"]),
     retrain_epochs: int = typer.Option(20, "--retrain-epochs", min=1,
                                        help=HELP["retrain_epochs"]),
     optimizer: str = typer.Option("adam", "--optimizer", help=TRAIN_HELP["optimizer"]),
-    lr: float = typer.Option(1e-3, "--lr", help=TRAIN_HELP["lr"]),
+    lr: float = LR,
     weight_decay: float = typer.Option(1e-4, "--weight-decay", help=TRAIN_HELP["weight_decay"]),
-    batch_size: int = typer.Option(64, "--batch-size", help=TRAIN_HELP["batch_size"]),
+    batch_size: int = BATCH_SIZE,
     gate_lr: float = typer.Option(0.01, "--gate-lr", help=HELP["gate_lr"]),
-    width_multiplier: float = typer.Option(1.0, "--width-multiplier", help=TRAIN_HELP["width"]),
+    width_multiplier: float = WIDTH,
     family: bool = typer.Option(True, "--family/--no-family", help=HELP["family"]),
-    device: str = typer.Option("auto", "--device", help=TRAIN_HELP["device"]),
+    device: str = DEVICE,
     seed: int = typer.Option(0, "--seed", min=0, help=TRAIN_HELP["seed"]),
     out: Path = typer.Option(Path("runs/search"), "--out", help=HELP["out"]),
-    no_augment: bool = typer.Option(False, "--no-augment", help=TRAIN_HELP["no_augment"]),
-    n_train: Optional[int] = typer.Option(None, "--n-train", help=TRAIN_HELP["n_train"]),
-    n_test: Optional[int] = typer.Option(None, "--n-test", help=TRAIN_HELP["n_test"]),
+    no_augment: bool = NO_AUGMENT,
+    n_train: Optional[int] = N_TRAIN,
+    n_test: Optional[int] = N_TEST,
 ) -> None:
     """Find the most accurate network that costs at most C (budgeted super networks).
 

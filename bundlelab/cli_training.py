@@ -46,6 +46,24 @@ HELP = {
 }
 
 
+# Options that train, autotune and search share (one declaration each).
+DATA = typer.Option("digits", "--data", help=HELP["data"])
+EPOCHS = typer.Option(20, "--epochs", min=1, help=HELP["epochs"])
+OPTIMIZER = typer.Option("ranger", "--optimizer", help=HELP["optimizer"])
+LR = typer.Option(1e-3, "--lr", help=HELP["lr"])
+WEIGHT_DECAY = typer.Option(0.01, "--weight-decay", help=HELP["weight_decay"])
+BATCH_SIZE = typer.Option(64, "--batch-size", help=HELP["batch_size"])
+WIDTH = typer.Option(1.0, "--width-multiplier", help=HELP["width"])
+BACKEND = typer.Option("torch", "--backend", help=HELP["backend"])
+DEVICE = typer.Option("auto", "--device", help=HELP["device"])
+NO_AUGMENT = typer.Option(False, "--no-augment", help=HELP["no_augment"])
+N_TRAIN = typer.Option(None, "--n-train", help=HELP["n_train"])
+N_TEST = typer.Option(None, "--n-test", help=HELP["n_test"])
+IMAGE_SIZE = typer.Option(None, "--image-size", help=HELP["image_size"])
+MEASURE_SAMPLES = typer.Option(2048, "--measure-samples", help=HELP["measure_samples"])
+MEASURE_EVERY = typer.Option(1, "--measure-every", help=HELP["measure_every"])
+
+
 def _load_data(data: str, *, n_train, n_test, image_size, seed):
     # Before the framework is imported: idle OpenMP threads (torch's) sleep instead of spinning
     # against Numba's, which doubled the time of a training epoch on a 2-core machine.
@@ -132,23 +150,23 @@ def _write_rows(folder: Path, stem: str, rows: list[dict]) -> None:
 @app.command()
 def train(
     spec: str = typer.Argument(..., metavar="SPEC", help=HELP["spec"]),
-    data: str = typer.Option("digits", "--data", help=HELP["data"]),
-    epochs: int = typer.Option(20, "--epochs", min=1, help=HELP["epochs"]),
-    optimizer: str = typer.Option("ranger", "--optimizer", help=HELP["optimizer"]),
-    lr: float = typer.Option(1e-3, "--lr", help=HELP["lr"]),
-    weight_decay: float = typer.Option(0.01, "--weight-decay", help=HELP["weight_decay"]),
-    batch_size: int = typer.Option(64, "--batch-size", help=HELP["batch_size"]),
-    width_multiplier: float = typer.Option(1.0, "--width-multiplier", help=HELP["width"]),
-    backend: str = typer.Option("torch", "--backend", help=HELP["backend"]),
-    device: str = typer.Option("auto", "--device", help=HELP["device"]),
+    data: str = DATA,
+    epochs: int = EPOCHS,
+    optimizer: str = OPTIMIZER,
+    lr: float = LR,
+    weight_decay: float = WEIGHT_DECAY,
+    batch_size: int = BATCH_SIZE,
+    width_multiplier: float = WIDTH,
+    backend: str = BACKEND,
+    device: str = DEVICE,
     seed: int = typer.Option(0, "--seed", min=0, help=HELP["seed"]),
     out: Path = typer.Option(Path("runs/train"), "--out", help=HELP["out"]),
-    no_augment: bool = typer.Option(False, "--no-augment", help=HELP["no_augment"]),
-    n_train: Optional[int] = typer.Option(None, "--n-train", help=HELP["n_train"]),
-    n_test: Optional[int] = typer.Option(None, "--n-test", help=HELP["n_test"]),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help=HELP["image_size"]),
-    measure_samples: int = typer.Option(2048, "--measure-samples", help=HELP["measure_samples"]),
-    measure_every: int = typer.Option(1, "--measure-every", help=HELP["measure_every"]),
+    no_augment: bool = NO_AUGMENT,
+    n_train: Optional[int] = N_TRAIN,
+    n_test: Optional[int] = N_TEST,
+    image_size: Optional[int] = IMAGE_SIZE,
+    measure_samples: int = MEASURE_SAMPLES,
+    measure_every: int = MEASURE_EVERY,
 ) -> None:
     """Train a spec, recording the bundle entropy of every layer after each epoch.
 
@@ -172,25 +190,25 @@ def train(
 @app.command()
 def autotune(
     spec: str = typer.Argument("plain-120", metavar="[SPEC]", help=HELP["spec"]),
-    data: str = typer.Option("digits", "--data", help=HELP["data"]),
-    epochs: int = typer.Option(20, "--epochs", min=1, help=HELP["epochs"]),
-    optimizer: str = typer.Option("ranger", "--optimizer", help=HELP["optimizer"]),
-    lr: float = typer.Option(1e-3, "--lr", help=HELP["lr"]),
-    weight_decay: float = typer.Option(0.01, "--weight-decay", help=HELP["weight_decay"]),
-    batch_size: int = typer.Option(64, "--batch-size", help=HELP["batch_size"]),
-    width_multiplier: float = typer.Option(1.0, "--width-multiplier", help=HELP["width"]),
-    backend: str = typer.Option("torch", "--backend", help=HELP["backend"]),
-    device: str = typer.Option("auto", "--device", help=HELP["device"]),
+    data: str = DATA,
+    epochs: int = EPOCHS,
+    optimizer: str = OPTIMIZER,
+    lr: float = LR,
+    weight_decay: float = WEIGHT_DECAY,
+    batch_size: int = BATCH_SIZE,
+    width_multiplier: float = WIDTH,
+    backend: str = BACKEND,
+    device: str = DEVICE,
     seeds: int = typer.Option(1, "--seeds", min=1, help=HELP["seeds"]),
     out: Path = typer.Option(Path("runs/autotune"), "--out", help=HELP["out"]),
     check_epochs: int = typer.Option(1, "--check-epochs", min=1, help=HELP["check_epochs"]),
     compare: Optional[List[str]] = typer.Option(None, "--compare", help=HELP["compare"]),
-    no_augment: bool = typer.Option(False, "--no-augment", help=HELP["no_augment"]),
-    n_train: Optional[int] = typer.Option(None, "--n-train", help=HELP["n_train"]),
-    n_test: Optional[int] = typer.Option(None, "--n-test", help=HELP["n_test"]),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help=HELP["image_size"]),
-    measure_samples: int = typer.Option(2048, "--measure-samples", help=HELP["measure_samples"]),
-    measure_every: int = typer.Option(1, "--measure-every", help=HELP["measure_every"]),
+    no_augment: bool = NO_AUGMENT,
+    n_train: Optional[int] = N_TRAIN,
+    n_test: Optional[int] = N_TEST,
+    image_size: Optional[int] = IMAGE_SIZE,
+    measure_samples: int = MEASURE_SAMPLES,
+    measure_every: int = MEASURE_EVERY,
 ) -> None:
     """Auto-tune a network's depth: remove conflicting layers and retrain (the paper's 3.6).
 

@@ -33,7 +33,7 @@ from ..._validation import check_choice, check_positive_float, check_positive_in
 from ...spec import Spec
 from ._build import SpecModule
 from ._optim import make_optimizer
-from ._train import resolve_device
+from ._train import read_checkpoint, resolve_device
 
 SUPERNET_FORMAT = "bundlelab.torch-supernet/1"
 GATE_OPTIMIZERS = ("adam", "sgd")
@@ -284,12 +284,8 @@ class TorchSuperTrainee:
         }, path)
 
     def load(self, path: str) -> None:
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as exc:  # a truncated or foreign file: say which
-            raise BundleLabError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from None
-        if not isinstance(state, dict) or state.get("format") != SUPERNET_FORMAT:
-            raise BundleLabError(f"{path} is not a bundlelab PyTorch super-network checkpoint")
+        state = read_checkpoint(path, self.device, SUPERNET_FORMAT,
+                                "PyTorch super-network checkpoint")
         other = BundleLabError(
             f"checkpoint {path} was written for another super-network (spec "
             f"{state.get('spec')!r}), not for {self.spec.name!r}"

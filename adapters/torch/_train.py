@@ -43,6 +43,18 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+def read_checkpoint(path: str, device: torch.device, format: str, kind: str) -> dict:
+    """A checkpoint dict of ``format``, read without unpickling anything but tensors and
+    plain containers (``weights_only=True``); one-line errors for other files."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say which
+        raise BundleLabError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from None
+    if not isinstance(state, dict) or state.get("format") != format:
+        raise BundleLabError(f"{path} is not a bundlelab {kind}")
+    return state
+
+
 class TorchBackend:
     """Builds :class:`TorchTrainee` objects; registered as the ``"torch"`` backend."""
 
@@ -142,12 +154,7 @@ class TorchTrainee:
         torch.save(state, path)
 
     def load(self, path: str) -> None:
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as exc:  # a truncated or foreign file: say which
-            raise BundleLabError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from None
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise BundleLabError(f"{path} is not a bundlelab PyTorch checkpoint")
+        state = read_checkpoint(path, self.device, CHECKPOINT_FORMAT, "PyTorch checkpoint")
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError:
