@@ -1,10 +1,17 @@
 """Build a Keras 3 Functional model from an architecture spec (:mod:`bundlelab.spec`).
 
 Every node becomes one layer named by the node's id, so the Keras adapter reports a measured
-node under its id; a ``basic_block`` is one composite :class:`BasicBlock` layer whose output is
-taken after its final ReLU.  The model runs channels-first, as the spec describes it: inputs
-are ``(batch, C, H, W)`` and the image layers are built with ``data_format="channels_first"``
-(PyTorch's native layout, so the torch backend runs them without transposing).
+node under its id, its output taken after the node's final activation as the torch builder
+taps it: a ``basic_block`` (:class:`BasicBlock`) after its final ReLU, a ``conv_bn``
+(:class:`ConvBN`) or an ``add`` (:class:`Sum`) after its ``activation``.  Keras on the torch
+backend cannot name a layer with weights by an id holding ``"."`` (the fabrics'
+``"g2b1.branch"``): such a node's layer is named with ``"_"`` instead, unless it is measured.
+The model runs channels-first, as the spec describes it: inputs are ``(batch, C, H, W)`` and
+the image layers are built with ``data_format="channels_first"`` (PyTorch's native layout, so
+the torch backend runs them without transposing).  Convolutions and max-pooling pad "same" as
+the torch builder does (an odd window ``k // 2`` on every side, also with a stride, where Keras'
+own "same" pads the bottom and right), so on equal weights both frameworks compute the same
+logits.
 
 >>> import os; os.environ.setdefault("KERAS_BACKEND", "torch")      # doctest: +SKIP
 >>> from bundlelab.spec import conv_net, measured_layers
@@ -69,12 +76,66 @@ class _Init:
         return _seeded(self.name, self.seed())
 
 
+def _torch_padding(window, strides) -> int:
+    """The padding on every side of an image where the torch builder's "same" is not Keras'.
+
+    The torch builder pads an odd window ``k // 2`` on every side; Keras' "same" differs from
+    that only with a stride, where it pads the bottom and right (a 3x3 window with stride 2 on
+    8x8: 0 rows above, 1 below).  There the layer pads ``k // 2`` itself and runs "valid"
+    (0 elsewhere: Keras' "same", which matches the torch builder's for even windows).
+    """
+    k = window if isinstance(window, int) else window[0]
+    stride = strides if isinstance(strides, int) else strides[0]
+    return k // 2 if k % 2 and stride > 1 else 0
+
+
+def _padded_shape(shape, pad: int):
+    return (*shape[:2], *(None if n is None else n + 2 * pad for n in shape[2:]))
+
+
+def _pad_image(x, pad: int, value: float = 0.0):
+    return keras.ops.pad(x, [[0, 0], [0, 0], [pad, pad], [pad, pad]], constant_values=value)
+
+
+@keras.saving.register_keras_serializable(package="bundlelab")
+class SameConv2D(keras.layers.Conv2D):
+    """A channels-first ``Conv2D`` that pads "same" as the torch builder does."""
+
+    def __init__(self, filters, kernel_size, strides=1, **kwargs) -> None:
+        kwargs.pop("padding", None)  # a saved config holds the padding this rule chose
+        self._pad = _torch_padding(kernel_size, strides)
+        padding = "valid" if self._pad else "same"
+        super().__init__(filters, kernel_size, strides=strides, padding=padding, **kwargs)
+
+    def call(self, inputs):
+        return super().call(_pad_image(inputs, self._pad) if self._pad else inputs)
+
+    def compute_output_shape(self, input_shape):
+        return super().compute_output_shape(_padded_shape(input_shape, self._pad))
+
+
+@keras.saving.register_keras_serializable(package="bundlelab")
+class SameMaxPooling2D(keras.layers.MaxPooling2D):
+    """A channels-first ``MaxPooling2D`` that pads "same" (with -inf) as the torch builder does."""
+
+    def __init__(self, pool_size, strides=None, **kwargs) -> None:
+        kwargs.pop("padding", None)
+        self._pad = _torch_padding(pool_size, pool_size if strides is None else strides)
+        padding = "valid" if self._pad else "same"
+        super().__init__(pool_size, strides, padding=padding, **kwargs)
+
+    def call(self, inputs):
+        return super().call(_pad_image(inputs, self._pad, -float("inf")) if self._pad else inputs)
+
+    def compute_output_shape(self, input_shape):
+        return super().compute_output_shape(_padded_shape(input_shape, self._pad))
+
+
 def _conv(filters, kernel_size, stride, use_bias, initializer, name):
-    return keras.layers.Conv2D(
+    return SameConv2D(
         filters,
         kernel_size,
         strides=stride,
-        padding="same",
         use_bias=use_bias,
         data_format=IMAGE_FORMAT,
         kernel_initializer=initializer,
@@ -99,10 +160,11 @@ def _activation(function: str):
 class BasicBlock(keras.layers.Layer):
     """He et al.'s basic block, channels-first, as :func:`bundlelab.spec.parameter_count` counts it.
 
-    3x3 conv (``stride``), BN, ReLU, 3x3 conv, BN, [+ shortcut], ReLU; convs have no bias.  With
-    ``residual`` the shortcut is the identity, or a 1x1 conv (``stride``, no bias) with BN where
-    the shape changes.  ``activation`` is the final ReLU, so the Keras adapter's default
-    selection treats the block as a layer that ends in a non-linearity.
+    3x3 conv (``stride``), BN, ReLU, 3x3 conv, BN, [+ shortcut], [ReLU]; convs have no bias.
+    With ``residual`` the shortcut is the identity, or a 1x1 conv (``stride``, no bias) with BN
+    where the shape changes.  ``activation`` is the final ReLU (linear without ``final_relu``:
+    a ``branch``), so the Keras adapter's default selection treats the block as a layer that
+    ends in a non-linearity exactly when it does.
     """
 
     def __init__(
@@ -112,13 +174,15 @@ class BasicBlock(keras.layers.Layer):
         residual: bool = False,
         kernel_initializer: Any = "he_normal",
         seed: int | None = None,
+        final_relu: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.filters, self.stride, self.residual = filters, stride, residual
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.seed = seed
-        self.activation = _activation("relu")
+        self.final_relu = final_relu
+        self.activation = _activation("relu" if final_relu else "linear")
         self.conv1 = _conv(filters, 3, stride, False, self._initializer(0), "conv1")
         self.bn1 = _batchnorm("bn1")
         self.conv2 = _conv(filters, 3, 1, False, self._initializer(1), "conv2")
@@ -145,7 +209,7 @@ class BasicBlock(keras.layers.Layer):
             self.projection[1].build(shape)
 
     def call(self, inputs, training=None):
-        x = self.activation(self.bn1(self.conv1(inputs), training=training))
+        x = keras.activations.relu(self.bn1(self.conv1(inputs), training=training))
         x = self.bn2(self.conv2(x), training=training)
         if self.residual:
             shortcut = inputs
@@ -166,6 +230,111 @@ class BasicBlock(keras.layers.Layer):
             "residual": self.residual,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "seed": self.seed,
+            "final_relu": self.final_relu,
+        }
+
+
+@keras.saving.register_keras_serializable(package="bundlelab")
+class ConvBN(keras.layers.Layer):
+    """[Nearest-neighbour x ``upsample``,] conv without bias (``stride``), BN, ``activation``.
+
+    The conv pads "same" at the upsampled resolution, as the torch builder's ``conv_bn``.
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        upsample: int = 1,
+        activation: str = "linear",
+        kernel_initializer: Any = "he_normal",
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.filters, self.kernel_size, self.stride = filters, kernel_size, stride
+        self.upsample = upsample
+        self.activation = _activation(activation)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.upsampling = None
+        if upsample > 1:
+            self.upsampling = keras.layers.UpSampling2D(
+                upsample, data_format=IMAGE_FORMAT, interpolation="nearest", name="upsample"
+            )
+        self.conv = _conv(filters, kernel_size, stride, False, self.kernel_initializer, "conv")
+        self.bn = _batchnorm("bn")
+
+    def build(self, input_shape) -> None:
+        if self.upsampling is not None:
+            input_shape = self.upsampling.compute_output_shape(input_shape)
+        self.conv.build(input_shape)
+        self.bn.build(self.conv.compute_output_shape(input_shape))
+
+    def call(self, inputs, training=None):
+        x = inputs if self.upsampling is None else self.upsampling(inputs)
+        return self.activation(self.bn(self.conv(x), training=training))
+
+    def compute_output_shape(self, input_shape):
+        if self.upsampling is not None:
+            input_shape = self.upsampling.compute_output_shape(input_shape)
+        return self.conv.compute_output_shape(input_shape)
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "stride": self.stride,
+            "upsample": self.upsample,
+            "activation": keras.activations.serialize(self.activation),
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+        }
+
+
+@keras.saving.register_keras_serializable(package="bundlelab")
+class Sum(keras.layers.Add):
+    """The element-wise sum of its inputs (one or more), then ``activation``: an ``add`` node."""
+
+    def __init__(self, activation: str = "linear", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.activation = _activation(activation)
+
+    def _merge_function(self, inputs):
+        return self.activation(super()._merge_function(inputs))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(),
+                "activation": keras.activations.serialize(self.activation)}
+
+
+@keras.saving.register_keras_serializable(package="bundlelab")
+class Classifier(keras.layers.Layer):
+    """Global average pooling of an image input (a flat one as it is), then dense with bias."""
+
+    def __init__(self, units: int, kernel_initializer: Any = "he_normal", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.units = units
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.dense = keras.layers.Dense(
+            units, kernel_initializer=self.kernel_initializer, bias_initializer="zeros",
+            name="dense",
+        )
+
+    def build(self, input_shape) -> None:
+        self.dense.build((input_shape[0], input_shape[1]))
+
+    def call(self, inputs):
+        pooled = keras.ops.mean(inputs, axis=(2, 3)) if len(inputs.shape) == 4 else inputs
+        return self.dense(pooled)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.units)
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
         }
 
 
@@ -197,6 +366,22 @@ def _basic_block(p, inputs, name, init):
     return block(inputs[0])
 
 
+def _branch(p, inputs, name, init):
+    block = BasicBlock(
+        p["filters"], p["stride"], residual=False, final_relu=False,
+        kernel_initializer=init.name, seed=init.seed(), name=name,
+    )
+    return block(inputs[0])
+
+
+def _conv_bn(p, inputs, name, init):
+    layer = ConvBN(
+        p["filters"], p["kernel_size"], p["stride"], p["upsample"], p["activation"],
+        kernel_initializer=init(), name=name,
+    )
+    return layer(inputs[0])
+
+
 _BUILDERS: dict[str, Callable] = {
     # "channels_last": flatten the tensor as it is, (C, H, W) order like torch.flatten;
     # "channels_first" would move the channels last before flattening.
@@ -209,29 +394,53 @@ _BUILDERS: dict[str, Callable] = {
     "activation": lambda p, x, name, init: keras.layers.Activation(
         _activation(p["function"]), name=name
     )(x[0]),
-    "maxpool": lambda p, x, name, init: keras.layers.MaxPooling2D(
-        p["pool_size"], p["stride"], padding="same", data_format=IMAGE_FORMAT, name=name
+    "maxpool": lambda p, x, name, init: SameMaxPooling2D(
+        p["pool_size"], p["stride"], data_format=IMAGE_FORMAT, name=name
     )(x[0]),
     "global_avg_pool": lambda p, x, name, init: keras.layers.GlobalAveragePooling2D(
         data_format=IMAGE_FORMAT, name=name
     )(x[0]),
     # Optional (stochastic) edges are summed like the others for now: the model is the
     # super-network with every edge on.
-    "add": lambda p, x, name, init: keras.layers.Add(name=name)(list(x)),
+    "add": lambda p, x, name, init: Sum(p["activation"], name=name)(list(x)),
+    "conv_bn": _conv_bn,
+    "branch": _branch,
+    "classifier": lambda p, x, name, init: Classifier(
+        p["units"], kernel_initializer=init(), name=name
+    )(x[0]),
     "basic_block": _basic_block,
 }
 
 
-def _check_names(spec) -> None:
+# ops whose layers have weights: Keras on torch cannot name them with a "."
+_WEIGHTED_OPS = ("dense", "conv", "batchnorm", "basic_block", "conv_bn", "branch", "classifier")
+
+
+def _layer_names(spec) -> dict[str, str]:
+    """Node id -> layer name: the id, except on the torch backend for a node with weights whose
+    id holds ``"."``: there ``"."`` -> ``"_"`` (suffixed ``_2``, ``_3``... if another node has
+    that id), as the torch builder names such a node's module."""
+    names = {node.id: node.id for node in spec.nodes}
     if keras.backend.backend() != "torch":
-        return
-    weighted = [n.id for n in spec.nodes if n.op in ("dense", "conv", "batchnorm", "basic_block")]
-    dotted = [name for name in weighted if "." in name]
-    if dotted:
-        raise BundleLabError(
-            f"node {dotted[0]!r} has weights and a '.' in its id, which Keras on the torch "
-            "backend cannot use as a layer name; rename the node (e.g. with '_' or '-')"
-        )
+        return names
+    taken = set(names)
+    for node in spec.nodes:
+        if node.op not in _WEIGHTED_OPS or "." not in node.id:
+            continue
+        if node.measured:
+            raise BundleLabError(
+                f"node {node.id!r} is measured and has weights and a '.' in its id, which Keras "
+                "on the torch backend cannot use as a layer name, so the Keras adapter could "
+                "not report it under its id; rename the node (e.g. with '_' or '-')"
+            )
+        base = name = node.id.replace(".", "_")
+        k = 1
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        taken.add(name)
+        names[node.id] = name
+    return names
 
 
 def build_model(spec, *, seed: int | None = None) -> keras.Model:
@@ -250,8 +459,11 @@ def build_model(spec, *, seed: int | None = None) -> keras.Model:
         Inputs of shape ``(batch, *spec.input_shape)`` (channels-first), outputs the logits of
         shape ``(batch, spec.n_classes)``.  Conv and dense kernels use ``spec.init``
         (``"he_normal"``: Keras' HeNormal; ``"framework_default"``: Glorot uniform), biases are
-        zero, every spatial op pads ``"same"``, batch norm uses PyTorch's momentum and epsilon.
-        Trainable weights number :func:`bundlelab.spec.parameter_count`.
+        zero, every spatial op pads ``"same"`` as the torch builder does, batch norm uses
+        PyTorch's momentum and epsilon: on equal weights, the logits of
+        :func:`bundlelab.adapters.torch.build_model`.  Trainable weights number
+        :func:`bundlelab.spec.parameter_count`.  On the torch backend, a layer with weights whose
+        node id holds ``"."`` is named with ``"_"`` instead (a measured one is an error).
     """
     from ..spec import Spec
 
@@ -259,7 +471,7 @@ def build_model(spec, *, seed: int | None = None) -> keras.Model:
         raise BundleLabError(f"expected a bundlelab.spec.Spec, got {type(spec).__name__}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise BundleLabError(f"The 'seed' parameter must be an int or None. Got {seed!r} instead.")
-    _check_names(spec)
+    names = _layer_names(spec)
     init = _Init(spec.init, seed)
     tensors: dict[str, Any] = {}
     model_input = None
@@ -269,8 +481,10 @@ def build_model(spec, *, seed: int | None = None) -> keras.Model:
             tensors[node.id] = model_input
             continue
         inputs = [tensors[source] for source in node.inputs]
-        tensors[node.id] = _BUILDERS[node.op](dict(node.params), inputs, node.id, init)
+        tensors[node.id] = _BUILDERS[node.op](dict(node.params), inputs, names[node.id], init)
     return keras.Model(model_input, tensors[spec.output], name=spec.name)
 
 
-__all__ = ["BasicBlock", "build_model"]
+__all__ = [
+    "BasicBlock", "Classifier", "ConvBN", "SameConv2D", "SameMaxPooling2D", "Sum", "build_model",
+]

@@ -50,6 +50,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     ) from None
 from keras import ops
 
+from ..report import BundleReport
 from ..spec import dumps, loads, measured_layers
 from .keras import _inference_context, audit
 from .keras_build import build_model
@@ -405,11 +406,15 @@ class KerasTrainee:
         """
         learning_rate = options.pop("learning_rate", self.config.learning_rate)
         train_batch_size = options.pop("batch_size", self.config.batch_size)
+        layers = measured_layers(self.spec)
         with self._on_device():
-            return audit(
-                self.model, x, y, layers=measured_layers(self.spec), n_samples=max(len(x), 1),
+            report = audit(
+                self.model, x, y, layers=layers, n_samples=max(len(x), 1),
                 learning_rate=learning_rate, train_batch_size=train_batch_size, **options,
             )
+        # Keras lists a DAG's layers in its own topological order; reports follow the spec's,
+        # the numbering that rewrites (and "the first conflicting layer") use.
+        return BundleReport([report[name] for name in layers], report.params)
 
     def save(self, path: str, *, optimizer: bool = True) -> None:
         """Write the weights (and with ``optimizer`` the optimizer's state) to ``path``.

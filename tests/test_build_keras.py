@@ -20,6 +20,7 @@ from bundlelab.adapters.keras import KerasAdapter, audit
 from bundlelab.adapters.keras_build import build_model
 
 from bundlelab import BundleLabError
+from bundlelab.search import GatedGraph, conv_fabric, extract, resnet_fabric
 from bundlelab.spec import (
     Node,
     Spec,
@@ -44,6 +45,18 @@ def _specs():
 
 SPECS = list(_specs())
 IDS = [f"{spec.name}-{'x'.join(map(str, spec.input_shape))}" for spec in SPECS]
+
+
+def _all_on(spec):
+    return extract(spec, np.ones(GatedGraph(spec).n_gates, bool))
+
+
+# extracted super-networks: conv_bn (strided, upsampled), branch, add with ReLU, classifier
+FABRICS = [
+    _all_on(resnet_fabric(1, k=2, filters=(4, 8), input_shape=(1, 8, 8))),
+    _all_on(conv_fabric(2, channels=4, input_shape=(1, 8, 8))),
+]
+FABRIC_IDS = [spec.name for spec in FABRICS]
 
 
 def _trainable(model) -> int:
@@ -73,6 +86,106 @@ def test_default_selection_is_measured_plus_stem(spec):
     names = KerasAdapter().layer_names(build_model(spec, seed=0))
     stem = ["stem_relu"] if any(node.id == "stem_relu" for node in spec.nodes) else []
     assert names == stem + measured_layers(spec)
+
+
+@pytest.mark.parametrize("spec", FABRICS, ids=FABRIC_IDS)
+def test_fabric_matches_spec(spec):
+    model = build_model(spec, seed=0)
+    assert _trainable(model) == parameter_count(spec)
+    x, y = _data(spec)
+    assert tuple(model(x[:5]).shape) == (5, spec.n_classes)
+    for node in spec.nodes:
+        layer = model.get_layer(_layer_name(node.id))
+        assert tuple(layer.output.shape) == (None, *spec.shape_of(node.id))
+    # The adapter lists layers in Keras' execution order (depth by depth), which for the conv
+    # fabric is not the spec's node order (c1s0 runs before c0s2): compare the sets.
+    report = audit(model, x, y, layers=measured_layers(spec))
+    assert sorted(report.names) == sorted(measured_layers(spec))
+    # default: the nodes that end in a non-linearity (the ReLU conv_bn and add nodes), never a
+    # branch nor a linear conv_bn
+    nonlinear = [node.id for node in spec.nodes
+                 if node.params.get("activation", "linear") != "linear"]
+    assert sorted(KerasAdapter().layer_names(model)) == sorted(nonlinear)
+
+
+def _layer_name(node_id):
+    # Keras on torch cannot name a layer with weights "g2b1.branch"
+    return node_id.replace(".", "_") if keras.backend.backend() == "torch" else node_id
+
+
+def _copy_torch_weights(torch_model, model, spec):
+    """The torch model's weights into the Keras model, after giving every batch norm random
+    statistics, scales and offsets (so that evaluation mode tests them too)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in torch_model.modules():
+            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                for tensor, offset in ((module.weight, 1.0), (module.bias, 0.0),
+                                       (module.running_mean, 0.0)):
+                    tensor.copy_(0.5 * torch.randn(tensor.shape, generator=generator) + offset)
+                module.running_var.copy_(torch.rand(module.running_var.shape,
+                                                    generator=generator) + 0.5)
+    state = torch_model.state_dict()
+    for node in spec.nodes:
+        # per node, torch's state and Keras' weights list the same tensors in the same order:
+        # conv kernel; BN scale, offset, mean, variance; dense kernel, bias
+        prefix = f"nodes.{torch_model.node_keys[node.id]}."
+        values = [value.numpy() for key, value in state.items()
+                  if key.startswith(prefix) and not key.endswith("num_batches_tracked")]
+        layer = model.get_layer(_layer_name(node.id))
+        assert len(layer.weights) == len(values), node.id
+        for weight, value in zip(layer.weights, values):
+            if value.ndim == 4:  # (out, in, kh, kw) -> (kh, kw, in, out)
+                value = value.transpose(2, 3, 1, 0)
+            elif value.ndim == 2:  # (out, in) -> (in, out)
+                value = value.T
+            assert tuple(weight.shape) == value.shape, weight.path
+            weight.assign(value)
+
+
+def _flat_classifier():
+    nodes = (
+        Node("input", "input"),
+        Node("hidden", "dense", {"units": 5, "activation": "gelu"}, ("input",), measured=True),
+        Node("skip", "dense", {"units": 5}, ("input",)),
+        Node("sum", "add", {"activation": "tanh"}, ("hidden", "skip"), measured=True),
+        Node("head", "classifier", {"units": 3}, ("sum",)),
+    )
+    return Spec(nodes, "head", (6,), 3, name="flat-classifier")
+
+
+AGREE = FABRICS + [
+    conv_net(4, residual=True, width_multiplier=0.125, input_shape=(3, 64, 64)),  # maxpool
+    conv_net(10, residual=True, width_multiplier=0.125, input_shape=(1, 8, 8)),
+    _flat_classifier(),
+]
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("spec", AGREE, ids=[spec.name for spec in AGREE])
+def test_same_weights_same_outputs_as_torch(spec, training):
+    """On equal weights the logits and every measured node's output equal the torch
+    builder's: padding (strided odd kernels, max-pooling), upsampling, taps after the final
+    activation, batch norm in both modes."""
+    torch = pytest.importorskip("torch")
+    from bundlelab.adapters.torch import build_model as build_torch_model
+
+    torch_model = build_torch_model(spec, seed=0)
+    model = build_model(spec, seed=0)
+    _copy_torch_weights(torch_model, model, spec)
+    x, _ = _data(spec, n=6)
+    torch_model.train(training)
+    with torch.no_grad():
+        expected = torch_model.node_outputs(torch.from_numpy(x))
+    names = measured_layers(spec) + [spec.output]
+    taps = keras.Model(model.input, [model.get_layer(_layer_name(n)).output for n in names])
+    for name, got in zip(names, taps(x, training=training)):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(got), expected[name].numpy(), rtol=1e-5, atol=1e-5,
+            err_msg=name,
+        )
 
 
 def test_layers_are_named_by_node_id():
@@ -173,9 +286,23 @@ def test_bad_arguments():
     with pytest.raises(BundleLabError, match="'seed' parameter"):
         build_model(fully_connected(4, 1), seed=1.5)
     if keras.backend.backend() == "torch":
-        nodes = (Node("input", "input"), Node("head.fc", "dense", {"units": 2}, ("input",)))
+        nodes = (Node("input", "input"),
+                 Node("hidden.fc", "dense", {"units": 4}, ("input",), measured=True),
+                 Node("head", "dense", {"units": 2}, ("hidden.fc",)))
         with pytest.raises(BundleLabError, match="rename the node"):
-            build_model(Spec(nodes, "head.fc", (3,), 2))
+            build_model(Spec(nodes, "head", (3,), 2))
+
+
+def test_dotted_ids_of_unmeasured_layers_with_weights():
+    """Named with "_" on the torch backend, avoiding the other ids."""
+    nodes = (Node("input", "input"),
+             Node("a_b", "dense", {"units": 4}, ("input",)),
+             Node("a.b", "dense", {"units": 4}, ("a_b",)),
+             Node("head.fc", "dense", {"units": 2}, ("a.b",)))
+    model = build_model(Spec(nodes, "head.fc", (3,), 2))
+    expected = (["input", "a_b", "a_b_2", "head_fc"] if keras.backend.backend() == "torch"
+                else [node.id for node in nodes])
+    assert [layer.name for layer in model.layers] == expected
 
 
 def test_save_and_load(tmp_path):
@@ -187,3 +314,15 @@ def test_save_and_load(tmp_path):
     np.testing.assert_array_equal(
         keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x))
     )
+
+
+@pytest.mark.parametrize("spec", FABRICS, ids=FABRIC_IDS)
+def test_save_and_load_fabric(spec, tmp_path):
+    model = build_model(spec, seed=0)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    x, _ = _data(spec, n=3)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x))
+    )
+    assert KerasAdapter().layer_names(loaded) == KerasAdapter().layer_names(model)

@@ -270,3 +270,14 @@ def test_lookahead_state_is_saved_with_its_inner_optimizer():
     assert float(optimizer.learning_rate) == pytest.approx(0.01)
     clone = Lookahead.from_config(optimizer.get_config())
     assert (clone.k, clone.alpha, type(clone.inner)) == (6, 0.5, RAdam)
+
+
+def test_reports_follow_the_spec_order_on_a_dag():
+    from bundlelab.search import GatedGraph, conv_fabric, extract
+
+    fabric = conv_fabric(2, channels=2, input_shape=(1, 8, 8))
+    spec = extract(fabric, np.ones(GatedGraph(fabric).n_gates, bool))
+    trainee = KerasBackend().build(spec, TrainConfig(device="cpu"))
+    x = np.random.default_rng(0).normal(size=(32, 1, 8, 8)).astype(np.float32)
+    report = trainee.measure_bundles(x, np.arange(32) % 10)
+    assert report.names == measured_layers(spec)

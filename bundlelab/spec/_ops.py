@@ -2,7 +2,9 @@
 
 Shapes are channels-first and exclude the batch axis: ``(features,)`` for flat tensors and
 ``(channels, height, width)`` for images.  Every spatial op pads "same", so a stride ``s`` maps a
-side ``n`` to ``ceil(n / s)`` (PyTorch: ``padding=k // 2``; Keras: ``padding="same"``).
+side ``n`` to ``ceil(n / s)``; both builders pad an odd kernel ``k // 2`` on every side (as
+PyTorch does; Keras's own "same" would pad a strided conv on an even side only at the bottom
+and right, so the Keras builder pads explicitly there).
 """
 
 from __future__ import annotations
