@@ -13,7 +13,7 @@ Checks printed and saved (``budgeted-search.json``, ``budgeted-search.png``):
   met), and its test accuracy is within 1 point of the best ResNet within the budget or better;
 * mean ± std over seeds, and the bundle entropy H^L of every retrained architecture.
 
-Default (about 40 minutes on 2 CPU cores)::
+Default (about 30 minutes on 2 CPU cores shared with other work)::
 
     python examples/budgeted_search_digits.py --out results/search
 
@@ -47,10 +47,11 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--width-multiplier", type=float, default=0.5)
     parser.add_argument("--cost", default="flops")
     parser.add_argument("--budgets", type=float, nargs="+", default=[2.5e5, 4.5e5, 7e5])
-    parser.add_argument("--warmup-epochs", type=int, default=3)
-    parser.add_argument("--search-epochs", type=int, default=12)
-    parser.add_argument("--retrain-epochs", type=int, default=15)
-    parser.add_argument("--gate-lr", type=float, default=0.05)
+    parser.add_argument("--warmup-epochs", type=int, default=2)
+    parser.add_argument("--search-epochs", type=int, default=8)
+    parser.add_argument("--retrain-epochs", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--gate-lr", type=float, default=0.1)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--n-train", type=int, default=None)
@@ -81,8 +82,9 @@ def main() -> None:
               for m in FAMILY if m <= args.n]
     runs = []
     for seed in range(args.seeds):
-        config = TrainConfig(optimizer="adam", learning_rate=1e-3, weight_decay=1e-4, seed=seed,
-                             device=args.device, measure_samples=512)
+        config = TrainConfig(optimizer="adam", learning_rate=2e-3, weight_decay=1e-4, seed=seed,
+                             batch_size=args.batch_size, device=args.device,
+                             measure_samples=512)
         result = sweep(fabric, data, budgets=args.budgets, cost=args.cost,
                        search={"warmup_epochs": args.warmup_epochs,
                                "search_epochs": args.search_epochs,

@@ -281,3 +281,21 @@ def test_reports_follow_the_spec_order_on_a_dag():
     x = np.random.default_rng(0).normal(size=(32, 1, 8, 8)).astype(np.float32)
     report = trainee.measure_bundles(x, np.arange(32) % 10)
     assert report.names == measured_layers(spec)
+
+
+def test_the_training_loop_runs_and_resumes_through_keras(tmp_path):
+    from bundlelab.datasets import load_dataset
+    from bundlelab.training import Training, fit
+
+    data = load_dataset("digits", n_train=256, n_test=64)
+    spec = fully_connected(16, 2, input_shape=data.input_shape)
+    config = TrainConfig(epochs=2, optimizer="adam", measure_samples=128, device="cpu")
+    straight = fit(spec, data, backend="keras", config=config)
+    first = Training(spec, data, backend="keras", config=config, directory=tmp_path)
+    first.train_epoch()
+    resumed = Training(spec, data, backend="keras", config=config, directory=tmp_path)
+    assert resumed.epochs_done == 1
+    result = resumed.run()
+    assert [r.train_loss for r in result.history] == [r.train_loss for r in straight.history]
+    assert result.history[-1].report.names == ["dense1", "dense2"]
+    assert result.checkpoint_mb > 0
