@@ -216,3 +216,11 @@ def test_lookahead_moves_slow_weights_halfway_every_six_steps():
         optimizer.step()
     fast = start * 0.8 ** 6  # plain SGD on w^2 with lr 0.1 multiplies w by 0.8 per step
     torch.testing.assert_close(weight.detach(), start + 0.5 * (fast - start))
+
+
+@pytest.mark.parametrize("shape, expected", [((3, 32, 32), 4), ((1, 28, 28), 3), ((1, 8, 8), 0),
+                                             ((64,), 0)])
+def test_default_crops_are_an_eighth_of_images_of_16_px_or_more(shape, expected):
+    assert TrainConfig().crop_for(shape) == expected
+    assert TrainConfig(crop_padding=2).crop_for(shape) == (2 if len(shape) == 3 else 0)
+    assert TrainConfig(augment=False).crop_for(shape) == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -10,6 +9,8 @@ from .._errors import BundleLabError
 from .._validation import check_choice, check_positive_float, check_positive_int
 
 OPTIMIZERS = ("ranger", "adam", "sgd")
+#: images narrower than this get no random crops by default
+MIN_CROP_SIDE = 16
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,11 @@ class TrainConfig:
     batch_size : int, default=64
     crop_padding : int or None, default=None
         Random crops: pad each side by this many pixels (zeros, after standardisation) and
-        crop back to the input size.  None: an eighth of the image side, at least 1 (4 px on
-        32 px images, as is usual for CIFAR).  0 turns crops off; fully connected inputs are
-        never cropped.
+        crop back to the input size.  None: an eighth of the image side (4 px on 32 px
+        images, as is usual for CIFAR) for images of 16 px or more, and no crops on smaller
+        ones (on the 8x8 digits a one-pixel shift cost a 2x32 MLP 11 points of accuracy and a
+        ResNet-20 40 points in our runs).  0 turns crops off.  Applies to every image input,
+        whatever the network; flat inputs are never cropped.
     flip : bool or None, default=None
         Random horizontal flips; None: as the dataset allows (never for digits).
     brightness : float, default=0.1
@@ -112,7 +115,8 @@ class TrainConfig:
             return 0
         if self.crop_padding is not None:
             return self.crop_padding
-        return max(1, math.floor(input_shape[-1] / 8))
+        side = input_shape[-1]
+        return side // 8 if side >= MIN_CROP_SIDE else 0
 
 
 def _is_int(value: Any, low: int) -> bool:
