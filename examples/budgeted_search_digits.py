@@ -34,7 +34,7 @@ from pathlib import Path
 
 from bundlelab._atomic import atomic_write_text
 from bundlelab.datasets import load_dataset
-from bundlelab.search import resnet_fabric, sweep
+from bundlelab.search import default_lambdas, resnet_fabric, sweep
 from bundlelab.training import TrainConfig
 
 FAMILY = (1, 2, 3, 5, 7, 9, 18)
@@ -52,6 +52,12 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--retrain-epochs", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--gate-lr", type=float, default=0.1)
+    parser.add_argument("--penalty", default="hinge", choices=("hinge", "abs"))
+    parser.add_argument("--lambdas-per-budget", type=int, default=1,
+                        help="1: lambda = 10^-m for a budget of magnitude m; k > 1: k values "
+                             "log-spaced over 10^(-m-1) .. 10^(-m+1), chosen on validation")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch and numba threads (1 is fastest on a shared 2-core CPU)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--n-train", type=int, default=None)
@@ -72,6 +78,11 @@ def mean_std(values) -> tuple[float, float]:
 
 def main() -> None:
     args = parse()
+    import numba
+    import torch
+
+    torch.set_num_threads(args.threads)
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     started = time.perf_counter()
     data = load_dataset(args.data, n_train=args.n_train)
     shape = data.input_shape
@@ -85,10 +96,14 @@ def main() -> None:
         config = TrainConfig(optimizer="adam", learning_rate=2e-3, weight_decay=1e-4, seed=seed,
                              batch_size=args.batch_size, device=args.device,
                              measure_samples=512)
-        result = sweep(fabric, data, budgets=args.budgets, cost=args.cost,
+        lambdas = None
+        if args.lambdas_per_budget > 1:
+            lambdas = sorted({lam for budget in args.budgets
+                              for lam in default_lambdas(budget, args.lambdas_per_budget)})
+        result = sweep(fabric, data, budgets=args.budgets, cost=args.cost, lambdas=lambdas,
                        search={"warmup_epochs": args.warmup_epochs,
                                "search_epochs": args.search_epochs,
-                               "gate_learning_rate": args.gate_lr},
+                               "gate_learning_rate": args.gate_lr, "penalty": args.penalty},
                        config=config, retrain_epochs=args.retrain_epochs, family=family,
                        directory=args.out / f"seed-{seed}", progress=True)
         runs.append(result.to_dict())

@@ -248,3 +248,41 @@ def test_gates_that_cut_the_output_off_are_an_empty_architecture():
         for n in small_supernet().nodes))
     with pytest.raises(BundleLabError, match="no path from the input to the output"):
         extract(spec, np.array([False, False]))
+
+
+# -- model selection -------------------------------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)), min_size=1, max_size=12))
+def test_pareto_front_keeps_exactly_the_undominated_points(pairs):
+    from bundlelab.search import pareto_front
+
+    points = [{"cost": c, "validation_accuracy": a} for c, a in pairs]
+    flags = pareto_front(points)
+    for p, on_front in zip(points, flags):
+        better = [q for q in points if (q["cost"], -q["validation_accuracy"]) != (p["cost"], -p["validation_accuracy"])
+                  and q["cost"] <= p["cost"] and q["validation_accuracy"] >= p["validation_accuracy"]]
+        assert on_front == (not better)
+    assert any(flags)
+
+
+def test_budget_checks_choose_within_the_budget_and_compare_with_the_family():
+    from bundlelab.search import budget_checks
+
+    points = [
+        {"name": "over", "budget": 10.0, "cost": 12.0, "met_budget": False,
+         "validation_accuracy": 0.99, "test_accuracy": 0.99},
+        {"name": "under", "budget": 10.0, "cost": 8.0, "met_budget": True,
+         "validation_accuracy": 0.90, "test_accuracy": 0.905},
+        {"name": "never", "budget": 5.0, "cost": 7.0, "met_budget": False,
+         "validation_accuracy": 0.5, "test_accuracy": 0.5},
+    ]
+    family = [{"name": "small", "cost": 4.0, "test_accuracy": 0.80},
+              {"name": "mid", "cost": 9.0, "test_accuracy": 0.91},
+              {"name": "big", "cost": 20.0, "test_accuracy": 0.99}]
+    ten, five = budget_checks(points, family, [10.0, 5.0])
+    assert ten["architecture"] == "under" and ten["met_budget"]
+    assert ten["best_family_member"] == "mid" and ten["within_one_point"]  # 0.905 vs 0.91
+    assert five["architecture"] == "never" and not five["met_budget"]
+    assert five["best_family_member"] == "small"

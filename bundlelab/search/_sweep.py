@@ -146,12 +146,17 @@ def sweep(supernet: Spec, data: Any, *, budgets: list, cost: str = "flops",
 
 
 def budget_checks(points: list, family: list, budgets: list) -> list[dict]:
-    """Per budget: the searched architecture chosen on validation accuracy, whether it meets
-    the budget, and its test accuracy against the best family member within the budget."""
+    """Per budget: the searched architecture chosen on validation accuracy among those within
+    the budget, whether it meets the budget, and its test accuracy against the best family
+    member within the budget (best on test accuracy, the comparison least kind to the search)."""
     checks = []
     for budget in budgets:
         candidates = [p for p in points if p["budget"] == float(budget)]
-        chosen = max(candidates, key=lambda p: p["validation_accuracy"])
+        # Model selection on validation accuracy among the architectures within the budget
+        # (the cheapest one when none is).
+        within_budget = [p for p in candidates if p["met_budget"]]
+        chosen = (max(within_budget, key=lambda p: p["validation_accuracy"]) if within_budget
+                  else min(candidates, key=lambda p: p["cost"]))
         within = [m for m in family if m["cost"] <= budget]
         best = max(within, key=lambda m: m["test_accuracy"]) if within else None
         checks.append({
