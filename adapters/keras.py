@@ -22,18 +22,14 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .._errors import BundleLabError
+from ._keras_import import import_keras
 from .._validation import check_choice, check_positive_int
 from ..bundles import BundleOptions
 from ..report import BundleReport
 from ..tracker import BundleTracker
 from . import measure_bundles, select_layers
 
-try:
-    import keras
-except ImportError:  # pragma: no cover - depends on the environment
-    raise BundleLabError(
-        "the Keras adapter requires Keras 3. You can install it with `pip install 'bundlelab[keras]'`"
-    ) from None
+keras = import_keras("the Keras adapter")
 
 #: the batch size ``model.fit`` trains with when none is given: the default ``|B|`` here
 FIT_BATCH_SIZE = 32

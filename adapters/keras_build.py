@@ -30,14 +30,9 @@ from typing import Any
 import numpy as np
 
 from .._errors import BundleLabError
+from ._keras_import import import_keras
 
-try:
-    import keras
-except ImportError:  # pragma: no cover - depends on the environment
-    raise BundleLabError(
-        "building a spec in Keras requires Keras 3. You can install it with "
-        "`pip install 'bundlelab[keras]'`"
-    ) from None
+keras = import_keras("building a spec in Keras")
 
 IMAGE_FORMAT = "channels_first"
 # PyTorch's batch-norm defaults (Keras': momentum 0.99, epsilon 1e-3), so that one spec trains

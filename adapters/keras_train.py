@@ -40,14 +40,9 @@ from typing import Any
 import numpy as np
 
 from .._errors import BundleLabError
+from ._keras_import import import_keras
 
-try:
-    import keras
-except ImportError:  # pragma: no cover - depends on the environment
-    raise BundleLabError(
-        "training a spec in Keras requires Keras 3. You can install it with "
-        "`pip install 'bundlelab[keras]'`"
-    ) from None
+keras = import_keras("training a spec in Keras")
 from keras import ops
 
 from ..report import BundleReport

@@ -299,3 +299,19 @@ def test_the_training_loop_runs_and_resumes_through_keras(tmp_path):
     assert [r.train_loss for r in result.history] == [r.train_loss for r in straight.history]
     assert result.history[-1].report.names == ["dense1", "dense2"]
     assert result.checkpoint_mb > 0
+
+
+def test_keras_modules_pick_an_installed_backend_when_none_is_set():
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("tensorflow") is not None:
+        pytest.skip("TensorFlow is installed: Keras's own default works")
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    done = subprocess.run(
+        [sys.executable, "-c", "import os, bundlelab.adapters.keras_train as m; "
+                               "print(os.environ['KERAS_BACKEND'])"],
+        capture_output=True, text=True, env=env, check=True,
+    )
+    assert done.stdout.strip() == "torch"
