@@ -59,6 +59,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch and numba threads (1 is fastest on a shared 2-core CPU)")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="run seeds first-seed .. first-seed + seeds - 1 (split a run over "
+                             "processes; a later run over all seeds resumes their folders)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--n-train", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("results/search"))
@@ -92,7 +95,7 @@ def main() -> None:
                             input_shape=shape, n_classes=data.n_classes)
               for m in FAMILY if m <= args.n]
     runs = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         config = TrainConfig(optimizer="adam", learning_rate=2e-3, weight_decay=1e-4, seed=seed,
                              batch_size=args.batch_size, device=args.device,
                              measure_samples=512)

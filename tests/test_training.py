@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import bundlelab
 from bundlelab import BundleLabError
 from bundlelab.datasets import load_dataset
 from bundlelab.spec import conv_net, fully_connected, parameter_count
