@@ -142,8 +142,10 @@ def autotune(spec: Spec, data: Any, *, backend: str | Backend = "torch",
         run = Training(current.spec, data, backend=backend, config=config, progress=progress,
                        directory=None if folder is None else folder / f"restart-{k:02d}")
         done_before = sum(r.epochs for r in restarts[:k])
-        pruned = None
-        while not run.finished:
+        # A run folder may hold a checked epoch that found a conflict the state did not record
+        # (a crash between the two writes): act on it instead of training past it.
+        pruned = next((r for r in run.history[:check_epochs] if r.first_conflicting), None)
+        while pruned is None and not run.finished:
             checking = run.epochs_done < check_epochs
             record = run.train_epoch(measure=True if checking else None)
             current.epochs, current.epoch = run.epochs_done, done_before + run.epochs_done

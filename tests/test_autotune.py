@@ -133,3 +133,24 @@ def test_bad_input_is_one_line_with_status_2(tmp_path, capsys, argv, fragment):
     code, out, err = cli(capsys, *argv, "--out", tmp_path / "run")
     assert code == 2
     assert err.startswith("error: ") and fragment in err and err.count("\n") == 1
+
+
+def test_a_crash_between_the_run_and_the_autotune_state_loses_no_pruning(digits, tuned, tmp_path,
+                                                                       monkeypatch):
+    import bundlelab.autotune as module
+
+    expected, _ = tuned
+    original = module._save_state
+
+    def dies_when_recording_the_first_pruning(folder, restarts, *args):
+        if len(restarts) == 2:
+            raise KeyboardInterrupt
+        return original(folder, restarts, *args)
+
+    monkeypatch.setattr(module, "_save_state", dies_when_recording_the_first_pruning)
+    with pytest.raises(KeyboardInterrupt):
+        autotune(deep_narrow(digits), digits, config=CONFIG, directory=tmp_path)
+    monkeypatch.setattr(module, "_save_state", original)
+    resumed = autotune(deep_narrow(digits), digits, config=CONFIG, directory=tmp_path)
+    assert resumed.spec == expected.spec
+    assert [r.pruned_layer for r in resumed.restarts] == [r.pruned_layer for r in expected.restarts]
