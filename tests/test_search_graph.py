@@ -198,6 +198,48 @@ def test_real_architecture_is_the_union_of_fully_on_paths(case):
             assert rounds(plain_graph, a[0], l[0], machines) == rounds(graph, alive[0], live[0], machines)
 
 
+def reference_rounds(graph, alive, live, machines):
+    """The allocation as the docs state it: each round scans every waiting node in order."""
+    waiting = [int(v) for v in np.flatnonzero(alive)]
+    predecessors = {v: [] for v in waiting}
+    for e in np.flatnonzero(live):
+        predecessors[int(graph.targets[e])].append(int(graph.sources[e]))
+    pending, count = set(waiting), 0
+    while waiting:
+        used, taken = 0, []
+        for v in waiting:
+            if used >= machines:
+                break
+            if not any(u in pending for u in predecessors[v]):
+                taken.append(v)
+                used += int(graph.compute_weight[v])
+        pending.difference_update(taken)
+        waiting = [v for v in waiting if v not in taken]
+        count += used > 0
+    return count
+
+
+@settings(max_examples=150, deadline=None)
+@given(random_supernets(), st.integers(1, 4))
+def test_rounds_follow_the_documented_scan(case, machines):
+    spec, gates = case
+    graph = GatedGraph(spec)
+    alive, live = graph.real_architecture(gates)
+    assert rounds(graph, alive, live, machines) == reference_rounds(graph, alive, live, machines)
+
+
+@pytest.mark.parametrize("spec", [resnet_fabric(2), conv_fabric(4, channels=2)],
+                         ids=["resnet-fabric", "conv-fabric"])
+def test_rounds_follow_the_documented_scan_on_sampled_fabrics(spec):
+    graph = GatedGraph(spec)
+    gates = np.random.default_rng(0).random((20, graph.n_gates)) < 0.7
+    alive, live = graph.real_architecture(gates)
+    for b in range(20):
+        for machines in (1, 2, 4):
+            assert rounds(graph, alive[b], live[b], machines) == \
+                reference_rounds(graph, alive[b], live[b], machines)
+
+
 # -- extraction, the cheapest architecture ---------------------------------------------------
 
 

@@ -16,6 +16,8 @@ not give its own), and this order is the one documented above.
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 
 from ._graph import GatedGraph
@@ -35,27 +37,38 @@ def rounds(graph: GatedGraph, alive: np.ndarray, live: np.ndarray, machines: int
     -------
     int
         0 for an empty (inconsistent) architecture.
+
+    Notes
+    -----
+    A round's scan only ever takes nodes whose predecessors all ran in earlier rounds, and
+    skipping the others changes nothing, so the scan runs over a heap of those ready nodes in
+    spec order; a round's nodes release their successors when it ends.  O((nodes + edges) log
+    nodes) per architecture.
     """
-    waiting = [int(v) for v in np.flatnonzero(alive)]
-    predecessors = {v: [] for v in waiting}
+    waiting = np.flatnonzero(alive)
+    if not len(waiting):
+        return 0
+    blocking = {int(v): 0 for v in waiting}
+    successors: dict[int, list[int]] = {int(v): [] for v in waiting}
     for e in np.flatnonzero(live):
-        predecessors[int(graph.targets[e])].append(int(graph.sources[e]))
+        u, v = int(graph.sources[e]), int(graph.targets[e])
+        blocking[v] += 1
+        successors[u].append(v)
     weight = graph.compute_weight
+    ready = [v for v, count in blocking.items() if count == 0]
+    heapq.heapify(ready)
     count = 0
-    pending = set(waiting)
-    while waiting:
+    while ready:
         used, taken = 0, []
-        for v in waiting:
-            if used >= machines:
-                break
-            if not any(u in pending for u in predecessors[v]):
-                taken.append(v)
-                used += int(weight[v])
-        if not taken:  # cannot happen in a DAG; guard against an endless loop
-            raise RuntimeError("allocation made no progress")
-        pending.difference_update(taken)
-        taken_set = set(taken)
-        waiting = [v for v in waiting if v not in taken_set]
+        while ready and used < machines:
+            v = heapq.heappop(ready)
+            taken.append(v)
+            used += int(weight[v])
+        for u in taken:  # taken nodes count as waiting until the round ends
+            for v in successors[u]:
+                blocking[v] -= 1
+                if blocking[v] == 0:
+                    heapq.heappush(ready, v)
         if used > 0:
             count += 1
     return count
