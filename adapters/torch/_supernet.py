@@ -33,7 +33,7 @@ from ..._validation import check_choice, check_positive_float, check_positive_in
 from ...spec import Spec
 from ._build import SpecModule
 from ._optim import make_optimizer
-from ._train import read_checkpoint, resolve_device
+from ._train import evaluate_in_batches, read_checkpoint, resolve_device
 
 SUPERNET_FORMAT = "bundlelab.torch-supernet/1"
 GATE_OPTIMIZERS = ("adam", "sgd")
@@ -254,25 +254,17 @@ class TorchSuperTrainee:
         return {"loss": float(losses.detach().mean()),
                 "correct": int((logits.detach().argmax(1) == yt).sum()), "n": batch}
 
-    @torch.no_grad()
     def evaluate(self, x: np.ndarray, y: np.ndarray, edge_on: np.ndarray, alive: np.ndarray, *,
                  batch_size: int) -> dict[str, float]:
         """Loss and accuracy of one architecture (``edge_on`` (E,), ``alive`` (N,)) in eval mode."""
         check_positive_int("batch_size", batch_size)
         edge_one, alive_one = (m[None] for m in self._masks(edge_on, alive, ()))
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            loss_sum, correct = 0.0, 0
-            for start in range(0, len(y), batch_size):
-                xt, yt = self._tensors(x[start:start + batch_size], y[start:start + batch_size])
-                n = len(yt)
-                logits = self.model(xt, edge_one.expand(n, -1), alive_one.expand(n, -1))
-                loss_sum += float(F.cross_entropy(logits, yt, reduction="sum"))
-                correct += int((logits.argmax(1) == yt).sum())
-        finally:
-            self.model.train(was_training)
-        return {"loss": loss_sum / len(y), "accuracy": correct / len(y)}
+
+        def logits_of(xt):
+            n = len(xt)
+            return self.model(xt, edge_one.expand(n, -1), alive_one.expand(n, -1))
+
+        return evaluate_in_batches(self.model, x, y, batch_size, self._tensors, logits_of)
 
     def save(self, path: str) -> None:
         torch.save({

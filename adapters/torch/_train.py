@@ -55,6 +55,25 @@ def read_checkpoint(path: str, device: torch.device, format: str, kind: str) -> 
     return state
 
 
+@torch.no_grad()
+def evaluate_in_batches(model, x: np.ndarray, y: np.ndarray, batch_size: int, tensors,
+                        logits_of) -> dict[str, float]:
+    """``{"loss", "accuracy"}`` of ``logits_of(inputs)`` over ``(x, y)`` in batches, with
+    ``model`` in eval mode (its mode restored after); ``tensors(x, y)`` moves a batch."""
+    was_training = model.training
+    model.eval()
+    try:
+        loss_sum, correct = 0.0, 0
+        for start in range(0, len(y), batch_size):
+            xt, yt = tensors(x[start:start + batch_size], y[start:start + batch_size])
+            logits = logits_of(xt)
+            loss_sum += float(F.cross_entropy(logits, yt, reduction="sum"))
+            correct += int((logits.argmax(1) == yt).sum())
+    finally:
+        model.train(was_training)
+    return {"loss": loss_sum / len(y), "accuracy": correct / len(y)}
+
+
 class TorchBackend:
     """Builds :class:`TorchTrainee` objects; registered as the ``"torch"`` backend."""
 
@@ -118,20 +137,8 @@ class TorchTrainee:
             raise BundleLabError("the training set is empty")
         return {"loss": float(loss_sum) / seen, "accuracy": int(correct) / seen}
 
-    @torch.no_grad()
     def evaluate(self, x: np.ndarray, y: np.ndarray, *, batch_size: int) -> dict[str, float]:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            loss_sum, correct = 0.0, 0
-            for start in range(0, len(y), batch_size):
-                xt, yt = self._tensors(x[start:start + batch_size], y[start:start + batch_size])
-                logits = self.model(xt)
-                loss_sum += float(F.cross_entropy(logits, yt, reduction="sum"))
-                correct += int((logits.argmax(1) == yt).sum())
-        finally:
-            self.model.train(was_training)
-        return {"loss": loss_sum / len(y), "accuracy": correct / len(y)}
+        return evaluate_in_batches(self.model, x, y, batch_size, self._tensors, self.model)
 
     def measure_bundles(self, x: np.ndarray, y: np.ndarray, **options) -> BundleReport:
         names = self.model.layer_names  # node id -> tap module name
