@@ -20,7 +20,7 @@ stays O(n_samples) per layer however deep the model is, and returns a
         def layer_names(self, model, inputs=None):
             return [...]                      # hidden layers, execution order, never logits
 
-        def iter_layer_outputs(self, model, inputs, *, layers, batch_size):
+        def iter_layer_outputs(self, model, inputs, *, layers, inference_batch_size):
             for batch_inputs, batch_labels in ...:
                 yield {name: output_array for name in layers}, batch_labels
 
@@ -30,17 +30,37 @@ stays O(n_samples) per layer however deep the model is, and returns a
     register_adapter("myframework", MyFrameworkAdapter)
 
 Outputs may be numpy arrays, CuPy arrays or torch tensors (CUDA tensors stay on the GPU).
+``inference_batch_size`` is the number of samples per forward pass (it only bounds memory);
+``batch_size``, everywhere in bundlelab, is the training batch size |B| of the metric.
+
+Frameworks
+----------
+Each framework's package offers the same entry points: ``audit`` (a seeded subset of the
+training set in one call), its adapter class, ``build_model`` and its training backend (torch
+and Keras), and a hook or callback that records ``H^l(t)`` during training.  This module
+registers them by name: the adapters for :func:`get_adapter` and the training backends for
+:func:`bundlelab.training.get_backend` (which imports this module on its first lookup), all as
+``"module:attribute"`` strings, so importing it imports no framework.
 """
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from .._errors import BundleLabError
+from .._registry import Registry
 from .._selection import select_layers
+from .._validation import (
+    check_bool,
+    check_keywords,
+    check_positive_float,
+    check_positive_int,
+    checked_keywords,
+)
+from ..training._backend import register_backend
 
 
 @runtime_checkable
@@ -56,9 +76,10 @@ class ActivationAdapter(Protocol):
         tracing pass when the order can only be known by running the model."""
 
     def iter_layer_outputs(
-        self, model: Any, inputs: Any, *, layers: Sequence[str], batch_size: int
+        self, model: Any, inputs: Any, *, layers: Sequence[str], inference_batch_size: int
     ) -> Iterator[Mapping[str, Any] | tuple[Mapping[str, Any], Any]]:
-        """Yield, per batch of ``inputs`` (in order), a mapping layer name -> layer output of
+        """Yield, per forward pass of at most ``inference_batch_size`` samples of ``inputs`` (in
+        order; a data loader keeps its own batches), a mapping layer name -> layer output of
         shape (batch, ...), or a pair (mapping, batch labels) when the data carries its labels
         (a data loader).  Runs in inference mode without gradients and restores the model."""
 
@@ -67,34 +88,44 @@ class ActivationAdapter(Protocol):
 
 
 #: name -> "module:attribute" (lazy) or a factory, for :func:`get_adapter`
-_ADAPTERS: dict[str, str | Callable[[], ActivationAdapter]] = {}
+_ADAPTERS = Registry("name")
 
 
+@checked_keywords
 def register_adapter(name: str, factory: str | Callable[[], ActivationAdapter]) -> None:
     """Make an adapter available under ``name``.
 
-    ``factory`` is a zero-argument callable returning the adapter, or a ``"module:attribute"``
-    string imported on first use (so registering costs no import).
+    Parameters
+    ----------
+    name : str
+        The name :func:`get_adapter` accepts.
+    factory : str or callable
+        A zero-argument callable returning the adapter, or a ``"module:attribute"`` string
+        imported on first use (so registering costs no import).
     """
-    _ADAPTERS[name] = factory
+    _ADAPTERS.register(name, factory)
 
 
+@checked_keywords
 def available_adapters() -> list[str]:
     """Names accepted by :func:`get_adapter`."""
-    return sorted(_ADAPTERS)
+    return _ADAPTERS.names()
 
 
+@checked_keywords
 def get_adapter(name: str) -> ActivationAdapter:
-    """Build the adapter registered under ``name``."""
-    try:
-        factory = _ADAPTERS[name]
-    except KeyError:
-        known = ", ".join(available_adapters()) or "none registered"
-        raise BundleLabError(f"unknown adapter {name!r}; available: {known}") from None
-    if isinstance(factory, str):
-        module_name, _, attribute = factory.partition(":")
-        factory = getattr(importlib.import_module(module_name), attribute)
-    adapter = factory()
+    """Build the adapter registered under ``name``.
+
+    Parameters
+    ----------
+    name : str
+        A name of :func:`available_adapters` (``"torch"``, ``"onnx"``, ``"keras"``, ...).
+
+    Returns
+    -------
+    ActivationAdapter
+    """
+    adapter = _ADAPTERS.create(name)
     if not isinstance(adapter, ActivationAdapter):
         raise BundleLabError(
             f"adapter {name!r} lacks layer_names, iter_layer_outputs or weight_amplitude"
@@ -102,6 +133,7 @@ def get_adapter(name: str) -> ActivationAdapter:
     return adapter
 
 
+@checked_keywords
 def measure_bundles(
     adapter: ActivationAdapter,
     model: Any,
@@ -109,10 +141,10 @@ def measure_bundles(
     labels: Any = None,
     *,
     layers: Iterable[str] | None = None,
-    batch_size: int = 256,
-    train_batch_size: int = 64,
+    inference_batch_size: int = 256,
+    batch_size: int = 64,
     weight_amplitude: float | Mapping[str, float] | None = None,
-    progress: bool = False,
+    progress: bool | Callable[[int, dict[str, tuple]], None] = False,
     **options,
 ):
     """Bundles of a model's layers over ``inputs``, streamed batch by batch.
@@ -120,23 +152,28 @@ def measure_bundles(
     Parameters
     ----------
     adapter : ActivationAdapter
-    model : the framework's model object
-    inputs : what ``adapter.iter_layer_outputs`` accepts (arrays, a data loader, ...)
+        The framework's adapter, e.g. ``get_adapter("onnx")`` or ``TorchAdapter()``.
+    model : object
+        The framework's model object (what ``adapter`` accepts).
+    inputs : object
+        What ``adapter.iter_layer_outputs`` accepts (arrays, a data loader, ...).
     labels : array-like of shape (n_samples,), optional
         Labels in the order the batches yield samples; omit it when the adapter yields each
         batch's labels with its outputs.
     layers : iterable of str, optional
         Layer names or glob patterns; default: every layer the adapter lists.
-    batch_size : int, default=256
-        Samples per forward pass; it only bounds memory.
-    train_batch_size : int, default=64
-        The *training* batch size |B| of the metric (``batch_size`` of :func:`find_bundles`).
+    inference_batch_size : int, default=256
+        Samples per forward pass; it only bounds memory (a data loader keeps its batches).
+    batch_size : int, default=64
+        The training batch size |B| of the metric (``batch_size`` of :func:`find_bundles`).
     weight_amplitude : float or mapping of layer name to float, optional
         ``w``; default: ``adapter.weight_amplitude(model)`` (resolution mode).  A mapping gives
         each layer its own ``w``; the report's params then say ``weight_amplitude='layer'`` and
         hold the mapping as ``layer_weight_amplitudes``.
-    progress : bool, default=False
-        Show a progress bar over batches.
+    progress : bool or callable, default=False
+        True shows a progress bar over batches; a callable is called after each batch as
+        ``progress(n_rows, shapes)`` with the batch's sample count and each layer's per-sample
+        output shape (``{layer: shape}``).
     **options
         Other keywords of :func:`bundlelab.find_bundles` (mode, learning_rate, gamma, ...).
 
@@ -144,9 +181,17 @@ def measure_bundles(
     -------
     bundlelab.BundleReport
     """
+    from ..bundles import BundleOptions
     from ..report import BundleReport
     from ..streaming import BundleStream
 
+    check_keywords("measure_bundles()", options,
+                   [f.name for f in dataclasses.fields(BundleOptions)
+                    if f.name not in ("batch_size", "weight_amplitude")])
+    inference_batch_size = check_positive_int("inference_batch_size", inference_batch_size)
+    batch_size = check_positive_int("batch_size", batch_size)
+    if not callable(progress):
+        progress = check_bool("progress", progress)
     names = select_layers(adapter.layer_names(model, inputs), layers)
     if weight_amplitude is None:
         weight_amplitude = float(adapter.weight_amplitude(model))
@@ -155,9 +200,17 @@ def measure_bundles(
         missing = [name for name in names if name not in weight_amplitude]
         if missing:
             raise BundleLabError(f"weight_amplitude has no value for layer {missing[0]!r}")
+        weight_amplitude = {
+            name: check_positive_float(f"weight_amplitude[{name!r}]", weight_amplitude[name],
+                                       allow_zero=True)
+            for name in names
+        }
+    else:
+        weight_amplitude = check_positive_float("weight_amplitude", weight_amplitude,
+                                                allow_zero=True)
     streams = {
         name: BundleStream(
-            layer=name, batch_size=train_batch_size, **options,
+            layer=name, batch_size=batch_size, **options,
             weight_amplitude=weight_amplitude[name] if per_layer else weight_amplitude,
         )
         for name in names
@@ -165,8 +218,10 @@ def measure_bundles(
     if labels is not None:
         labels = np.asarray(labels.tolist() if hasattr(labels, "tolist") else labels)
     seen = 0
-    batches = adapter.iter_layer_outputs(model, inputs, layers=names, batch_size=batch_size)
-    if progress:
+    batches = adapter.iter_layer_outputs(
+        model, inputs, layers=names, inference_batch_size=inference_batch_size
+    )
+    if progress is True:
         from rich.progress import track
 
         batches = track(batches, description="measuring bundles", transient=True)
@@ -175,7 +230,9 @@ def measure_bundles(
         size = int(outputs[names[0]].shape[0])
         if batch_labels is None:
             if labels is None:
-                raise BundleLabError("no labels: pass labels=... or data that yields (inputs, labels)")
+                raise BundleLabError(
+                    "no labels: pass labels=... or data that yields (inputs, labels)"
+                )
             if seen + size > labels.shape[0]:
                 raise BundleLabError(
                     f"the model produced more samples than the {labels.shape[0]} labels given"
@@ -184,6 +241,8 @@ def measure_bundles(
         for name in names:
             streams[name].update(outputs[name], batch_labels)
         seen += size
+        if callable(progress):
+            progress(size, {name: tuple(outputs[name].shape[1:]) for name in names})
     if labels is not None and seen != labels.shape[0]:
         raise BundleLabError(f"got {labels.shape[0]} labels for {seen} samples")
     if not seen:
@@ -193,7 +252,7 @@ def measure_bundles(
     if per_layer:
         params.update(
             weight_amplitude="layer",
-            layer_weight_amplitudes={name: float(weight_amplitude[name]) for name in names},
+            layer_weight_amplitudes={name: weight_amplitude[name] for name in names},
         )
     return BundleReport(results, params)
 
@@ -206,6 +265,12 @@ __all__ = [
     "register_adapter",
     "select_layers",
 ]
+
+# The frameworks bundlelab ships: adapters here, their training backends in the registry of
+# bundlelab.training (whose get_backend imports this package on first lookup).  Strings, so
+# registering imports no framework.
 register_adapter("onnx", "bundlelab.adapters.onnx:OnnxAdapter")
 register_adapter("torch", "bundlelab.adapters.torch:TorchAdapter")
 register_adapter("keras", "bundlelab.adapters.keras:KerasAdapter")
+register_backend("torch", "bundlelab.adapters.torch:TorchBackend")
+register_backend("keras", "bundlelab.adapters.keras:KerasBackend")

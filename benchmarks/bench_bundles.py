@@ -172,11 +172,10 @@ def gpu_bandwidth(n: int, d: int, *, quick: bool) -> None:
     if config.ENABLE_CUDASIM or not cuda.is_available():
         print("GPU: no CUDA device here; the CUDA kernels were not timed")
         return
-    from bundlelab._formats import FORMATS
-    from bundlelab.kernels import get_backend
-    from bundlelab.kernels.backends import Transform
+    from bundlelab.kernels import Transform, get_kernel_backend
+    from bundlelab.kernels._formats import FORMATS
 
-    backend = get_backend("cuda")
+    backend = get_kernel_backend("cuda")
     fmt = FORMATS["float32"]
     transform = Transform.for_format(fmt, 1.0, 1e-3, 64)
     rows = cuda.to_device(np.random.default_rng(2).random((n, d), dtype=np.float32))

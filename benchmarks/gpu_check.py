@@ -27,9 +27,8 @@ import numpy as np
 
 import bundlelab
 from bundlelab._arrays import as_rows
-from bundlelab._formats import FORMATS
-from bundlelab.kernels import get_backend
-from bundlelab.kernels.backends import Transform
+from bundlelab.kernels import Transform, get_kernel_backend
+from bundlelab.kernels._formats import FORMATS
 
 DTYPES = {
     "float32": np.float32,
@@ -145,7 +144,7 @@ def resolution_checks(args, rng, table, simulator: bool) -> None:
         fmt = FORMATS[dtype]
         transform = Transform.for_format(fmt, options["weight_amplitude"], 1e-3, 64)
         cpu_rows = as_rows(a, device="cpu")
-        cpu_fp, cpu_bad = get_backend("cpu").fingerprints(cpu_rows.data, fmt, transform)
+        cpu_fp, cpu_bad = get_kernel_backend("cpu").fingerprints(cpu_rows.data, fmt, transform)
         for name, to_device, sync in frameworks(simulator):
             if not supports(name, dtype):
                 continue
@@ -166,7 +165,7 @@ def resolution_checks(args, rng, table, simulator: bool) -> None:
                       f"({gpu.n_bundles} bundles; GPU {t_gpu * 1e3:.1f} ms, first call "
                       f"{t_first:.2f} s)")
                 gpu_rows = as_rows(g, device="cuda")
-                backend = get_backend("cuda")
+                backend = get_kernel_backend("cuda")
                 fp, bad = backend.fingerprints(gpu_rows.data, fmt, transform)
                 check(np.array_equal(fp, cpu_fp) and np.array_equal(bad, cpu_bad),
                       f"{dtype} {name}: raw fingerprints == CPU")
@@ -228,7 +227,7 @@ def adapter_check(device: str) -> None:
     x = torch.randint(-3, 4, (2048, 64), generator=generator).float()
     x[1024:] = x[torch.randperm(1024, generator=generator)]
     y = torch.randint(0, 10, (2048,), generator=generator)
-    options = dict(learning_rate=0.5, train_batch_size=2)
+    options = dict(learning_rate=0.5, batch_size=2)
     cpu = audit(model, x, y, **options)
     start = time.perf_counter()
     gpu = audit(model.to(device), x, y, **options)

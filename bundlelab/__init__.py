@@ -9,7 +9,7 @@ deep-learning framework; framework code lives in :mod:`bundlelab.adapters`.
 (1, True, 0.6931)
 """
 
-from ._errors import BundleLabError
+from ._errors import BundleLabError, MissingDependencyError
 from .bundles import BundleOptions, analyze_layers, find_bundles
 from .entropy import bundle_entropy
 from .report import BundleReport, LayerResult
@@ -25,6 +25,7 @@ __all__ = [
     "BundleStream",
     "BundleTracker",
     "LayerResult",
+    "MissingDependencyError",
     "analyze_layers",
     "bundle_entropy",
     "find_bundles",

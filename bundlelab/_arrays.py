@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import BundleLabError
-from ._formats import FORMATS, FloatFormat
+from .kernels._formats import FORMATS, FloatFormat
 
 
 @dataclass
@@ -144,9 +144,10 @@ def as_rows(array: Any, *, device: str, layer: str | None = None) -> Rows:
         data = np.ascontiguousarray(host.reshape(shape[0], n_features))
         return Rows(data, fmt, "cpu")
 
-    from .kernels import get_backend
+    from .kernels import get_kernel_backend
 
-    get_backend("cuda")  # a one-line error on a machine without a usable GPU, before any copy
+    # a one-line error on a machine without a usable GPU, before any copy
+    get_kernel_backend("cuda")
     return Rows(_to_cuda_rows(array, shape[0], n_features, fmt), fmt, "cuda")
 
 

@@ -7,6 +7,7 @@ import fnmatch
 from typing import Iterable, Sequence
 
 from ._errors import BundleLabError
+from ._validation import checked_keywords
 
 _GLOB_CHARS = set("*?[")
 
@@ -27,6 +28,7 @@ def unknown_layer_error(name: str, names: Sequence[str], *, where: str) -> Bundl
     return BundleLabError(f"{where} has no layer {name!r}: {hint}")
 
 
+@checked_keywords
 def select_layers(
     names: Sequence[str], patterns: Iterable[str] | None, *, where: str = "the model"
 ) -> list[str]:
@@ -36,6 +38,20 @@ def select_layers(
     name always matches itself, even if it holds glob characters (``"features[3]"``).  A plain
     name that is not a layer, or a glob that matches none, is a one-line error naming the
     closest layers.  ``patterns=None`` (or empty) selects every layer.
+
+    Parameters
+    ----------
+    names : sequence of str
+        Every layer, in network order.
+    patterns : iterable of str, optional
+        Layer names or glob patterns (``"block*"``); None or empty selects every layer.
+    where : str, default='the model'
+        What holds the layers, for error messages (a dump's file name, a model).
+
+    Returns
+    -------
+    list of str
+        The selected names, in ``names`` order.
     """
     if not names:
         raise BundleLabError(f"{where} has no tappable layer")

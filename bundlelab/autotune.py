@@ -9,7 +9,8 @@ no conflict trains to the end: that is the result.
 
 The folder of an auto-tune holds ``autotune.json`` (the restarts so far) and one run folder
 per restart (``restart-00``, ``restart-01``, ...), each resumable on its own, so the whole
-auto-tune resumes after a crash where it stopped.  When it ends it also writes
+auto-tune resumes after a crash where it stopped (under the same resume policy as a training
+run: :data:`bundlelab.training.RESUMABLE_OPTIONS`).  When it ends it also writes
 ``evolution.csv`` (the supplementary's table: epoch, blocks per stage), ``final-spec.yaml``
 and ``result.json``.
 """
@@ -21,12 +22,11 @@ import io
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ._atomic import atomic_write_text
 from ._errors import BundleLabError
-from ._validation import check_positive_int
+from ._validation import check_bool, check_instance, check_positive_int, checked_keywords
 from .spec import Spec, dump, from_dict, layer_count, stage_depths, to_dict, truncate_stage_from
 from .training import (
     Backend,
@@ -46,9 +46,17 @@ STATE_FILE = "autotune.json"
 class Restart:
     """One architecture the auto-tune trained.
 
-    ``epochs`` is how many epochs it was trained; ``pruned_layer`` the conflicting layer that
-    ended it (None for the final run) with its ``entropy``; ``epoch`` the auto-tune's total
-    epoch count when it ended.
+    Attributes
+    ----------
+    spec : Spec
+    epochs : int
+        How many epochs it was trained.
+    epoch : int
+        The auto-tune's total epoch count when it ended.
+    pruned_layer : str or None
+        The conflicting layer that ended it (None for the final run).
+    entropy : float or None
+        That layer's bundle entropy.
     """
 
     spec: Spec
@@ -68,7 +76,17 @@ class Restart:
 
 @dataclass
 class AutotuneResult:
-    """The auto-tune's outcome: the pruned ``spec``, every ``restart``, the final ``training``."""
+    """The auto-tune's outcome.
+
+    Attributes
+    ----------
+    spec : Spec
+        The pruned network.
+    restarts : list of Restart
+        Every architecture trained, the last one being ``spec``.
+    training : TrainingResult
+        The final run.
+    """
 
     spec: Spec
     restarts: list
@@ -78,16 +96,17 @@ class AutotuneResult:
         """The supplementary's table: the start, then after each pruning the epoch and the
         layers per stage (plus the pruned layer and its entropy)."""
         stages = list(stage_depths(self.restarts[0].spec))
-        rows = [{"epoch": "start", **stage_depths(self.restarts[0].spec, tuple(stages)),
+        rows = [{"epoch": "start", **stage_depths(self.restarts[0].spec, stages=tuple(stages)),
                  "layers": layer_count(self.restarts[0].spec), "pruned_layer": "",
                  "entropy": ""}]
         for before, after in zip(self.restarts, self.restarts[1:]):
-            rows.append({"epoch": before.epoch, **stage_depths(after.spec, tuple(stages)),
+            rows.append({"epoch": before.epoch, **stage_depths(after.spec, stages=tuple(stages)),
                          "layers": layer_count(after.spec), "pruned_layer": before.pruned_layer,
                          "entropy": before.entropy})
         return rows
 
     def evolution_csv(self) -> str:
+        """:meth:`evolution` as CSV text (what ``evolution.csv`` holds)."""
         rows = self.evolution()
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
@@ -96,10 +115,16 @@ class AutotuneResult:
         return out.getvalue()
 
     def summary(self) -> dict[str, Any]:
+        """The final run's figures, the number of restarts and the evolution, JSON-ready."""
         return {**self.training.summary(), "restarts": len(self.restarts) - 1,
                 "evolution": self.evolution()}
 
 
+Restart.__init__ = checked_keywords(Restart.__init__)  # type: ignore[method-assign]
+AutotuneResult.__init__ = checked_keywords(AutotuneResult.__init__)  # type: ignore[method-assign]
+
+
+@checked_keywords
 def autotune(spec: Spec, data: Any, *, backend: str | Backend = "torch",
              config: TrainConfig | None = None, directory: str | os.PathLike | None = None,
              check_epochs: int = 1, max_restarts: int = 50,
@@ -115,7 +140,9 @@ def autotune(spec: Spec, data: Any, *, backend: str | Backend = "torch",
     config : TrainConfig, optional
         Training of every run; ``config.epochs`` is the length of the final run.
     directory : path, optional
-        The auto-tune folder; an existing one of the same spec and options resumes.
+        The auto-tune folder; one holding an auto-tune of the same spec and options resumes
+        (only :data:`bundlelab.training.RESUMABLE_OPTIONS` may change, as for a training
+        run: ``epochs`` may grow).  Locked while the auto-tune works in it.
     check_epochs : int, default=1
         Bundles are checked after each of the first ``check_epochs`` epochs of every run (the
         paper: after the first epoch).  Later epochs are measured as ``config.measure_every``
@@ -128,57 +155,80 @@ def autotune(spec: Spec, data: Any, *, backend: str | Backend = "torch",
     -------
     AutotuneResult
     """
+    check_instance("spec", spec, Spec, "a bundlelab.spec.Spec")
     config = TrainConfig() if config is None else config
+    check_instance("config", config, TrainConfig, "a TrainConfig")
     check_epochs = check_positive_int("check_epochs", check_epochs)
     max_restarts = check_positive_int("max_restarts", max_restarts)
+    progress = check_bool("progress", progress)
     check_data(spec, data)
     backend = get_backend(backend)
-    folder = None if directory is None else Path(directory)
-    restarts = _load_state(folder, spec, config, backend, check_epochs) if folder else None
-    restarts = restarts or [Restart(spec)]
+    options = {"backend": backend.name, "spec": to_dict(spec), "config": config.to_dict(),
+               "check_epochs": check_epochs}
+    if directory is None:
+        return _autotune(spec, data, backend, config, None, options, check_epochs, max_restarts,
+                         progress)
+    with RunFolder(directory, STATE_FILE, AUTOTUNE_FORMAT, kind="auto-tune") as folder:
+        return _autotune(spec, data, backend, config, folder, options, check_epochs,
+                         max_restarts, progress)
+
+
+def _autotune(spec, data, backend, config, folder, options, check_epochs, max_restarts,
+              progress) -> AutotuneResult:
+    state = None if folder is None else folder.resume(options)
+    restarts = [Restart(spec)] if state is None else [Restart.from_dict(r) for r in state["restarts"]]
+
+    def save() -> None:
+        if folder is not None:
+            folder.write({**options, "restarts": [r.to_dict() for r in restarts]})
+
     while True:
         k = len(restarts) - 1
         current = restarts[k]
-        run = Training(current.spec, data, backend=backend, config=config, progress=progress,
-                       directory=None if folder is None else folder / f"restart-{k:02d}")
         done_before = sum(r.epochs for r in restarts[:k])
-        # A run folder may hold a checked epoch that found a conflict the state did not record
-        # (a crash between the two writes): act on it instead of training past it.
-        pruned = next((r for r in run.history[:check_epochs] if r.first_conflicting), None)
-        while pruned is None and not run.finished:
-            checking = run.epochs_done < check_epochs
-            record = run.train_epoch(measure=True if checking else None)
-            current.epochs, current.epoch = run.epochs_done, done_before + run.epochs_done
-            if checking and record.first_conflicting:
-                pruned = record
+        with Training(current.spec, data, backend=backend, config=config, progress=progress,
+                      directory=None if folder is None else folder.directory / f"restart-{k:02d}"
+                      ) as run:
+            # A run folder may hold a checked epoch that found a conflict the state did not
+            # record (a crash between the two writes): act on it instead of training past it.
+            pruned = next((r for r in run.history[:check_epochs]
+                           if r.first_conflicting is not None), None)
+            while pruned is None and not run.finished:
+                checking = run.epochs_done < check_epochs
+                record = run.train_epoch(measure=True if checking else None)
+                if checking and record.first_conflicting is not None:
+                    pruned = record
+                    break
+                current.epochs, current.epoch = run.epochs_done, done_before + run.epochs_done
+                save()
+            if pruned is None:
+                training = run.result()
                 break
-            _save_state(folder, restarts, spec, config, backend, check_epochs)
-        if pruned is None:
-            break
-        layer = pruned.first_conflicting
-        if current.spec[layer].stage is None:
+        conflict = pruned.first_conflicting
+        if current.spec[conflict.layer].stage is None:
             raise BundleLabError(
-                f"layer {layer!r} conflicts but belongs to no stage, so the auto-tune cannot "
-                "remove it; give the spec's measured layers a stage"
+                f"layer {conflict.layer!r} conflicts but belongs to no stage, so the auto-tune "
+                "cannot remove it; give the spec's measured layers a stage"
             )
-        current.pruned_layer = layer
-        current.entropy = float(pruned.report[layer].entropy)
+        current.epochs, current.epoch = pruned.epoch, done_before + pruned.epoch
+        current.pruned_layer, current.entropy = conflict.layer, float(conflict.entropy)
         if len(restarts) > max_restarts:
             raise BundleLabError(
                 f"the auto-tune pruned {max_restarts} times without finding a network free of "
                 "conflicts; raise max_restarts or start from another spec"
             )
-        restarts.append(Restart(truncate_stage_from(current.spec, layer)))
-        _save_state(folder, restarts, spec, config, backend, check_epochs)
+        restarts.append(Restart(truncate_stage_from(current.spec, conflict.layer)))
+        save()
         if progress:
-            _say(f"auto-tune: {layer!r} conflicts (H = {current.entropy:.3f}) after epoch "
-                 f"{current.epoch}; restarting with {layer_count(restarts[-1].spec)} layers")
-    result = AutotuneResult(restarts[-1].spec, restarts, run.result())
-    _save_state(folder, restarts, spec, config, backend, check_epochs)
+            _say(f"auto-tune: {conflict.layer!r} conflicts (H = {current.entropy:.3f}) after "
+                 f"epoch {current.epoch}; restarting with {layer_count(restarts[-1].spec)} layers")
+    result = AutotuneResult(restarts[-1].spec, restarts, training)
+    save()
     if folder is not None:
-        dump(result.spec, folder / "final-spec.yaml")
-        atomic_write_text(folder / "evolution.csv", result.evolution_csv())
-        atomic_write_text(folder / "result.json", json.dumps(result.summary(), indent=2) + "\n")
+        dump(result.spec, folder.directory / "final-spec.yaml")
+        atomic_write_text(folder.directory / "evolution.csv", result.evolution_csv())
+        atomic_write_text(folder.directory / "result.json",
+                          json.dumps(result.summary(), indent=2) + "\n")
     return result
 
 
@@ -186,33 +236,3 @@ def _say(line: str) -> None:
     from rich.console import Console
 
     Console(stderr=True, highlight=False).print(line)
-
-
-def _state(restarts, spec, config, backend, check_epochs) -> dict[str, Any]:
-    return {"backend": backend.name, "spec": to_dict(spec), "config": config.to_dict(),
-            "check_epochs": check_epochs, "restarts": [r.to_dict() for r in restarts]}
-
-
-def _save_state(folder, restarts, spec, config, backend, check_epochs) -> None:
-    if folder is not None:
-        RunFolder(folder, STATE_FILE, AUTOTUNE_FORMAT).write(
-            _state(restarts, spec, config, backend, check_epochs))
-
-
-def _load_state(folder: Path, spec, config, backend, check_epochs) -> list | None:
-    state = RunFolder(folder, STATE_FILE, AUTOTUNE_FORMAT).read()
-    if state is None:
-        return None
-    fresh = _state([], spec, config, backend, check_epochs)
-    for key in ("backend", "spec", "check_epochs"):
-        if state.get(key) != fresh[key]:
-            raise BundleLabError(
-                f"{folder} holds an auto-tune with another {key}; use the same {key} or another folder"
-            )
-    saved = TrainConfig.from_dict(state["config"])
-    if saved.replace(device=config.device) != config:
-        raise BundleLabError(
-            f"{folder} holds an auto-tune trained with other options; use the same options or "
-            "another folder"
-        )
-    return [Restart.from_dict(r) for r in state["restarts"]]

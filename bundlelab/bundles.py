@@ -27,21 +27,46 @@ from ._validation import (
     DEVICES,
     MODES,
     NONFINITE_POLICIES,
+    check_bool,
     check_choice,
+    check_keywords,
     check_n_classes,
     check_positive_float,
     check_positive_int,
+    checked_keywords,
     encode_labels,
 )
 from .entropy import bundle_stats, max_entropy
-from .kernels import get_backend
-from .kernels.backends import Transform
+from .kernels import Transform, get_kernel_backend
 from .report import BundleReport, LayerResult
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BundleOptions:
-    """Validated options shared by every entry point (see :func:`find_bundles`)."""
+    """Validated options shared by every entry point.
+
+    Keyword-only; :func:`find_bundles` says what each option means.  Values are converted (a
+    numpy integer becomes an int), so the options serialise to JSON as they are.
+
+    Parameters
+    ----------
+    mode : {'resolution', 'threshold'}, default='resolution'
+        Equality at floating-point resolution, or the paper's threshold ``gamma``.
+    learning_rate : float, default=1e-3
+        The training learning rate alpha.
+    batch_size : int, default=64
+        The training batch size |B|.
+    weight_amplitude : float, default=1.0
+        ``w``, the largest absolute weight (resolution mode).
+    gamma : float, default=1e-8
+        Threshold of eq. (1) (threshold mode).
+    epsilon : float, default=0.0
+        0 for the exact entropy; 1e-5 reproduces the authors' ``ln(p + 1e-5)``.
+    nonfinite : {'raise', 'exclude', 'keep'}, default='raise'
+        What to do with samples whose activations hold NaN or Inf.
+    device : {'auto', 'cpu', 'cuda'}, default='auto'
+        Where to compute; 'auto' follows the activations.
+    """
 
     mode: str = "resolution"
     learning_rate: float = 1e-3
@@ -85,6 +110,20 @@ class BundleOptions:
     @property
     def threshold_scale(self) -> float:
         return self.learning_rate / self.batch_size
+
+    @classmethod
+    def from_keywords(
+        cls, where: str, options: Mapping[str, Any], also: Iterable[str] = ()
+    ) -> "BundleOptions":
+        """Options from the ``**options`` of an entry point: an unknown keyword is one line
+        naming ``where`` (e.g. ``"analyze_layers()"``) and the valid keywords (the options,
+        and ``also``: the entry point's own keywords)."""
+        check_keywords(where, options, [*cls.__dataclass_fields__, *also])
+        return cls(**options)
+
+
+# a one-line BundleLabError for an unknown keyword, at the call (the dataclass writes __init__)
+BundleOptions.__init__ = checked_keywords(BundleOptions.__init__)  # type: ignore[method-assign]
 
 
 # -- resolution mode ---------------------------------------------------------------------------
@@ -131,7 +170,7 @@ def _split_collisions(root: np.ndarray, mismatched: np.ndarray, confirm) -> None
 
 
 def _resolution_roots(rows: Rows, options: BundleOptions) -> tuple[np.ndarray, np.ndarray]:
-    backend = get_backend(rows.device)
+    backend = get_kernel_backend(rows.device)
     transform = Transform.for_format(
         rows.fmt, options.weight_amplitude, options.learning_rate, options.batch_size
     )
@@ -147,7 +186,7 @@ def _resolution_roots(rows: Rows, options: BundleOptions) -> tuple[np.ndarray, n
 
 
 def _threshold_roots(rows: Rows, options: BundleOptions) -> tuple[np.ndarray, np.ndarray]:
-    backend = get_backend(rows.device)
+    backend = get_kernel_backend(rows.device)
     means, tolerances, nonfinite = backend.row_means(rows.data)
     leaders = np.empty(rows.n_samples, dtype=np.int64)
     assign, _ = backend.threshold_assign(
@@ -212,6 +251,7 @@ def _layer_result(
     )
 
 
+@checked_keywords
 def find_bundles(
     activations,
     labels,
@@ -275,9 +315,11 @@ def find_bundles(
     0.4621
     """
     options = BundleOptions(
-        mode, learning_rate, batch_size, weight_amplitude, gamma, epsilon, nonfinite, device
+        mode=mode, learning_rate=learning_rate, batch_size=batch_size,
+        weight_amplitude=weight_amplitude, gamma=gamma, epsilon=epsilon, nonfinite=nonfinite,
+        device=device,
     )
-    return _find_bundles(activations, labels, options, n_classes=n_classes, layer=layer)
+    return _find_bundles(activations, labels, options, n_classes=n_classes, layer=str(layer))
 
 
 def _find_bundles(activations, labels, options: BundleOptions, *, n_classes, layer: str) -> LayerResult:
@@ -295,6 +337,7 @@ def _find_bundles(activations, labels, options: BundleOptions, *, n_classes, lay
     )
 
 
+@checked_keywords
 def analyze_layers(
     layers: Mapping[str, Any] | Iterable[tuple[str, Any]],
     labels,
@@ -311,9 +354,11 @@ def analyze_layers(
         Layer outputs; values may be arrays or zero-argument callables that load them lazily
         (so a dump larger than memory is read one layer at a time).
     labels : array-like of shape (n_samples,)
+        Class label per sample, any hashable values.
     progress : bool, default=False
         Show a progress bar over layers.
     n_classes : int, optional
+        ``N_c``; inferred from the labels when omitted.
     **options
         Any keyword of :func:`find_bundles` (mode, learning_rate, batch_size, ...).
 
@@ -321,7 +366,10 @@ def analyze_layers(
     -------
     BundleReport
     """
-    bundle_options = BundleOptions(**options)
+    bundle_options = BundleOptions.from_keywords(
+        "analyze_layers()", options, also=("progress", "n_classes")
+    )
+    progress = check_bool("progress", progress)
     items = list(layers.items()) if isinstance(layers, Mapping) else list(layers)
     if not items:
         raise BundleLabError("no layers to analyse: pass at least one (name, activations) pair")

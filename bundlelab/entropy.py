@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._validation import check_positive_float, checked_keywords, encode_labels
+
 
 @dataclass(frozen=True)
 class BundleStats:
@@ -65,6 +67,7 @@ def bundle_stats(bundle_ids: np.ndarray, label_codes: np.ndarray, *, epsilon: fl
     )
 
 
+@checked_keywords
 def bundle_entropy(bundle_ids, labels, *, epsilon: float = 0.0) -> float:
     """Bundle entropy of a layer from its bundle ids and the samples' labels.
 
@@ -87,8 +90,7 @@ def bundle_entropy(bundle_ids, labels, *, epsilon: float = 0.0) -> float:
     >>> bundle_entropy([0, 0, 1, 1], ["cat", "dog", "cat", "cat"])  # doctest: +ELLIPSIS
     0.3465...
     """
-    from ._validation import encode_labels
-
+    epsilon = check_positive_float("epsilon", epsilon, allow_zero=True)
     ids = np.asarray(bundle_ids)
     _, ids = np.unique(ids, return_inverse=True)
     codes, _ = encode_labels(labels, ids.shape[0])

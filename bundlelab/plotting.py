@@ -7,21 +7,16 @@ import tempfile
 from pathlib import Path
 
 from ._atomic import give_default_mode
-from ._errors import BundleLabError
+from ._errors import BundleLabError, require
 
 
 def _pyplot():
-    try:
-        import matplotlib
-
-        if not os.environ.get("DISPLAY") and "MPLBACKEND" not in os.environ:
-            matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise BundleLabError(
-            "plotting requires matplotlib. You can install it with `pip install matplotlib`"
-        ) from None
-    return plt
+    """matplotlib's pyplot (headless when there is no display), or a MissingDependencyError
+    naming ``pip install 'bundlelab[plot]'``."""
+    matplotlib = require("matplotlib", purpose="plotting", extra="plot")
+    if not os.environ.get("DISPLAY") and "MPLBACKEND" not in os.environ:
+        matplotlib.use("Agg")
+    return require("matplotlib.pyplot", purpose="plotting", extra="plot")
 
 
 def save_figure(figure, path) -> None:

@@ -22,7 +22,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ._atomic import atomic_write_text
-from ._errors import BundleLabError
+from ._errors import BundleLabError, require
+from ._validation import check_bool, checked_keywords
 
 SCHEMA = "bundlelab.report/1"
 
@@ -45,7 +46,8 @@ RECORD_FIELDS = (
 
 @dataclass(frozen=True, eq=False)
 class LayerResult:
-    """Bundles of one layer.
+    """Bundles of one layer (made by :func:`bundlelab.find_bundles`; the fields are also the
+    constructor's parameters).
 
     Attributes
     ----------
@@ -104,9 +106,22 @@ class LayerResult:
         return record
 
 
-class BundleReport(Sequence[LayerResult]):
-    """Bundles of several layers, in network order, with the parameters that produced them."""
+# a one-line BundleLabError for an unknown keyword, at the call (the dataclass writes __init__)
+LayerResult.__init__ = checked_keywords(LayerResult.__init__)  # type: ignore[method-assign]
 
+
+class BundleReport(Sequence[LayerResult]):
+    """Bundles of several layers, in network order, with the parameters that produced them.
+
+    Parameters
+    ----------
+    layers : sequence of LayerResult
+        One result per layer, in network order.
+    params : dict, optional
+        The options that produced them (:meth:`bundlelab.BundleOptions.params`).
+    """
+
+    @checked_keywords
     def __init__(self, layers: Sequence[LayerResult], params: dict[str, Any] | None = None):
         self.layers = list(layers)
         self.params = dict(params or {})
@@ -142,8 +157,20 @@ class BundleReport(Sequence[LayerResult]):
         return f"BundleReport({len(self)} layers, first conflicting layer: {where})"
 
     # -- export ------------------------------------------------------------------------------
+    @checked_keywords
     def to_dict(self, *, include_ids: bool = False) -> dict[str, Any]:
-        """The report as plain data following the ``bundlelab.report/1`` schema."""
+        """The report as plain data following the ``bundlelab.report/1`` schema.
+
+        Parameters
+        ----------
+        include_ids : bool, default=False
+            Include each layer's ``bundle_ids`` (one int per sample).
+
+        Returns
+        -------
+        dict
+        """
+        include_ids = check_bool("include_ids", include_ids)
         first = self.first_conflicting
         return {
             "schema": SCHEMA,
@@ -152,15 +179,39 @@ class BundleReport(Sequence[LayerResult]):
             "layers": [result.to_record(include_ids=include_ids) for result in self.layers],
         }
 
+    @checked_keywords
     def to_json(self, path=None, *, include_ids: bool = False) -> str:
-        """Serialise to JSON; written atomically to ``path`` when given.  Returns the text."""
+        """Serialise to JSON.
+
+        Parameters
+        ----------
+        path : path-like, optional
+            Also write the text there, atomically.
+        include_ids : bool, default=False
+            Include each layer's ``bundle_ids``.
+
+        Returns
+        -------
+        str
+        """
         text = json.dumps(self.to_dict(include_ids=include_ids), indent=2) + "\n"
         if path is not None:
             atomic_write_text(path, text)
         return text
 
+    @checked_keywords
     def to_csv(self, path=None) -> str:
-        """One CSV row per layer (columns :data:`RECORD_FIELDS`); atomic when ``path`` is given."""
+        """One CSV row per layer (columns :data:`RECORD_FIELDS`).
+
+        Parameters
+        ----------
+        path : path-like, optional
+            Also write the text there, atomically.
+
+        Returns
+        -------
+        str
+        """
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=RECORD_FIELDS, lineterminator="\n")
         writer.writeheader()
@@ -172,18 +223,24 @@ class BundleReport(Sequence[LayerResult]):
         return text
 
     def to_dataframe(self):
-        """A pandas DataFrame, one row per layer (requires pandas)."""
-        try:
-            import pandas as pd
-        except ImportError:
-            raise BundleLabError(
-                "to_dataframe requires pandas. You can install it with `pip install pandas`"
-            ) from None
+        """A pandas DataFrame, one row per layer (needs ``pip install 'bundlelab[pandas]'``)."""
+        pd = require("pandas", purpose="BundleReport.to_dataframe()", extra="pandas")
         return pd.DataFrame([result.to_record() for result in self.layers], columns=RECORD_FIELDS)
 
     @classmethod
+    @checked_keywords
     def from_dict(cls, data: dict[str, Any]) -> "BundleReport":
-        """Rebuild a report from :meth:`to_dict` output (bundle ids only if they were saved)."""
+        """Rebuild a report from :meth:`to_dict` output (bundle ids only if they were saved).
+
+        Parameters
+        ----------
+        data : dict
+            Plain data of the ``bundlelab.report/1`` schema (e.g. ``json.load`` of a report).
+
+        Returns
+        -------
+        BundleReport
+        """
         if data.get("schema") != SCHEMA:
             raise BundleLabError(
                 f"not a bundlelab report: expected schema {SCHEMA!r}, got {data.get('schema')!r}"
@@ -195,10 +252,21 @@ class BundleReport(Sequence[LayerResult]):
             layers.append(LayerResult(**fields, bundle_ids=ids))
         return cls(layers, data.get("params", {}))
 
+    @checked_keywords
     def plot(self, path=None, *, ax=None):
-        """Bundle entropy per layer, with ``ln(N_c)`` and the first conflicting layer marked.
+        """Bundle entropy per layer, with ``ln(N_c)`` and the first conflicting layer marked
+        (needs matplotlib: ``pip install 'bundlelab[plot]'``).
 
-        Returns the matplotlib Axes; saves a PNG atomically when ``path`` is given.
+        Parameters
+        ----------
+        path : path-like, optional
+            Also save the figure there as PNG, atomically.
+        ax : matplotlib Axes, optional
+            Draw into these axes instead of a new figure.
+
+        Returns
+        -------
+        matplotlib Axes
         """
         from .plotting import plot_report
 

@@ -22,10 +22,9 @@ import numpy as np
 
 from ._arrays import as_rows
 from ._errors import BundleLabError
-from ._validation import check_n_classes, encode_labels
+from ._validation import check_n_classes, checked_keywords, encode_labels
 from .bundles import BundleOptions, _check_nonfinite, _layer_result, group_fingerprints
-from .kernels import get_backend
-from .kernels.backends import Transform
+from .kernels import Transform, get_kernel_backend
 from .report import LayerResult
 
 
@@ -50,9 +49,10 @@ class BundleStream:
     2
     """
 
+    @checked_keywords
     def __init__(self, *, layer: str = "layer", **options):
         self.layer = str(layer)
-        self.options = BundleOptions(**options)
+        self.options = BundleOptions.from_keywords("BundleStream()", options, also=("layer",))
         self._labels: list[np.ndarray] = []
         self._nonfinite: list[np.ndarray] = []
         self._fingerprints: list[np.ndarray] = []
@@ -71,8 +71,18 @@ class BundleStream:
         """Samples seen so far."""
         return self._n_samples
 
+    @checked_keywords
     def update(self, activations: Any, labels: Any) -> None:
-        """Add a batch: activations of shape (batch, ...) and one label per sample."""
+        """Add a batch.
+
+        Parameters
+        ----------
+        activations : array of shape (batch, ...)
+            The layer's outputs for this batch (numpy, CuPy or torch; see
+            :func:`bundlelab.find_bundles`); every batch has the same values per sample.
+        labels : array-like of shape (batch,)
+            One class label per sample of the batch.
+        """
         device = self._device or self.options.device_for(activations)
         rows = as_rows(activations, device=device, layer=self.layer)
         if self._n_features is None:
@@ -88,7 +98,7 @@ class BundleStream:
                 f"layer {self.layer!r}: got {labels.shape[0] if labels.ndim else 1} labels for a "
                 f"batch of {rows.n_samples} samples"
             )
-        backend = get_backend(device)
+        backend = get_kernel_backend(device)
         if self.options.mode == "resolution":
             transform = Transform.for_format(
                 rows.fmt, self.options.weight_amplitude, self.options.learning_rate,
@@ -130,8 +140,19 @@ class BundleStream:
         self._leader_index = np.concatenate([self._leader_index, new - n_old + self._n_samples])
         return self._leader_index[assign], nonfinite
 
+    @checked_keywords
     def result(self, *, n_classes: int | None = None) -> LayerResult:
-        """The layer's bundles over every sample seen so far."""
+        """The layer's bundles over every sample seen so far.
+
+        Parameters
+        ----------
+        n_classes : int, optional
+            ``N_c``; inferred from the labels seen when omitted.
+
+        Returns
+        -------
+        LayerResult
+        """
         if not self._n_samples:
             raise BundleLabError(f"layer {self.layer!r}: no batch was added before result()")
         nonfinite = np.concatenate(self._nonfinite)

@@ -11,7 +11,8 @@ import numpy as np
 
 from ._atomic import atomic_write_text
 from ._errors import BundleLabError
-from .bundles import analyze_layers
+from ._validation import check_int, check_optional_int, checked_keywords
+from .bundles import BundleOptions, analyze_layers
 from .report import BundleReport
 
 
@@ -23,8 +24,11 @@ class BundleTracker:
 
     Parameters
     ----------
+    n_classes : int, optional
+        ``N_c`` for every step; inferred from each step's labels when omitted.
     **options
-        Keywords of :func:`bundlelab.find_bundles` used for every step.
+        Keywords of :func:`bundlelab.find_bundles` used for every step (mode, learning_rate,
+        batch_size, ...); checked here, so a misspelt one fails at construction.
 
     Examples
     --------
@@ -32,22 +36,43 @@ class BundleTracker:
     >>> tracker = BundleTracker()
     >>> labels = [0, 1, 0, 1]
     >>> tracker.record(0, {"fc1": np.zeros((4, 3), np.float32)}, labels)
-    >>> tracker.record(1, {"fc1": np.eye(4, dtype=np.float32)}, labels)
+    BundleReport(1 layers, first conflicting layer: fc1)
+    >>> _ = tracker.record(1, {"fc1": np.eye(4, dtype=np.float32)}, labels)
     >>> round(tracker.time_averaged()["fc1"], 4)  # (ln 2 + 0) / 2
     0.3466
     """
 
-    def __init__(self, **options):
-        self.options = options
+    @checked_keywords
+    def __init__(self, *, n_classes: int | None = None, **options):
+        # validated now: a misspelt or bad option fails here, not at the first record()
+        checked = BundleOptions.from_keywords("BundleTracker()", options, also=("n_classes",))
+        self.options: dict[str, Any] = {name: getattr(checked, name) for name in options}
+        if n_classes is not None:
+            self.options["n_classes"] = check_optional_int("n_classes", n_classes, low=1)
         self.steps: list[int] = []
         self.reports: list[BundleReport] = []
 
-    def record(self, step: int, layers: Mapping[str, Any] | BundleReport, labels=None) -> BundleReport:
+    @checked_keywords
+    def record(
+        self, step: int, layers: Mapping[str, Any] | BundleReport, labels=None
+    ) -> BundleReport:
         """Add the bundles of every layer at training ``step``.
 
-        ``layers`` is either a finished :class:`BundleReport` or a mapping of layer name to
-        activations (then ``labels`` is required).  Returns the step's report.
+        Parameters
+        ----------
+        step : int
+            The training step ``t`` of ``H^l(t)`` (bundlelab's loops use epochs completed).
+        layers : BundleReport or mapping of str -> array
+            A finished report, or layer name -> activations of shape (n_samples, ...).
+        labels : array-like of shape (n_samples,), optional
+            Class label per sample; required when ``layers`` holds activations.
+
+        Returns
+        -------
+        BundleReport
+            The step's report.
         """
+        step = check_int("step", step)
         if isinstance(layers, BundleReport):
             report = layers
         else:
@@ -58,7 +83,7 @@ class BundleTracker:
             raise BundleLabError(
                 f"step {step} has layers {report.names}, earlier steps had {self.reports[0].names}"
             )
-        self.steps.append(int(step))
+        self.steps.append(step)
         self.reports.append(report)
         return report
 
@@ -93,8 +118,19 @@ class BundleTracker:
             for result in report
         ]
 
+    @checked_keywords
     def to_json(self, path=None) -> str:
-        """History as JSON (atomic write when ``path`` is given)."""
+        """History as JSON (schema ``bundlelab.tracker/1``).
+
+        Parameters
+        ----------
+        path : path-like, optional
+            Also write the text there, atomically.
+
+        Returns
+        -------
+        str
+        """
         text = json.dumps(
             {
                 "schema": "bundlelab.tracker/1",
@@ -110,8 +146,19 @@ class BundleTracker:
             atomic_write_text(path, text)
         return text
 
+    @checked_keywords
     def to_csv(self, path=None) -> str:
-        """History as CSV, one row per (step, layer)."""
+        """History as CSV, one row per (step, layer).
+
+        Parameters
+        ----------
+        path : path-like, optional
+            Also write the text there, atomically.
+
+        Returns
+        -------
+        str
+        """
         records = self.to_records()
         buffer = io.StringIO()
         if records:
@@ -123,8 +170,22 @@ class BundleTracker:
             atomic_write_text(path, text)
         return text
 
+    @checked_keywords
     def plot(self, path=None, *, ax=None):
-        """Heatmap of ``H^l(t)``: layers on the y axis, steps on the x axis."""
+        """Heatmap of ``H^l(t)``: layers on the y axis, steps on the x axis (needs matplotlib:
+        ``pip install 'bundlelab[plot]'``).
+
+        Parameters
+        ----------
+        path : path-like, optional
+            Also save the figure there as PNG, atomically.
+        ax : matplotlib Axes, optional
+            Draw into these axes instead of a new figure.
+
+        Returns
+        -------
+        matplotlib Axes
+        """
         from .plotting import plot_tracker
 
         return plot_tracker(self, path=path, ax=ax)

@@ -1,7 +1,9 @@
 """Audit an ONNX model bundlelab did not write: scikit-learn's MLPClassifier via skl2onnx.
 
-Trains an MLP on digits, converts it to ONNX, saves the training data as an .npz and runs the
-command-line audit on it, exactly as a user with an ONNX file would.
+Trains an MLP on digits, converts it to ONNX, saves the training data as an .npz and audits
+it twice, exactly as a user with an ONNX file would: from Python
+(``bundlelab.adapters.onnx.audit``) and with the command line (``bundlelab audit``), which runs
+the same function and writes the report and its plot.
 
     python examples/audit_sklearn_onnx.py --out results/
 """
@@ -17,6 +19,8 @@ import numpy as np
 from skl2onnx import to_onnx
 from sklearn.datasets import load_digits
 from sklearn.neural_network import MLPClassifier
+
+from bundlelab.adapters.onnx import audit
 
 
 def main() -> None:
@@ -35,9 +39,13 @@ def main() -> None:
     model_path.write_bytes(onnx_model.SerializeToString())
     np.savez(args.out / "digits-train.npz", x=x, labels=digits.target)
     print(f"train accuracy {clf.score(x, digits.target):.3f}; auditing {model_path}")
+    report = audit(model_path, args.out / "digits-train.npz", n_samples=1024, seed=0)
+    first = report.first_conflicting
+    print(f"Python: {len(report)} layers, first conflicting: {first.layer if first else 'none'}")
     subprocess.run(
         [sys.executable, "-m", "bundlelab", "audit", str(model_path), "--data",
-         str(args.out / "digits-train.npz"), "--plot", str(args.out / "digits-mlp-entropy.png"),
+         str(args.out / "digits-train.npz"), "--n-samples", "1024", "--seed", "0",
+         "--plot", str(args.out / "digits-mlp-entropy.png"),
          "--output", str(args.out / "digits-mlp-report.json")],
         check=True,
     )

@@ -165,7 +165,7 @@ def main(argv=None) -> None:
                    "optimizer": args.optimizer, "learning_rate": args.lr,
                    "batch_size": args.batch_size, "crop_padding": args.crop_padding,
                    "width_multiplier": args.width_multiplier,
-                   "measure_samples": args.measure_samples, "threads": args.threads,
+                   "n_samples": args.n_samples, "threads": args.threads,
                    "device": args.device},
         "start": args.start, "resnets": args.resnets, "seeds": args.seeds, "best_resnet": best,
         "summary": summary,

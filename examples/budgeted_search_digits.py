@@ -32,7 +32,6 @@ import statistics
 import time
 from pathlib import Path
 
-from bundlelab._atomic import atomic_write_text
 from bundlelab.datasets import load_dataset
 from bundlelab.search import default_lambdas, resnet_fabric, sweep
 from bundlelab.training import TrainConfig
@@ -98,11 +97,11 @@ def main() -> None:
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         config = TrainConfig(optimizer="adam", learning_rate=2e-3, weight_decay=1e-4, seed=seed,
                              batch_size=args.batch_size, device=args.device,
-                             measure_samples=512)
+                             n_samples=512)
         lambdas = None
         if args.lambdas_per_budget > 1:
             lambdas = sorted({lam for budget in args.budgets
-                              for lam in default_lambdas(budget, args.lambdas_per_budget)})
+                              for lam in default_lambdas(budget, count=args.lambdas_per_budget)})
         result = sweep(fabric, data, budgets=args.budgets, cost=args.cost, lambdas=lambdas,
                        search={"warmup_epochs": args.warmup_epochs,
                                "search_epochs": args.search_epochs,
@@ -115,7 +114,8 @@ def main() -> None:
                "supernet": fabric.name, "seconds": time.perf_counter() - started,
                "summary": summary, "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "budgeted-search.json", json.dumps(payload, indent=2) + "\n")
+    (args.out / "budgeted-search.json").write_text(json.dumps(payload, indent=2) + "\n",
+                                                   encoding="utf-8")
     plot(summary, args.out / "budgeted-search.png", args.cost)
     report(summary)
 

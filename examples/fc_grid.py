@@ -206,7 +206,7 @@ def main(argv=None) -> None:
         "data": dataset_summary(data),
         "config": {"epochs": args.epochs, "optimizer": args.optimizer, "learning_rate": args.lr,
                    "batch_size": args.batch_size, "crop_padding": args.crop_padding,
-                   "measure_samples": args.measure_samples, "threads": args.threads},
+                   "n_samples": args.n_samples, "threads": args.threads},
         "widths": args.widths, "depths": args.depths, "seeds": args.seeds,
         "grid": {"axes": ["depth", "width"], "test_accuracy": accuracy.tolist(),
                  "bundle_entropy": entropy.tolist(), "conflicting": conflicting.tolist()},

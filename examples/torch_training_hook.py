@@ -1,8 +1,8 @@
 """Figure 4 of the paper, small: H^l(t) of PyTorch MLPs while they train on digits.
 
 A plain PyTorch loop trains a wide-shallow and a narrow-deep ReLU MLP on scikit-learn's digits;
-one line per epoch (``hook(epoch)``) records the bundle entropy of every hidden layer. Writes a
-heatmap and the JSON history per network.
+one line per epoch (``hook()``, which counts the epochs completed: t = 1, 2, ...) records the
+bundle entropy of every hidden layer. Writes a heatmap and the JSON history per network.
 
     python examples/torch_training_hook.py --epochs 10 --out results/
 """
@@ -46,16 +46,16 @@ def main() -> None:
         model = mlp(width, depth)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         hook = BundleHook(model, loader, optimizer=optimizer, train_loader=loader)
-        for epoch in range(args.epochs):
+        for _ in range(args.epochs):
             for xb, yb in loader:
                 optimizer.zero_grad()
                 nn.functional.cross_entropy(model(xb), yb).backward()
                 optimizer.step()
-            report = hook(epoch)
+            report = hook()  # t = hook.epochs, the epochs completed
             with torch.no_grad():
                 accuracy = (model(x).argmax(1) == y).float().mean().item()
             first = report.first_conflicting
-            print(f"{name:>13} epoch {epoch}: train accuracy {accuracy:.3f}, H^L(t) "
+            print(f"{name:>13} epoch {hook.epochs}: train accuracy {accuracy:.3f}, H^L(t) "
                   f"{report[-1].entropy:.3f}, first conflicting layer {first.layer if first else 'none'}")
         hook.tracker.to_json(args.out / f"torch-{name}-history.json")
         hook.tracker.plot(args.out / f"torch-{name}-entropy.png")

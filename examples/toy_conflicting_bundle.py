@@ -38,7 +38,6 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import bundlelab  # noqa: E402
-from bundlelab._atomic import atomic_open, atomic_write_text  # noqa: E402
 
 LR, BATCH_SIZE = 0.1, 64
 FIRST_BIAS = {"none": (0.0, 1.0), "full": (-1.5, -0.5)}
@@ -159,8 +158,7 @@ def plot(results: dict, path: Path) -> None:
     axes[0, 0].legend(fontsize=8)
     axes[1, 0].set_ylabel("gradient L2 norm (epoch mean)")
     fig.tight_layout()
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=100)
+    fig.savefig(path, format="png", dpi=100)
     plt.close(fig)
 
 
@@ -190,7 +188,9 @@ def main() -> None:
               f"{run['first_epoch_grad_norm']:>10.3f}{run['first_epoch_grad_norm_ratio']:>7.2f}")
     document = {"epochs": args.epochs, "seed": args.seed, "optimizer": "SGD", "learning_rate": LR,
                 "batch_size": BATCH_SIZE, "runs": results}
-    atomic_write_text(args.out / "toy-results.json", json.dumps(document, indent=1) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "toy-results.json").write_text(json.dumps(document, indent=1) + "\n",
+                                               encoding="utf-8")
     plot(results, args.out / "toy-training.png")
     print(f"wrote {args.out / 'toy-results.json'} and {args.out / 'toy-training.png'}")
 

@@ -163,7 +163,7 @@ def main(argv=None) -> None:
         "config": {"epochs": args.epochs, "optimizer": args.optimizer, "learning_rate": args.lr,
                    "batch_size": args.batch_size, "crop_padding": args.crop_padding,
                    "width_multiplier": args.width_multiplier,
-                   "measure_samples": args.measure_samples, "threads": args.threads},
+                   "n_samples": args.n_samples, "threads": args.threads},
         "depths": args.depths, "seeds": args.seeds,
         "table": summarise(runs, args.depths), "runs": runs,
     }

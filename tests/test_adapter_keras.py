@@ -6,6 +6,8 @@ wins: the file also passes on the JAX backend).
 
 import json
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
@@ -35,11 +37,13 @@ def digits():
     return (data.data / 16).astype(np.float32), data.target
 
 
-def _outputs(model, x, names=None, batch_size=128):
+def _outputs(model, x, names=None, inference_batch_size=128):
     """Each tapped layer's outputs over x, concatenated over batches."""
-    adapter = KerasAdapter(names)
+    adapter = KerasAdapter(layers=names)
     names = adapter.layer_names(model, x)
-    batches = list(adapter.iter_layer_outputs(model, x, layers=names, batch_size=batch_size))
+    batches = list(adapter.iter_layer_outputs(
+        model, x, layers=names, inference_batch_size=inference_batch_size
+    ))
     return {name: np.concatenate([_numpy(b[name]) for b in batches]) for name in names}
 
 
@@ -84,7 +88,7 @@ def test_sequential_mlp_matches_numpy_recomputation(digits):
         layers.Dense(3, activation="relu", name="fc3"),  # narrow: many all-zero rows bundle
         layers.Dense(10, name="logits"),
     ])
-    report = audit(model, x, y, n_samples=400, train_batch_size=64, batch_size=96)
+    report = audit(model, x, y, n_samples=400, batch_size=64, inference_batch_size=96)
     assert report.names == ["fc1", "fc2", "fc3"]  # after the ReLU, never the logits
 
     weights = model.get_weights()
@@ -147,14 +151,14 @@ def test_functional_cnn_matches_numpy_recomputation_exactly(rng):
     weights = _exact_cnn_weights(rng)
     model = _functional_cnn(weights)
     x, y = _image_data(rng)
-    report = audit(model, x, y, learning_rate=1e-2, train_batch_size=64)
+    report = audit(model, x, y, learning_rate=1e-2, batch_size=64)
     assert report.names == ["conv1", "block_relu", "fc"]
 
     k1, b1, k2, b2, kf, bf = (a.astype(np.float64) for a in weights[:6])
     c1 = np.maximum(_conv_same(x, k1, b1), 0)
     block = np.maximum(c1 + _conv_same(c1, k2, b2), 0)
     fc = np.maximum(block.reshape(len(x), -1) @ kf + bf, 0)
-    tapped = _outputs(model, x, batch_size=64)
+    tapped = _outputs(model, x, inference_batch_size=64)
     w = _max_abs_weight(weights)
     for name, expected in zip(report.names, [c1, block, fc]):
         assert np.array_equal(tapped[name], expected)  # bit for bit: the data is exact
@@ -220,7 +224,7 @@ def test_mlp_in_torch_and_keras_has_the_same_bundles(data, digits, rng):
     w = _max_abs_weight([p.detach().numpy() for lin in linears for p in lin.parameters()])
     assert KerasAdapter().weight_amplitude(model) == w
 
-    report = audit(model, x, y, learning_rate=1e-3, train_batch_size=64, n_samples=len(x))
+    report = audit(model, x, y, learning_rate=1e-3, batch_size=64, n_samples=len(x))
     assert len(report) == len(torch_acts)
     for result, torch_act, keras_act in zip(report, torch_acts, _outputs(model, x).values()):
         if data == "exact":
@@ -280,7 +284,7 @@ def test_cnn_in_torch_and_keras_has_the_same_bundles(data, rng):
         fc_kernel, numpy_of(fc.bias), numpy_of(logits.weight).T, numpy_of(logits.bias),
     ])
     w = _max_abs_weight([numpy_of(p) for m in (conv1, conv2, fc, logits) for p in m.parameters()])
-    report = audit(model, x, y, train_batch_size=64)
+    report = audit(model, x, y, batch_size=64)
     keras_acts = _outputs(model, x)
     for result, torch_act, keras_act in zip(report, torch_acts, keras_acts.values()):
         nhwc = torch_act.transpose(0, 2, 3, 1) if torch_act.ndim == 4 else torch_act
@@ -336,8 +340,8 @@ def test_callback_records_every_epoch_with_the_optimizer_learning_rate(digits, t
     model = _mlp(dead_layer=False)
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
     path = tmp_path / "history.json"
-    every_epoch = BundleCallback(x, y, n_samples=256, train_batch_size=64, path=path)
-    every_second = BundleCallback(x, y, n_samples=256, train_batch_size=64, every=2, layers="fc2")
+    every_epoch = BundleCallback(x, y, n_samples=256, batch_size=64, path=path)
+    every_second = BundleCallback(x, y, n_samples=256, batch_size=64, every=2, layers="fc2")
     halve = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.01 * 0.5**epoch)
     model.fit(x, y, batch_size=64, epochs=3, verbose=0,
               callbacks=[halve, every_epoch, every_second])
@@ -355,6 +359,21 @@ def test_callback_records_every_epoch_with_the_optimizer_learning_rate(digits, t
     assert every_second.tracker.steps == [2] and every_second.tracker.layer_names == ["fc2"]
 
 
+def test_callback_every_2_measures_after_epochs_2_and_4(digits):
+    """t = epochs completed, measured when t % every == 0: with every=2 over 4 epochs the
+    callback records t = 2 and 4, as the torch hook and the training loop count; a fit that
+    resumes at initial_epoch continues the count."""
+    x, y = digits[0][:256], digits[1][:256]
+    model = _mlp(dead_layer=False)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
+    callback = BundleCallback(x, y, every=2, layers="fc2", batch_size=64)
+    model.fit(x, y, batch_size=64, epochs=4, verbose=0, callbacks=[callback])
+    assert callback.tracker.steps == [2, 4]
+    resumed = BundleCallback(x, y, every=2, layers="fc2", batch_size=64)
+    model.fit(x, y, batch_size=64, initial_epoch=4, epochs=7, verbose=0, callbacks=[resumed])
+    assert resumed.tracker.steps == [6]
+
+
 # -- layer choice and options ------------------------------------------------------------------
 
 
@@ -366,16 +385,23 @@ def test_layer_choice_shared_layers_ops_and_the_registry(rng):
     h3 = keras.ops.relu(layers.Dense(16, name="d3")(h2) + h1)  # keras.ops inside the graph
     h4 = layers.Dense(16, activation="tanh", name="d4")(h3)
     model = keras.Model(inputs, layers.Dense(3, activation="softmax", name="out")(h4))
-    assert KerasAdapter().layer_names(model) == ["shared:0", "shared:1", "relu", "d4"]
-    assert KerasAdapter("d*").layer_names(model) == ["d1", "d2", "d3", "d4"]
-    assert KerasAdapter([layers.ReLU, "add"]).layer_names(model) == ["shared:0", "shared:1", "add"]
+    # a layer called k times: name, name:2, ..., name:k (the torch adapter's rule)
+    assert KerasAdapter().layer_names(model) == ["shared", "shared:2", "relu", "d4"]
+    assert KerasAdapter(layers="d*").layer_names(model) == ["d1", "d2", "d3", "d4"]
+    assert KerasAdapter(layers=[layers.ReLU, "add"]).layer_names(model) == [
+        "shared", "shared:2", "add"
+    ]
+    # a layer's name selects every call of it, a tap name one call
+    assert KerasAdapter(layers="shared").layer_names(model) == ["shared", "shared:2"]
+    assert KerasAdapter(layers="shared:2").layer_names(model) == ["shared:2"]
+    assert KerasAdapter(layers="shared:2,d4").layer_names(model) == ["shared:2", "d4"]
 
     x, y = rng.normal(size=(200, 8)).astype(np.float32), rng.integers(0, 3, 200)
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="sparse_categorical_crossentropy")
-    report = audit(model, x, y, train_batch_size=16)
+    report = audit(model, x, y, batch_size=16)
     assert report.params["learning_rate"] == 0.05 and report.params["batch_size"] == 16
     via_registry = measure_bundles(get_adapter("keras"), model, x, y, learning_rate=0.05,
-                                   train_batch_size=16)
+                                   batch_size=16)
     for a, b in zip(report, via_registry):
         _assert_same_bundles(a, b)
 
@@ -386,7 +412,7 @@ def test_layer_choice_shared_layers_ops_and_the_registry(rng):
     }
     # parameter-free calls take the nearest layer with weights before them (relu: via the add)
     assert per_layer.params["layer_weight_amplitudes"] == {
-        "shared:0": own["d1"], "shared:1": own["d2"], "relu": own["d3"], "d4": own["d4"],
+        "shared": own["d1"], "shared:2": own["d2"], "relu": own["d3"], "d4": own["d4"],
     }
     fixed = audit(model, x, y, weight_amplitude=0.25)
     assert fixed.params["weight_amplitude"] == 0.25
@@ -440,3 +466,102 @@ def test_errors_are_one_line(digits):
         BundleCallback(x, y[:50])
     with pytest.raises(BundleLabError, match="'mode' parameter must be one of"):
         BundleCallback(x, y, mode="exact")  # at once, not after the first epoch
+
+
+# -- names: batch_size is |B|, inference_batch_size the forward chunk ----------------------------
+
+
+def test_batch_size_is_the_training_batch_size_with_the_default_of_every_adapter(digits):
+    x, y = digits
+    model = _mlp(dead_layer=True)
+    assert audit(model, x, y, n_samples=512).params["batch_size"] == 64  # was fit's 32
+    report = audit(model, x, y, n_samples=512, batch_size=16)
+    assert report.params["batch_size"] == 16  # batch_size was the forward chunk
+    callback = BundleCallback(x, y, n_samples=64)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    model.fit(x[:64], y[:64], batch_size=64, epochs=1, verbose=0, callbacks=[callback])
+    assert callback.tracker.reports[0].params["batch_size"] == 64
+
+
+def test_inference_batch_size_only_bounds_memory(digits):
+    x, y = digits
+    model = _mlp(dead_layer=True)
+    reference = audit(model, x, y, n_samples=300, batch_size=16)
+    for chunk in (7, 300):
+        report = audit(model, x, y, n_samples=300, batch_size=16, inference_batch_size=chunk)
+        assert report.params == reference.params
+        for a, b in zip(report, reference):
+            _assert_same_bundles(a, b)
+
+
+def test_n_samples_none_measures_all_and_numpy_scalars_are_converted(digits):
+    x, y = digits[0][:300], digits[1][:300]
+    model = _mlp(dead_layer=False)
+    assert all(len(r.bundle_ids) == 300 for r in audit(model, x, y, n_samples=None))
+    report = audit(model, x, y, n_samples=np.int64(100), batch_size=np.int64(32),
+                   learning_rate=np.float32(0.5), seed=np.int64(1))
+    assert type(report.params["batch_size"]) is int and report.params["batch_size"] == 32
+    assert type(report.params["learning_rate"]) is float
+    assert all(len(r.bundle_ids) == 100 for r in report)
+    json.dumps(report.params)
+
+
+def test_unknown_and_renamed_keywords_are_one_line_errors(digits):
+    x, y = digits[0][:100], digits[1][:100]
+    model = _mlp(dead_layer=False)
+    with pytest.raises(BundleLabError, match="unexpected keyword argument 'train_batch_size'") as e:
+        audit(model, x, y, train_batch_size=64)
+    _one_line(e)
+    with pytest.raises(BundleLabError, match="unexpected keyword argument 'train_batch_size'") as e:
+        BundleCallback(x, y, train_batch_size=64)
+    _one_line(e)
+    with pytest.raises(BundleLabError, match="did you mean 'gamma'") as e:
+        audit(model, x, y, gama=1e-8)
+    _one_line(e)
+    with pytest.raises(BundleLabError, match="KerasAdapter"):
+        KerasAdapter("fc1")  # options are keyword-only
+    with pytest.raises(BundleLabError, match="'inference_batch_size' parameter"):
+        audit(model, x, y, inference_batch_size=0)
+    with pytest.raises(BundleLabError, match="'batch_size' parameter"):
+        BundleCallback(x, y, batch_size=0)
+    with pytest.raises(BundleLabError, match="'every' parameter"):
+        BundleCallback(x, y, every=0)
+    with pytest.raises(BundleLabError, match="'progress' parameter"):
+        audit(model, x, y, progress="yes")
+
+
+def _import_in_a_fresh_interpreter(setup: str) -> str:
+    code = (
+        f"{setup}\n"
+        "from bundlelab import BundleLabError\n"
+        "try:\n"
+        "    import bundlelab.adapters.keras\n"
+        "except BundleLabError as error:\n"
+        "    print(type(error).__name__, error)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    return done.stdout.strip()
+
+
+def test_missing_keras_is_a_missing_dependency_error_with_the_install_hint():
+    message = _import_in_a_fresh_interpreter("import sys; sys.modules['keras'] = None")
+    assert message.startswith("MissingDependencyError the Keras adapter requires keras")
+    assert message.endswith("pip install 'bundlelab[keras]'`")
+
+
+def test_a_backend_that_is_not_installed_is_a_missing_dependency_error():
+    import importlib.util
+
+    if importlib.util.find_spec("jax") is not None:
+        pytest.skip("JAX is installed")
+    message = _import_in_a_fresh_interpreter("import os; os.environ['KERAS_BACKEND'] = 'jax'")
+    assert message.startswith("MissingDependencyError")
+    assert "could not load Keras' backend 'jax'" in message
+    assert "set KERAS_BACKEND to an installed one" in message
+
+
+def test_an_unknown_backend_name_is_one_line():
+    message = _import_in_a_fresh_interpreter("import os; os.environ['KERAS_BACKEND'] = 'foo'")
+    assert message.startswith("BundleLabError") and "foo" in message
+    assert "set KERAS_BACKEND to an installed one" in message

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 import bundlelab  # noqa: E402
 from bundlelab import BundleLabError  # noqa: E402
 from bundlelab.adapters import get_adapter, measure_bundles  # noqa: E402
-from bundlelab.adapters.onnx import OnnxAdapter, load_model  # noqa: E402
+from bundlelab.adapters.onnx import OnnxAdapter, audit, load_model  # noqa: E402
 from bundlelab.cli import run  # noqa: E402
 
 # onnx 1.23 stamps new models with IR version 14; onnxruntime 1.31 reads up to 13.
@@ -128,7 +128,7 @@ def test_sklearn_mlp_through_the_cli_matches_find_bundles_on_numpy_activations(
     # so the numbers agree unless two samples straddle a rounding boundary (none do here).
     # The exact, order-independent comparison is the next test.
     ort_outputs = next(OnnxAdapter().iter_layer_outputs(
-        str(tmp_path / "mlp.onnx"), x, layers=relus, batch_size=len(x)))
+        str(tmp_path / "mlp.onnx"), x, layers=relus, inference_batch_size=len(x)))
     for record, expected, name in zip(data["layers"], hidden, relus):
         np.testing.assert_allclose(ort_outputs[name], expected, rtol=1e-5, atol=1e-5)
         result = bundlelab.find_bundles(expected, y, learning_rate=0.5, weight_amplitude=w, layer=name)
@@ -149,13 +149,13 @@ def test_sklearn_mlp_with_exact_float32_sums_gives_identical_bundles(sklearn_mlp
     adapter = OnnxAdapter()
     names = adapter.layer_names(str(tmp_path / "exact.onnx"))
     outputs = next(adapter.iter_layer_outputs(str(tmp_path / "exact.onnx"), x, layers=names,
-                                              batch_size=len(x)))
+                                              inference_batch_size=len(x)))
     for name, expected in zip(names, hidden):
         assert np.array_equal(outputs[name], expected)
     # The threshold mode with a coarse gamma forms real, conflicting bundles.
     options = dict(mode="threshold", gamma=2.0, learning_rate=1.0)
-    report = measure_bundles(adapter, str(tmp_path / "exact.onnx"), x, y, batch_size=256,
-                             train_batch_size=1, **options)
+    report = measure_bundles(adapter, str(tmp_path / "exact.onnx"), x, y, inference_batch_size=256,
+                             batch_size=1, **options)
     assert report.params["weight_amplitude"] == w
     for result, expected in zip(report, hidden):
         reference = bundlelab.find_bundles(expected, y, batch_size=1, **options, layer=result.layer)
@@ -169,14 +169,14 @@ def test_python_api_subset_and_registry(sklearn_mlp, digits, tmp_path, capsys):
     adapter = get_adapter("onnx")
     assert isinstance(adapter, OnnxAdapter)
     model = load_model(tmp_path / "mlp.onnx")
-    report = measure_bundles(adapter, model, x[:300], y[:300], batch_size=64)
+    report = measure_bundles(adapter, model, x[:300], y[:300], inference_batch_size=64)
     hidden, w = sklearn_hidden(sklearn_mlp, x[:300])
     for result, expected in zip(report, hidden):
         reference = bundlelab.find_bundles(expected, y[:300], weight_amplitude=w)
         assert (result.n_bundles, result.n_conflicting, result.entropy) == (
             reference.n_bundles, reference.n_conflicting, reference.entropy)
 
-    # --samples: a seeded random subset, the same for the same seed; x.npy + labels.npy folder
+    # --n-samples: a seeded random subset, the same for the same seed; x.npy + labels.npy folder
     folder = tmp_path / "data"
     folder.mkdir()
     np.save(folder / "x.npy", x)
@@ -316,7 +316,8 @@ def test_torch_export_matches_numpy(tmp_path, rng, capsys, dynamic):
     x = (rng.integers(-8, 9, size=(10, 2, 4, 4)) / 4).astype(np.float32)
     labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
     hidden, w = _numpy_net(net, x)
-    report = measure_bundles(OnnxAdapter(), model, x, labels, batch_size=3, learning_rate=4.0)
+    report = measure_bundles(OnnxAdapter(), model, x, labels, inference_batch_size=3,
+                             learning_rate=4.0)
     assert [t.op_type for t in model.layers()] == ["Relu", "LeakyRelu", "Clip"]
     assert report.params["weight_amplitude"] == w
     for result, expected in zip(report, hidden):
@@ -421,7 +422,7 @@ BAD_INPUTS = [
     (["ok.onnx", "--data", "shape.npz"], "expects input 'x' of shape (N, 8) and type float32, the data has shape (20, 6)"),
     (["ok.onnx", "--data", "short.npz"], "19 labels for 20 samples of input 'x'"),
     (["ok.onnx", "--layers", "h01"], "ok.onnx has no layer 'h01': did you mean 'h"),
-    (["ok.onnx", "--layers", "z0"], "--all-nodes taps all"),
+    (["ok.onnx", "--layers", "z0"], "(only activation outputs are layers; --all-nodes taps every node)"),
     (["linear.onnx"], "linear.onnx has no tappable layer"),
     (["linear.onnx", "--all-nodes"], "linear.onnx has no tappable layer"),
     (["evil/m.onnx"], "keeps its data in '../evil.bin', which leaves the model's folder"),
@@ -433,7 +434,7 @@ BAD_INPUTS = [
     (["ok.onnx", "--labels", "y"], "ok.npz has no labels array 'y'; it holds 'x', 'labels'"),
     (["ok.onnx", "--data", "missing.npz"], "no such file or directory"),
     (["ok.onnx", "--data", "notes.onnx"], "unknown data format '.onnx'"),
-    (["ok.onnx", "--samples", "0"], "--samples"),
+    (["ok.onnx", "--n-samples", "0"], "--n-samples"),
 ]
 
 
@@ -495,13 +496,14 @@ def test_runtime_failure_names_the_node():
 
 
 def test_progress_off_a_terminal_goes_to_stderr_only(bad_inputs, capsys, monkeypatch):
-    monkeypatch.setattr("bundlelab.cli.LONG_RUN_S", -1.0)
-    monkeypatch.setattr("bundlelab.cli.NOTE_EVERY_S", 0.0)
+    monkeypatch.setattr("bundlelab.cli._app.LONG_RUN_S", -1.0)
+    monkeypatch.setattr("bundlelab.cli._audit.NOTE_EVERY_S", 0.0)
     code, out, err = cli(capsys, "audit", bad_inputs / "ok.onnx", "--data", bad_inputs / "ok.npz",
-                         "--run-batch-size", "8", "-f", "json")
+                         "--inference-batch-size", "8", "-f", "json")
     assert code == 0 and json.loads(out)["schema"] == "bundlelab.report/1"
     assert [line.split(" (")[0] for line in err.splitlines()] == [
-        "bundlelab: batch 1/3", "bundlelab: batch 2/3", "bundlelab: batch 3/3"]
+        "bundlelab: batch 1 done, 8 samples", "bundlelab: batch 2 done, 16 samples",
+        "bundlelab: batch 3 done, 20 samples"]
 
 
 def test_audit_help_says_onnx_only_and_imports_no_framework():
@@ -517,3 +519,125 @@ def test_audit_help_says_onnx_only_and_imports_no_framework():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+# -- bundlelab.adapters.onnx.audit: what the CLI's audit runs ----------------------------------
+
+
+@pytest.fixture
+def dead_layer_files(dead_layer_model, rng, tmp_path):
+    model, _, _ = dead_layer_model
+    onnx.save(model, tmp_path / "dead.onnx")
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    labels = np.arange(300) % 3
+    np.savez(tmp_path / "data.npz", x=x, y=labels)
+    return tmp_path / "dead.onnx", tmp_path / "data.npz", x, labels
+
+
+def test_audit_equals_measure_bundles_on_the_same_seeded_subset(dead_layer_files):
+    path, data, x, labels = dead_layer_files
+    chosen = np.sort(np.random.default_rng(7).choice(300, 100, replace=False))
+    options = dict(mode="threshold", gamma=0.5, learning_rate=0.5, batch_size=4)
+    expected = measure_bundles(OnnxAdapter(), str(path), x[chosen], labels[chosen], **options)
+    from_file = audit(path, data, labels_key="y", n_samples=100, seed=7, **options)
+    from_arrays = audit(load_model(path), {"x": x}, labels, n_samples=100, seed=7, **options)
+    for report in (from_file, from_arrays):
+        assert report.params == expected.params
+        assert [r.to_record(include_ids=True) for r in report] == [
+            r.to_record(include_ids=True) for r in expected]
+    assert audit(path, x, labels, n_samples=None).names == ["h0", "h1"]
+    assert audit(path, x, labels, n_samples=100, seed=8)[0].n_samples == 100
+
+
+def test_audit_defaults_match_the_other_adapters(dead_layer_files):
+    path, _, x, labels = dead_layer_files
+    report = audit(path, x, labels)  # 300 < 2048 samples: all of them
+    assert report[0].n_samples == 300
+    assert report.params["batch_size"] == 64 and report.params["learning_rate"] == 1e-3
+
+
+def test_audit_progress_reports_rows_and_shapes_and_inference_batch_size_bounds_them(dead_layer_files):
+    path, _, x, labels = dead_layer_files
+    calls = []
+    audit(path, x, labels, inference_batch_size=128, progress=lambda n, shapes: calls.append((n, shapes)))
+    assert calls == [(128, {"h0": (16,), "h1": (4,)}), (128, {"h0": (16,), "h1": (4,)}),
+                     (44, {"h0": (16,), "h1": (4,)})]
+    calls.clear()
+    audit(path, x, labels, progress=lambda n, shapes: calls.append(n))
+    assert calls == [256, 44]  # automatic: (16 + 4) floats a sample, capped at 256 samples
+
+
+def test_automatic_inference_batch_size_keeps_a_pass_near_256_mib():
+    from bundlelab.adapters.onnx import AUDIT_BATCH_BYTES, automatic_batch_size
+
+    assert AUDIT_BATCH_BYTES == 256 << 20
+    assert automatic_batch_size(80) == 256
+    assert automatic_batch_size(4 << 20) == 64
+    assert automatic_batch_size(1 << 30) == 1
+    assert automatic_batch_size(None) == 64
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    (dict(layers="z0"), "(only activation outputs are layers; all_nodes=True taps every node)"),
+    (dict(layers="h9"), "has no layer 'h9'"),
+    (dict(n_samples=0), "'n_samples' parameter must be an int in [1, inf)"),
+    (dict(inference_batch_size=0), "'inference_batch_size'"),
+    (dict(batch_size=1.5), "'batch_size' parameter must be an int"),
+    (dict(progress=True), "'progress' parameter must be None or a callable"),
+    (dict(providers=3), "'providers' parameter must be 'cpu', 'cuda'"),
+    (dict(train_batch_size=8), "unexpected keyword argument 'train_batch_size'"),
+])
+def test_audit_bad_arguments_are_one_line_errors(dead_layer_files, kwargs, fragment):
+    path, _, x, labels = dead_layer_files
+    with pytest.raises(BundleLabError) as error:
+        audit(path, x, labels, **kwargs)
+    assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+def test_audit_data_errors(dead_layer_files):
+    path, data, x, labels = dead_layer_files
+    with pytest.raises(BundleLabError, match="no labels: pass labels="):
+        audit(path, x)
+    with pytest.raises(BundleLabError, match="holds its own"):
+        audit(path, data, labels)
+    with pytest.raises(BundleLabError, match="no labels array 'labels'"):
+        audit(path, data)
+    with pytest.raises(BundleLabError, match="got 299 labels for 300 samples"):
+        audit(path, x, labels[:-1])
+
+
+def test_repeated_layer_names_get_the_torch_suffix_rule(rng):
+    """Tensor names are unique, but a bare-number tensor is named after its node, and that name
+    may already be taken: the second one gets ':2', as a module called twice in torch."""
+    nodes = [helper.make_node("Relu", ["x"], ["act:7"], name="first"),
+             helper.make_node("Tanh", ["act:7"], ["7"], name="act"),
+             helper.make_node("Neg", ["7"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=IR_VERSION)
+    assert OnnxAdapter().layer_names(model) == ["act:7", "act:7:2"]
+    report = measure_bundles(OnnxAdapter(), model, rng.normal(size=(6, 3)).astype(np.float32),
+                             np.arange(6) % 2, weight_amplitude=1.0)
+    assert report.names == ["act:7", "act:7:2"]
+
+
+def test_onnx_model_is_one_class_and_the_compatibility_names_are_gone():
+    import bundlelab.adapters.onnx as module
+    from bundlelab.adapters.onnx import OnnxModel
+
+    assert OnnxModel.__bases__ == (object,)
+    for name in ("SETTING_INPUTS", "PROVIDERS", "resolve_providers", "check_external_data",
+                 "explain_load_error"):
+        assert not hasattr(module, name) or name in module.__all__
+
+
+def test_measure_bundles_renamed_keywords(dead_layer_model, rng):
+    model, _, _ = dead_layer_model
+    x = rng.normal(size=(40, 8)).astype(np.float32)
+    labels = np.arange(40) % 2
+    report = measure_bundles(OnnxAdapter(), model, x, labels, inference_batch_size=7, batch_size=8)
+    assert report.params["batch_size"] == 8
+    with pytest.raises(BundleLabError, match="unexpected keyword argument 'train_batch_size'"):
+        measure_bundles(OnnxAdapter(), model, x, labels, train_batch_size=8)
+    with pytest.raises(BundleLabError, match="'inference_batch_size'"):
+        next(OnnxAdapter().iter_layer_outputs(model, x, layers=["h0"], inference_batch_size=0))

@@ -27,9 +27,9 @@ class NumpyMLPAdapter:
     def layer_names(self, model, inputs=None):
         return [f"dense{i}" for i in range(len(model.weights) - 1)]  # the logits are not tapped
 
-    def iter_layer_outputs(self, model, inputs, *, layers, batch_size):
-        for start in range(0, len(inputs), batch_size):
-            h = inputs[start:start + batch_size]
+    def iter_layer_outputs(self, model, inputs, *, layers, inference_batch_size):
+        for start in range(0, len(inputs), inference_batch_size):
+            h = inputs[start:start + inference_batch_size]
             outputs = {}
             for i, w in enumerate(model.weights[:-1]):
                 h = np.maximum(h @ w, 0).astype(np.float32)
@@ -54,10 +54,11 @@ def test_streamed_measurement_matches_in_memory_analysis(model_and_data):
     model, x, labels = model_and_data
     adapter = NumpyMLPAdapter()
     assert isinstance(adapter, ActivationAdapter)
-    report = measure_bundles(adapter, model, x, labels, batch_size=64)
+    report = measure_bundles(adapter, model, x, labels, inference_batch_size=64)
     assert report.names == ["dense0", "dense1"]
     w = adapter.weight_amplitude(model)
-    full = next(adapter.iter_layer_outputs(model, x, layers=report.names, batch_size=len(x)))
+    full = next(adapter.iter_layer_outputs(model, x, layers=report.names,
+                                           inference_batch_size=len(x)))
     for name in report.names:
         expected = find_bundles(full[name], labels, weight_amplitude=w, layer=name)
         assert np.array_equal(report[name].bundle_ids, expected.bundle_ids)
@@ -72,7 +73,7 @@ def test_registry_builds_adapters_lazily(model_and_data):
     register_adapter("numpy-mlp-test", NumpyMLPAdapter)
     assert "numpy-mlp-test" in available_adapters()
     assert get_adapter("numpy-mlp-test").name == "numpy-mlp"
-    with pytest.raises(BundleLabError, match="unknown adapter 'nope'"):
+    with pytest.raises(BundleLabError, match="The 'name' parameter must be one of .*'torch'.*Got 'nope'"):
         get_adapter("nope")
     register_adapter("broken-test", lambda: object())
     with pytest.raises(BundleLabError, match="lacks layer_names"):
@@ -100,16 +101,146 @@ def test_label_count_must_match_the_samples(model_and_data):
 class LabelledBatchesAdapter(NumpyMLPAdapter):
     """Yields each batch's labels with its outputs, like a data loader does."""
 
-    def iter_layer_outputs(self, model, inputs, *, layers, batch_size):
+    def iter_layer_outputs(self, model, inputs, *, layers, inference_batch_size):
         x, y = inputs
-        outputs = super().iter_layer_outputs(model, x, layers=layers, batch_size=batch_size)
-        for start, batch in zip(range(0, len(x), batch_size), outputs):
-            yield batch, y[start:start + batch_size]
+        step = inference_batch_size
+        outputs = super().iter_layer_outputs(model, x, layers=layers, inference_batch_size=step)
+        for start, batch in zip(range(0, len(x), step), outputs):
+            yield batch, y[start:start + step]
 
 
 def test_adapters_may_yield_labels_with_each_batch(model_and_data):
     model, x, labels = model_and_data
-    with_labels = measure_bundles(LabelledBatchesAdapter(), model, (x, labels), batch_size=50)
-    separate = measure_bundles(NumpyMLPAdapter(), model, x, labels, batch_size=70)
+    with_labels = measure_bundles(LabelledBatchesAdapter(), model, (x, labels),
+                                  inference_batch_size=50)
+    separate = measure_bundles(NumpyMLPAdapter(), model, x, labels, inference_batch_size=70)
     for a, b in zip(with_labels, separate):
         assert np.array_equal(a.bundle_ids, b.bundle_ids) and a.entropy == b.entropy
+
+
+# -- one meaning per keyword: batch_size is |B|, inference_batch_size the forward pass -------
+
+
+def test_batch_size_is_the_training_batch_and_inference_batch_size_the_forward_pass(model_and_data):
+    model, x, labels = model_and_data
+    calls = []
+    report = measure_bundles(NumpyMLPAdapter(), model, x, labels, inference_batch_size=128,
+                             batch_size=16, learning_rate=0.5,
+                             progress=lambda n, shapes: calls.append((n, shapes)))
+    assert report.params["batch_size"] == 16  # |B| enters the metric
+    assert [n for n, _ in calls] == [128, 128, 44]
+    assert calls[0][1] == {"dense0": (16,), "dense1": (4,)}
+    w = NumpyMLPAdapter().weight_amplitude(model)
+    full = next(NumpyMLPAdapter().iter_layer_outputs(model, x, layers=["dense0"],
+                                                     inference_batch_size=len(x)))
+    expected = find_bundles(full["dense0"], labels, weight_amplitude=w, learning_rate=0.5,
+                            batch_size=16)
+    assert np.array_equal(report["dense0"].bundle_ids, expected.bundle_ids)
+    assert measure_bundles(NumpyMLPAdapter(), model, x, labels).params["batch_size"] == 64
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    (dict(train_batch_size=8), "unexpected keyword argument 'train_batch_size'"),
+    (dict(inference_batch_size=0), "'inference_batch_size' parameter must be an int"),
+    (dict(batch_size=np.float64(8)), "'batch_size' parameter must be an int"),
+    (dict(weight_amplitude=-1.0), "'weight_amplitude' parameter"),
+    (dict(progress="yes"), "'progress' parameter must be a bool"),
+])
+def test_measure_bundles_bad_keywords_are_one_line_errors(model_and_data, kwargs, fragment):
+    model, x, labels = model_and_data
+    with pytest.raises(BundleLabError) as error:
+        measure_bundles(NumpyMLPAdapter(), model, x, labels, **kwargs)
+    assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+def test_measure_bundles_converts_numpy_integers(model_and_data):
+    model, x, labels = model_and_data
+    report = measure_bundles(NumpyMLPAdapter(), model, x, labels, batch_size=np.int64(32),
+                             inference_batch_size=np.int32(100))
+    assert type(report.params["batch_size"]) is int and report.params["batch_size"] == 32
+
+
+# -- training backends register where adapters do ------------------------------------------
+
+
+def test_backend_registry_hard_codes_no_adapter_module():
+    import inspect
+
+    import bundlelab.training._backend as backend_module
+
+    source = inspect.getsource(backend_module)
+    assert "adapters.torch" not in source and "adapters.keras" not in source
+
+
+def test_backends_are_registered_by_the_adapters_package_without_importing_a_framework():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from bundlelab.training import available_backends, get_backend\n"
+        "assert 'bundlelab.adapters' not in sys.modules\n"
+        "print(available_backends())\n"
+        "frameworks = ('torch', 'keras', 'tensorflow', 'jax', 'onnx')\n"
+        "print(sorted(m for m in frameworks if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["['keras', 'torch']", "[]"]
+
+
+def test_third_party_backends_and_the_super_network_protocol(monkeypatch):
+    from bundlelab.training import _backend
+
+    # the registry is process-wide: leave it as it was for the tests that follow
+    registry = _backend._registered()
+    monkeypatch.setattr(registry, "_factories", dict(registry._factories))
+    from bundlelab.training import (
+        Backend,
+        SuperNetBackend,
+        available_backends,
+        get_backend,
+        register_backend,
+    )
+
+    class PlainBackend:
+        name, checkpoint_suffix = "plain-test", ".bin"
+
+        def build(self, spec, config):
+            raise NotImplementedError
+
+    class SuperBackend(PlainBackend):
+        def build_supernet(self, spec, config, **options):
+            raise NotImplementedError
+
+    register_backend("plain-test", PlainBackend)
+    assert "plain-test" in available_backends() and "torch" in available_backends()
+    plain = get_backend("plain-test")
+    assert isinstance(plain, Backend) and not isinstance(plain, SuperNetBackend)
+    assert isinstance(SuperBackend(), SuperNetBackend)
+    with pytest.raises(BundleLabError, match="'backend' parameter must be one of .*'torch'"):
+        get_backend("nope")
+    with pytest.raises(BundleLabError, match="'factory' parameter"):
+        register_backend("bad-test", "no colon")
+
+
+@pytest.mark.parametrize("package, blocked, hint", [
+    ("bundlelab.adapters.torch", "torch", "pip install 'bundlelab[torch]'"),
+    ("bundlelab.adapters.onnx", "onnx", "pip install 'bundlelab[onnx]'"),
+])
+def test_a_missing_framework_is_one_missing_dependency_error(package, blocked, hint):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        f"sys.modules[{blocked!r}] = None  # as if not installed\n"
+        "from bundlelab._errors import MissingDependencyError\n"
+        "try:\n"
+        f"    import {package}\n"
+        "except MissingDependencyError as exc:\n"
+        "    print(isinstance(exc, ImportError), exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("True ") and hint in done.stdout

@@ -1,10 +1,7 @@
 """The PyTorch adapter on real models: taps, numbers, model state, training hook, errors, memory."""
 
 import json
-import os
-import subprocess
 import sys
-import textwrap
 import types
 from collections import OrderedDict
 
@@ -15,6 +12,7 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 from bundlelab import BundleLabError, find_bundles  # noqa: E402
+from bundlelab._errors import MissingDependencyError  # noqa: E402
 from bundlelab.adapters import get_adapter, measure_bundles  # noqa: E402
 from bundlelab.adapters import torch as torch_adapter  # noqa: E402
 from bundlelab.adapters.torch import BundleHook, TorchAdapter, audit, trace_model  # noqa: E402
@@ -56,9 +54,9 @@ def test_mlp_layers_equal_find_bundles_on_hand_computed_activations(rng):
     model = nn.Sequential(
         nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3)
     )
-    options = dict(learning_rate=0.5, train_batch_size=8)
-    core = dict(learning_rate=0.5, batch_size=8)  # the same, in find_bundles' words
-    report = audit(model, x, y, n_samples=None, batch_size=64, **options)
+    options = dict(learning_rate=0.5, batch_size=8)  # |B|, as find_bundles calls it
+    core = options
+    report = audit(model, x, y, n_samples=None, inference_batch_size=64, **options)
     assert report.names == ["1", "3"]  # after each non-linearity, never the logits
     with torch.no_grad():
         a1 = model[1](model[0](x))
@@ -73,12 +71,13 @@ def test_mlp_layers_equal_find_bundles_on_hand_computed_activations(rng):
         assert 0 < expected.n_bundles < len(y) and expected.entropy > 0  # not a trivial case
 
     threshold = audit(
-        model, x, y, mode="threshold", gamma=1e-3, batch_size=64, progress=True, **options
+        model, x, y, mode="threshold", gamma=1e-3, inference_batch_size=64, progress=True,
+        **options,
     )
     assert_same_bundles(threshold["3"], a3.numpy(), y, mode="threshold", gamma=1e-3, **core)
 
     # a seeded subset: the sorted indices default_rng(seed).choice(N, n_samples, replace=False)
-    subset = audit(model, x, y, n_samples=100, seed=3, batch_size=64, **options)
+    subset = audit(model, x, y, n_samples=100, seed=3, inference_batch_size=64, **options)
     index = np.sort(np.random.default_rng(3).choice(len(y), 100, replace=False))
     assert subset["1"].n_samples == 100
     assert_same_bundles(subset["1"], a1.numpy()[index], y[index], weight_amplitude=w, **core)
@@ -102,7 +101,7 @@ def test_cnn_layers_equal_find_bundles_and_select_by_type(rng):
     model = nn.Sequential(
         nn.Conv2d(1, 4, 2), nn.ReLU(), nn.Conv2d(4, 8, 2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 4)
     )
-    report = audit(model, x, y, batch_size=50, learning_rate=0.1)
+    report = audit(model, x, y, inference_batch_size=50, learning_rate=0.1)
     assert report.names == ["1", "3"]
     with torch.no_grad():
         c0 = model[0](x)
@@ -125,7 +124,7 @@ def test_registered_adapter_follows_the_protocol(rng):
     model = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 3))
     adapter = get_adapter("torch")
     assert isinstance(adapter, TorchAdapter) and adapter.layer_names(model, x) == ["1"]
-    streamed = measure_bundles(adapter, model, x, y, batch_size=32, weight_amplitude=0.5)
+    streamed = measure_bundles(adapter, model, x, y, inference_batch_size=32, weight_amplitude=0.5)
     audited = audit(model, x, y, weight_amplitude=0.5)
     assert np.array_equal(streamed["1"].bundle_ids, audited["1"].bundle_ids)
 
@@ -207,7 +206,8 @@ def test_shared_relu_gives_one_tap_per_call_in_execution_order():
     assert list(taps)[-1] == "head" and taps["head"].is_output
     assert taps["block1.relu:2"].shape == (4, 5, 5)
 
-    outputs = next(TorchAdapter().iter_layer_outputs(model, x, layers=names, batch_size=64))
+    outputs = next(TorchAdapter().iter_layer_outputs(model, x, layers=names,
+                                                     inference_batch_size=64))
     model.eval()
     with torch.no_grad():
         s = torch.relu(model.stem(x))
@@ -245,7 +245,7 @@ def test_tapped_outputs_are_taken_before_later_in_place_ops():
     x = torch.randn(16, 4)
     assert [t.name for t in trace_model(model, x).taps] == ["fc", "act", "fc:2", "act2", "out"]
     taps = ["act", "act2", "fc"]
-    batches = TorchAdapter().iter_layer_outputs(model, x, layers=taps, batch_size=16)
+    batches = TorchAdapter().iter_layer_outputs(model, x, layers=taps, inference_batch_size=16)
     outputs = next(batches)
     with torch.no_grad():
         expected = torch.relu(model.fc(x))
@@ -301,10 +301,10 @@ def test_training_mode_is_restored_and_no_gradient_is_recorded(rng):
     model = stateful_model()
     model.train()
     running_mean = model[1].running_mean.clone()
-    first = audit(model, x, y, batch_size=32)
+    first = audit(model, x, y, inference_batch_size=32)
     assert all(m.training for m in model.modules())
     assert torch.equal(model[1].running_mean, running_mean)  # eval mode: statistics untouched
-    second = audit(model, x, y, batch_size=32)  # dropout off: the same numbers every time
+    second = audit(model, x, y, inference_batch_size=32)  # dropout off: the same numbers every time
     assert all(np.array_equal(a.bundle_ids, b.bundle_ids) for a, b in zip(first, second))
     assert all(p.grad is None for p in model.parameters())
     assert torch.is_grad_enabled() and no_hooks_left(model)
@@ -317,7 +317,8 @@ def test_training_mode_is_restored_and_no_gradient_is_recorded(rng):
     audit(model, x, y)
     assert [m.training for m in model] == [True, False, True, True, True, True, True]
 
-    outputs = next(TorchAdapter().iter_layer_outputs(model, x, layers=["2"], batch_size=8))
+    outputs = next(TorchAdapter().iter_layer_outputs(model, x, layers=["2"],
+                                                     inference_batch_size=8))
     assert not outputs["2"].requires_grad
 
 
@@ -337,7 +338,7 @@ def test_state_is_restored_when_a_later_batch_fails():
     x = torch.randn(64, 2)
     x[-1, 0] = 1000.0  # in the last batch, never in the tracing pass
     with pytest.raises(RuntimeError, match="boom"):
-        audit(model, x, np.arange(64) % 2, batch_size=16)
+        audit(model, x, np.arange(64) % 2, inference_batch_size=16)
     assert all(m.training for m in model.modules()) and no_hooks_left(model)
     assert torch.is_grad_enabled()
 
@@ -354,7 +355,7 @@ def test_learning_rate_and_batch_size_come_from_optimizer_and_loader(rng):
     report = audit(model, loader, optimizer=optimizer, train_loader=loader, n_samples=150)
     assert report.params["learning_rate"] == 0.05 and report.params["batch_size"] == 32
     assert report["2"].n_samples == 150
-    explicit = audit(model, dataset, optimizer=optimizer, learning_rate=0.1, train_batch_size=16)
+    explicit = audit(model, dataset, optimizer=optimizer, learning_rate=0.1, batch_size=16)
     assert explicit.params["learning_rate"] == 0.1 and explicit.params["batch_size"] == 16
     # a loader built from a batch sampler says its batch size there
     sampler = torch.utils.data.BatchSampler(torch.utils.data.SequentialSampler(dataset), 24, False)
@@ -376,7 +377,7 @@ class Stream(torch.utils.data.IterableDataset):
 def test_iterable_datasets_give_their_first_samples_and_frozen_weights_are_not_w(rng):
     x, y = torch.randn(100, 6), rng.integers(0, 3, size=100)
     model = stateful_model()
-    streamed = audit(model, Stream(x, y), n_samples=50, batch_size=16)
+    streamed = audit(model, Stream(x, y), n_samples=50, inference_batch_size=16)
     first = audit(model, x[:50], y[:50])
     assert streamed["2"].n_samples == 50
     assert np.array_equal(streamed["2"].bundle_ids, first["2"].bundle_ids)
@@ -425,34 +426,71 @@ def test_bundle_hook_records_each_epoch_of_a_real_training_loop(tmp_path):
             optimizer.zero_grad()
             nn.functional.cross_entropy(model(xb), yb).backward()
             optimizer.step()
-        report = hook(epoch)
+        report = hook()  # t = epoch + 1: the epochs completed
         assert model.training and report.params["learning_rate"] == 0.1
         assert report.params["batch_size"] == 64 and report["1"].n_samples == 512
     tracker = hook.tracker
-    assert tracker.steps == [0, 1, 2] and tracker.layer_names == ["1", "3"]
+    assert tracker.steps == [1, 2, 3] and tracker.layer_names == ["1", "3"]
     assert tracker.entropy_over_time().shape == tracker.bundles_over_time().shape == (3, 2)
     averaged = tracker.time_averaged()
     assert set(averaged) == {"1", "3"} and all(v >= 0 for v in averaged.values())
-    assert json.loads(tracker.to_json(tmp_path / "h.json"))["steps"] == [0, 1, 2]
+    assert json.loads(tracker.to_json(tmp_path / "h.json"))["steps"] == [1, 2, 3]
     assert len(tracker.to_csv().splitlines()) == 1 + 3 * 2
-    assert ("bundles/entropy/1", tracker.reports[2]["1"].entropy, 2) in writer.scalars
+    assert ("bundles/entropy/1", tracker.reports[2]["1"].entropy, 3) in writer.scalars
     assert len(writer.scalars) == 3 * 2 * 2
 
     every_other = BundleHook(model, x, y, n_samples=64, every=2)
     recorded = [every_other.step(step) is not None for step in range(5)]
-    assert recorded == [True, False, True, False, True]
+    assert recorded == [True, False, True, False, True]  # per optimiser step: its own unit
     assert every_other.tracker.steps == [0, 2, 4]
+
+
+def test_hook_counts_epochs_completed_and_every_two_measures_epochs_two_and_four():
+    """The step rule of bundlelab.training and the Keras callback: t = epochs completed."""
+    model, x, y = deep_mlp(), torch.randn(32, 6), np.arange(32) % 2
+    counting = BundleHook(model, x, y, every=2)
+    measured = [counting() is not None for _ in range(4)]
+    assert measured == [False, True, False, True]
+    assert counting.tracker.steps == [2, 4] and counting.epochs == 4
+    explicit = BundleHook(model, x, y, every=2)
+    assert [explicit(t) is not None for t in (1, 2, 3, 4)] == [False, True, False, True]
+    assert explicit.tracker.steps == [2, 4]
+    explicit(6)
+    explicit()  # goes on counting from the last t: 7, not measured
+    assert explicit.tracker.steps == [2, 4, 6] and explicit.epochs == 7
+    with pytest.raises(BundleLabError, match="'t' parameter"):
+        explicit(-1)
+
+
+def test_lightning_callback_every_two_measures_epochs_two_and_four(monkeypatch):
+    fake = types.ModuleType("lightning.pytorch")
+    fake.Callback = type("Callback", (), {})
+    monkeypatch.setitem(sys.modules, "lightning", types.ModuleType("lightning"))
+    monkeypatch.setitem(sys.modules, "lightning.pytorch", fake)
+    try:
+        callback = torch_adapter.BundleCallback(torch.randn(32, 6), np.arange(32) % 2, every=2)
+    finally:
+        torch_adapter.__dict__.pop("BundleCallback", None)
+    logged, model = [], deep_mlp()
+    trainer = types.SimpleNamespace(
+        is_global_zero=True, current_epoch=0, global_step=0, optimizers=[], train_dataloader=None,
+        logger=types.SimpleNamespace(log_metrics=lambda m, step: logged.append(step)),
+    )
+    for epoch in range(4):
+        trainer.current_epoch, trainer.global_step = epoch, 10 * (epoch + 1)
+        callback.on_train_epoch_end(trainer, model)
+    assert callback.tracker.steps == [2, 4] and logged == [2, 4]
 
 
 def test_tensorboard_log_dir_needs_tensorboard(tmp_path):
     try:
         import tensorboard  # noqa: F401
     except ImportError:
-        with pytest.raises(BundleLabError, match="pip install tensorboard"):
+        with pytest.raises(MissingDependencyError, match="pip install tensorboard"):
             BundleHook(deep_mlp(), torch.randn(8, 6), np.arange(8) % 2, tensorboard=tmp_path)
     else:
         hook = BundleHook(deep_mlp(), torch.randn(8, 6), np.arange(8) % 2, tensorboard=tmp_path)
-        hook(0)
+        hook()
         hook.close()
         assert any(tmp_path.iterdir())
 
@@ -460,9 +498,9 @@ def test_tensorboard_log_dir_needs_tensorboard(tmp_path):
 def test_lightning_callback_exists_only_with_lightning(monkeypatch):
     for name in ("lightning", "lightning.pytorch", "pytorch_lightning"):
         monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
-    with pytest.raises(AttributeError, match="pip install lightning"):
+    with pytest.raises(MissingDependencyError, match="pip install lightning"):
         torch_adapter.BundleCallback
-    assert not hasattr(torch_adapter, "BundleCallback")
+    assert "BundleCallback" not in torch_adapter.__dict__
 
     fake = types.ModuleType("lightning.pytorch")
     fake.Callback = type("Callback", (), {})
@@ -481,14 +519,14 @@ def test_lightning_callback_exists_only_with_lightning(monkeypatch):
         train_dataloader=types.SimpleNamespace(batch_size=16),
         logger=types.SimpleNamespace(log_metrics=lambda m, step: logged.append((m, step))),
     )
-    callback.on_train_epoch_end(trainer, model)
-    assert callback.tracker.steps == [0]
+    callback.on_train_epoch_end(trainer, model)  # t = current_epoch + 1, logged under step t
+    assert callback.tracker.steps == [1]
     assert callback.tracker.reports[0].params["learning_rate"] == 0.3
     assert callback.tracker.reports[0].params["batch_size"] == 16
-    assert logged[0][1] == 7 and "bundles/entropy/1" in logged[0][0]
+    assert logged[0][1] == 1 and "bundles/entropy/1" in logged[0][0]
     trainer.current_epoch, trainer.is_global_zero = 1, False  # other ranks do not measure
     callback.on_train_epoch_end(trainer, model)
-    assert callback.tracker.steps == [0]
+    assert callback.tracker.steps == [1]
 
 
 # -- (7) bad input: one line, no traceback -----------------------------------------------------
@@ -510,9 +548,16 @@ def test_lightning_callback_exists_only_with_lightning(monkeypatch):
         (lambda m, x, y: audit("model.pt", x, y), "expected a torch.nn.Module, got str"),
         (lambda m, x, y: audit(m, x, y, weight_amplitude="max"), "'weight_amplitude' parameter"),
         (lambda m, x, y: audit(m, x, y, batch_size=0), "'batch_size' parameter"),
+        (lambda m, x, y: audit(m, x, y, inference_batch_size=0), "'inference_batch_size' param"),
+        (lambda m, x, y: audit(m, x, y, train_batch_size=8), "unexpected keyword"),
+        (lambda m, x, y: audit(m, x, y, n_samples=2.5), "'n_samples' parameter"),
+        (lambda m, x, y: audit(m, x, y, seed=-1), "'seed' parameter"),
+        (lambda m, x, y: audit(m, x, y, progress="yes"), "'progress' parameter"),
+        (lambda m, x, y: TorchAdapter(layer=["fc1"]), "did you mean 'layers'"),
+        (lambda m, x, y: BundleHook(m, x, y, batch_sise=8), "unexpected keyword"),
         (lambda m, x, y: audit(m, x, y, device="gpu0"), "'device' parameter"),
         (lambda m, x, y: audit(m, x, y, gama=1e-8), "unexpected keyword"),
-        (lambda m, x, y: audit(m, x, y, train_loader=object()), "pass train_batch_size"),
+        (lambda m, x, y: audit(m, x, y, train_loader=object()), "pass batch_size=..."),
         (lambda m, x, y: BundleHook(m, x, y, every=0), "'every' parameter"),
         (lambda m, x, y: BundleHook(m, x, y, tensorboard=3), "'tensorboard' parameter"),
         (lambda m, x, y: TorchAdapter().layer_names(m), "pass inputs"),
@@ -547,96 +592,7 @@ def test_memory_holds_one_batch_of_every_layer_not_every_sample(rng, monkeypatch
             yield item
 
     monkeypatch.setattr(TorchAdapter, "iter_layer_outputs", counting)
-    report = audit(model, torch.randn(n, 8), rng.integers(0, 2, size=n), batch_size=batch)
+    report = audit(model, torch.randn(n, 8), rng.integers(0, 2, size=n),
+                   inference_batch_size=batch)
     assert len(report) == depth and len(largest) == n // batch
     assert max(largest) == depth * batch * width * 4  # one batch of every layer at a time
-
-
-MEMORY_SCRIPT = textwrap.dedent(
-    """
-    import gc, json, time
-    import numpy as np, torch
-    from torch import nn
-    from bundlelab.adapters.torch import audit
-
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    DEPTH, WIDTH, N, BATCH = 50, 256, 2048, 128
-
-    def mlp(depth):
-        layers = [nn.Linear(32, WIDTH), nn.ReLU()]
-        for _ in range(depth - 1):
-            layers += [nn.Linear(WIDTH, WIDTH), nn.ReLU()]
-        return nn.Sequential(*layers, nn.Linear(WIDTH, 10))
-
-    def status(key):
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
-
-    def peak_rss_growth(fn):
-        gc.collect()
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset the peak (VmHWM) to the current RSS
-        base = status("VmRSS:")
-        start = time.perf_counter()
-        out = fn()
-        return status("VmHWM:") - base, time.perf_counter() - start, out
-
-    def store_all():  # what a naive audit keeps: every activation of every sample
-        kept = []
-        with torch.no_grad():
-            for start in range(0, N, BATCH):
-                h = x[start:start + BATCH]
-                for layer in model:
-                    h = layer(h)
-                    if isinstance(layer, nn.ReLU):
-                        kept.append(h.clone())
-        return sum(t.numel() * t.element_size() for t in kept)
-
-    model = mlp(DEPTH)
-    x, y = torch.randn(N, 32), np.arange(N) % 10
-    audit(mlp(1), x, y, batch_size=BATCH)  # warm-up: kernels compiled, thread pool started
-    audit_peak, audit_s, report = peak_rss_growth(lambda: audit(model, x, y, batch_size=BATCH))
-    naive_peak, naive_s, nbytes = peak_rss_growth(store_all)
-    print(json.dumps({
-        "depth": DEPTH, "width": WIDTH, "n_samples": N, "batch_size": BATCH,
-        "layers": len(report), "all_activations_bytes": nbytes,
-        "one_batch_of_every_layer_bytes": DEPTH * BATCH * WIDTH * 4,
-        "audit_peak_rss_growth": audit_peak, "store_all_peak_rss_growth": naive_peak,
-        "audit_seconds": round(audit_s, 2),
-    }))
-    """
-)
-
-
-@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc")
-@pytest.mark.parametrize(
-    "mmap_threshold, bound",
-    [
-        # glibc's default moves its mmap threshold up as big blocks are freed, so the batch
-        # tensors then come from the heap, where the streams' small long-lived arrays pin them:
-        # RSS also counts that fragmentation, which varies from run to run (25-45 MB measured
-        # on 2048 samples), hence a loose bound that still catches keeping every activation.
-        (None, 0.75),
-        # a fixed threshold returns every freed batch tensor to the OS: RSS is what is kept
-        # (one batch of every layer, the streams' fingerprints and labels; 16.6 MB measured).
-        ("131072", 0.25),
-    ],
-    ids=["glibc-default", "fixed-mmap-threshold"],
-)
-def test_peak_memory_of_a_deep_mlp_audit_is_far_below_all_activations(mmap_threshold, bound):
-    env = dict(os.environ)
-    env.pop("MALLOC_MMAP_THRESHOLD_", None)
-    if mmap_threshold:
-        env["MALLOC_MMAP_THRESHOLD_"] = mmap_threshold
-    done = subprocess.run(
-        [sys.executable, "-c", MEMORY_SCRIPT], capture_output=True, text=True, timeout=300, env=env
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"\nmemory ({mmap_threshold or 'default'} mmap threshold):", json.dumps(figures))
-    assert figures["layers"] == 50
-    assert figures["all_activations_bytes"] == 50 * 2048 * 256 * 4  # 105 MB
-    assert figures["audit_peak_rss_growth"] < bound * figures["all_activations_bytes"]
-    if mmap_threshold:  # the naive figure is stable only when freed memory goes back
-        assert figures["audit_peak_rss_growth"] < 0.25 * figures["store_all_peak_rss_growth"]

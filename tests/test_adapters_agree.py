@@ -79,7 +79,7 @@ def network(tmp_path_factory):
 def test_torch_onnx_and_keras_report_identical_bundles(network):
     torch_model, onnx_path, keras_model, x, labels, weights, biases = network
     w = float(max(np.abs(m).max() for m in weights))
-    options = dict(weight_amplitude=w, learning_rate=0.25, train_batch_size=1, batch_size=64)
+    options = dict(weight_amplitude=w, learning_rate=0.25, batch_size=1, inference_batch_size=64)
     reports = {
         "torch": measure_bundles(TorchAdapter(), torch_model, x, labels, **options),
         "onnx": measure_bundles(OnnxAdapter(), onnx_path, x, labels, **options),
@@ -104,3 +104,46 @@ def test_torch_onnx_and_keras_report_identical_bundles(network):
     assert any(layer.n_conflicting for layer in reports["torch"])
     assert reports["torch"].first_conflicting.layer  # named in each framework's own way
 
+
+
+def test_every_framework_audit_has_the_same_names_and_defaults(network):
+    """One meaning per keyword: |B| is batch_size (default 64) and the forward pass is
+    inference_batch_size in every framework's audit; n_samples defaults to 2048."""
+    import inspect
+
+    from bundlelab.adapters.keras import audit as keras_audit
+    from bundlelab.adapters.onnx import audit as onnx_audit
+    from bundlelab.adapters.torch import audit as torch_audit
+
+    torch_model, onnx_path, keras_model, x, labels, _, _ = network
+    for audit in (torch_audit, onnx_audit, keras_audit):
+        parameters = inspect.signature(audit).parameters
+        assert parameters["n_samples"].default == 2048
+        assert {"batch_size", "inference_batch_size", "learning_rate"} <= set(parameters)
+        assert "train_batch_size" not in parameters
+    reports = [torch_audit(torch_model, x, labels), onnx_audit(onnx_path, x, labels),
+               keras_audit(keras_model, x, labels)]
+    for report in reports:
+        assert report.params["batch_size"] == 64 and report.params["learning_rate"] == 1e-3
+        assert report[0].n_samples == len(labels)
+
+
+def test_a_layer_called_twice_gives_name_and_name_2_in_torch_and_keras():
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+            self.shared = torch.nn.ReLU()
+            self.out = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.out(self.shared(self.fc(self.shared(x))))
+
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    assert TorchAdapter().layer_names(Twice(), torch.from_numpy(x)) == ["shared", "shared:2"]
+
+    inputs = keras.Input((4,))
+    shared = keras.layers.Dense(4, activation="relu", name="shared")
+    outputs = keras.layers.Dense(2, name="logits")(shared(shared(inputs)))
+    names = KerasAdapter().layer_names(keras.Model(inputs, outputs), x)
+    assert names == ["shared", "shared:2"]

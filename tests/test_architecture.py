@@ -50,3 +50,79 @@ def test_import_bundlelab_is_light():
     code = "import sys, bundlelab; print('numba.cuda' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# -- import structure ---------------------------------------------------------------------------
+
+ADAPTERS = Path(bundlelab.__file__).resolve().parents[1] / "adapters"
+
+
+def _package_modules() -> dict[str, Path]:
+    """Every module of the package, by dotted name (adapters/ installs as bundlelab.adapters)."""
+    import bundlelab.adapters
+
+    roots = {"bundlelab": CORE, "bundlelab.adapters": Path(bundlelab.adapters.__file__).parent}
+    modules = {}
+    for prefix, root in roots.items():
+        for path in root.rglob("*.py"):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if prefix == "bundlelab" and parts[0] == "adapters":
+                continue
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            modules[".".join([prefix, *parts])] = path
+    return modules
+
+
+def _module_level_imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """Modules of the package that ``name`` imports when it is imported (not inside functions;
+    an import of one of its own parent packages is no edge: Python imports those first)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+
+    def visit(body):
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                    base = f"{base}.{node.module}" if node.module else base
+                else:
+                    base = node.module or ""
+                for alias in node.names:
+                    found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                inner = getattr(node, field, None)
+                if isinstance(inner, list) and not isinstance(node, ast.Import):
+                    visit(inner)
+
+    visit(tree.body)
+    return {m for m in found if m in modules and not name.startswith(m + ".") and m != name}
+
+
+def test_no_import_cycle_between_modules_of_the_package():
+    modules = _package_modules()
+    graph = {name: _module_level_imports(name, path, modules) for name, path in modules.items()}
+    cycles, state = [], {}
+
+    def walk(node, stack):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+            elif nxt not in state:
+                walk(nxt, stack)
+        stack.pop()
+        state[node] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            walk(name, [])
+    assert cycles == []

@@ -1,6 +1,7 @@
 """The auto-tune: a deep narrow net that conflicts is really pruned, resumes, and the CLI."""
 
 import json
+import shutil
 
 import pytest
 
@@ -9,7 +10,7 @@ from bundlelab.autotune import autotune
 from bundlelab.cli import run as cli_run
 from bundlelab.datasets import load_dataset
 from bundlelab.spec import fully_connected, layer_count, measured_layers, stage_depths
-from bundlelab.training import TrainConfig, Training
+from bundlelab.training import RunFolder, TrainConfig, Training
 
 pytest.importorskip("torch")
 
@@ -19,7 +20,7 @@ def digits():
     return load_dataset("digits", n_train=512, n_test=200)
 
 
-CONFIG = TrainConfig(epochs=2, optimizer="adam", measure_samples=256, device="cpu")
+CONFIG = TrainConfig(epochs=2, optimizer="adamw", n_samples=256, device="cpu")
 # 40 ReLU layers of 8 units on the digits: the deep end collapses samples of different digits
 # into one output (found after the first epoch with every seed tried), the shallow end does not.
 DEEP_NARROW = dict(width=8, depth=40)
@@ -87,11 +88,33 @@ def test_an_interrupted_autotune_resumes_where_it_stopped(digits, tuned, tmp_pat
     assert [r.pruned_layer for r in resumed.restarts] == [r.pruned_layer for r in expected.restarts]
 
 
-def test_resuming_with_another_spec_is_refused(digits, tuned):
+@pytest.mark.parametrize("spec, config, check_epochs, fragment", [
+    (fully_connected(8, 4, input_shape=(1, 8, 8)), CONFIG, 1,
+     "holds an auto-tune with other options (spec 'fc-40x8-relu', now 'fc-4x8-relu')"),
+    (None, CONFIG.replace(learning_rate=0.01), 1,
+     "holds an auto-tune with other options (learning_rate=0.001, now 0.01); a resume may change "
+     "only epochs, search_epochs, device: use the same options or another folder"),
+    (None, CONFIG, 2, "(check_epochs=1, now 2)"),
+])
+def test_resuming_with_options_that_change_results_is_refused_as_for_training(
+        digits, tuned, spec, config, check_epochs, fragment):
     _, folder = tuned
-    with pytest.raises(BundleLabError, match="another spec"):
-        autotune(fully_connected(8, 4, input_shape=(1, 8, 8)), digits, config=CONFIG,
+    with pytest.raises(BundleLabError) as error:
+        autotune(spec or deep_narrow(digits), digits, config=config, check_epochs=check_epochs,
                  directory=folder)
+    assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+def test_an_autotune_resumed_with_more_epochs_trains_its_final_run_longer(digits, tuned, tmp_path):
+    expected, folder = tuned
+    copy = shutil.copytree(folder, tmp_path / "copy")
+    longer = autotune(deep_narrow(digits), digits, config=CONFIG.replace(epochs=3, device="auto"),
+                      directory=copy)
+    assert [r.pruned_layer for r in longer.restarts] == [r.pruned_layer for r in expected.restarts]
+    assert len(longer.training.history) == 3
+    assert json.loads((copy / "autotune.json").read_text())["config"]["epochs"] == 3
+    with pytest.raises(BundleLabError, match="already ran 3 epochs, more than the 2 asked for"):
+        autotune(deep_narrow(digits), digits, config=CONFIG, directory=copy)
 
 
 def cli(capsys, *argv):
@@ -114,7 +137,7 @@ def test_train_command_writes_a_resumable_run(tmp_path, capsys):
 def test_autotune_command_prints_the_comparison_table(tmp_path, capsys):
     code, out, err = cli(capsys, "autotune", "fc-40x8", "--epochs", "1", "--optimizer", "adam",
                          "--out", tmp_path, "--n-train", "256", "--n-test", "100",
-                         "--compare", "fc-2x8", "--measure-samples", "256", "--device", "cpu")
+                         "--compare", "fc-2x8", "--n-samples", "256", "--device", "cpu")
     assert code == 0, err
     assert "auto-tune" in out and "fc-2x8" in out
     rows = json.loads((tmp_path / "comparison.json").read_text())
@@ -126,7 +149,7 @@ def test_autotune_command_prints_the_comparison_table(tmp_path, capsys):
     (["train", "plain-7"], "must be one of 4, 10, 20, 30, 50, 76, 100, 120"),
     (["train", "vgg-16"], "unknown preset 'vgg-16'"),
     (["train", "fc-2x16", "--data", "cifar10"], "cifar10"),
-    (["train", "fc-2x16", "--optimizer", "lamb"], "'optimizer' parameter must be one of"),
+    (["train", "fc-2x16", "--optimizer", "lamb"], "'ranger', 'adam', 'adamw', 'sgd'"),
     (["autotune", "nope.yaml"], "nope.yaml"),
 ])
 def test_bad_input_is_one_line_with_status_2(tmp_path, capsys, argv, fragment):
@@ -137,20 +160,22 @@ def test_bad_input_is_one_line_with_status_2(tmp_path, capsys, argv, fragment):
 
 def test_a_crash_between_the_run_and_the_autotune_state_loses_no_pruning(digits, tuned, tmp_path,
                                                                        monkeypatch):
-    import bundlelab.autotune as module
-
     expected, _ = tuned
-    original = module._save_state
+    original = RunFolder.write
 
-    def dies_when_recording_the_first_pruning(folder, restarts, *args):
-        if len(restarts) == 2:
+    def dies_when_recording_the_first_pruning(self, state):
+        if len(state.get("restarts", ())) == 2:
             raise KeyboardInterrupt
-        return original(folder, restarts, *args)
+        return original(self, state)
 
-    monkeypatch.setattr(module, "_save_state", dies_when_recording_the_first_pruning)
+    monkeypatch.setattr(RunFolder, "write", dies_when_recording_the_first_pruning)
     with pytest.raises(KeyboardInterrupt):
         autotune(deep_narrow(digits), digits, config=CONFIG, directory=tmp_path)
-    monkeypatch.setattr(module, "_save_state", original)
+    monkeypatch.setattr(RunFolder, "write", original)
     resumed = autotune(deep_narrow(digits), digits, config=CONFIG, directory=tmp_path)
     assert resumed.spec == expected.spec
     assert [r.pruned_layer for r in resumed.restarts] == [r.pruned_layer for r in expected.restarts]
+    # the epochs of the restart whose pruning was lost are those of a run that never crashed
+    assert [(r.epochs, r.epoch) for r in resumed.restarts] == \
+        [(r.epochs, r.epoch) for r in expected.restarts]
+    assert (tmp_path / "evolution.csv").read_text() == expected.evolution_csv()

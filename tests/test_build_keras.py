@@ -16,8 +16,7 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
 )
 
-from bundlelab.adapters.keras import KerasAdapter, audit
-from bundlelab.adapters.keras_build import build_model
+from bundlelab.adapters.keras import KerasAdapter, audit, build_model
 
 from bundlelab import BundleLabError
 from bundlelab.search import GatedGraph, conv_fabric, extract, resnet_fabric
@@ -217,6 +216,13 @@ def test_seed_fixes_weights_and_convs_differ():
     assert conv1.shape == conv2.shape and not np.array_equal(conv1, conv2)
 
 
+def test_numpy_seed_is_converted():
+    spec = fully_connected(4, 1)
+    for a, b in zip(build_model(spec, seed=np.int64(3)).get_weights(),
+                    build_model(spec, seed=3).get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_he_normal_kernels_and_zero_biases():
     spec = fully_connected(256, 1, input_shape=(512,))
     dense = build_model(spec, seed=0).get_layer("dense1")
@@ -285,6 +291,10 @@ def test_bad_arguments():
         build_model("not a spec")
     with pytest.raises(BundleLabError, match="'seed' parameter"):
         build_model(fully_connected(4, 1), seed=1.5)
+    with pytest.raises(BundleLabError, match="unexpected keyword argument 'sead'"):
+        build_model(fully_connected(4, 1), sead=1)
+    with pytest.raises(BundleLabError, match="build_model"):
+        build_model(fully_connected(4, 1), 1)  # seed is keyword-only
     if keras.backend.backend() == "torch":
         nodes = (Node("input", "input"),
                  Node("hidden.fc", "dense", {"units": 4}, ("input",), measured=True),

@@ -167,3 +167,42 @@ def test_rejects_what_is_not_a_spec():
         build_model({"nodes": []})
     with pytest.raises(BundleLabError, match="'seed' parameter"):
         build_model(SPECS["fc-digits"], seed=1.5)
+
+
+def test_seeds_are_converted_and_unknown_keywords_are_one_line_errors():
+    spec = SPECS["fc-digits"]
+    same = [build_model(spec, seed=seed).state_dict() for seed in (3, np.int64(3))]
+    assert all(torch.equal(a, b) for a, b in zip(same[0].values(), same[1].values()))
+    with pytest.raises(BundleLabError, match="did you mean 'seed'"):
+        build_model(spec, sed=3)
+
+
+@pytest.mark.parametrize("name, kind, decoupled", [
+    ("adam", "Adam", False), ("adamw", "AdamW", True), ("sgd", "SGD", False),
+])
+def test_adam_is_adam_and_adamw_is_adamw(name, kind, decoupled):
+    from bundlelab.adapters.torch import TorchBackend
+    from bundlelab.training import TrainConfig
+
+    config = TrainConfig(optimizer=name, weight_decay=1e-3, device="cpu")
+    optimizer = TorchBackend().build(SPECS["fc-digits"], config).optimizer
+    assert type(optimizer).__name__ == kind
+    assert optimizer.param_groups[0]["weight_decay"] == 1e-3
+    assert optimizer.param_groups[0].get("decoupled_weight_decay", kind == "AdamW") is decoupled
+
+
+def test_trainees_share_one_runtime_module_and_do_not_import_each_other():
+    import ast
+    from pathlib import Path
+
+    import bundlelab.adapters.torch as package
+
+    folder = Path(package.__file__).parent
+
+    def imported(name):
+        tree = ast.parse((folder / f"{name}.py").read_text(encoding="utf-8"))
+        return {node.module for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.level == 1}
+
+    assert "_supernet" not in imported("_train") and "_train" not in imported("_supernet")
+    assert "_runtime" in imported("_train") and "_runtime" in imported("_supernet")

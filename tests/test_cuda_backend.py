@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bundlelab
-from bundlelab._formats import FORMATS
-from bundlelab.kernels.backends import CpuBackend, Transform
+from bundlelab.kernels._formats import FORMATS
+from bundlelab.kernels import Transform
+from bundlelab.kernels.cpu import CpuBackend
 
 pytestmark = pytest.mark.cuda
 
@@ -143,6 +144,7 @@ def test_threshold_assign_continues_from_existing_leaders(rng, monkeypatch):
 # -- public API -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # seconds per dtype under the simulator
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_find_bundles_resolution_matches_cpu(rng, dtype):
     a = _activations(rng, dtype=dtype)
@@ -192,5 +194,6 @@ def test_stream_matches_cpu_stream_and_in_memory(rng, mode, dtype):
     _assert_same_result(in_memory, results[1])
 
 
+@pytest.mark.slow  # compiles every kernel
 def test_warm_up_runs():
     cuda_kernels.warm_up()

@@ -4,6 +4,7 @@ that names the problem (and, for non-finite values, the layer and how many sampl
 from __future__ import annotations
 
 import re
+import sys
 
 import ml_dtypes
 import numpy as np
@@ -246,3 +247,68 @@ def test_analyze_layers_errors_name_the_layer():
     assert_names(message, "bad.layer")
     assert has_number(message, 1), message
     error_of(lambda: bundlelab.analyze_layers({}, LABELS))
+
+
+# -- unknown keywords: one line at the call (issue 9) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: bundlelab.find_bundles(A, LABELS, lrr=1),
+        lambda: bundlelab.BundleOptions(lrr=1),
+        lambda: bundlelab.analyze_layers({"x": A}, LABELS, lrr=1),
+        lambda: bundlelab.BundleStream(lrr=1),
+        lambda: bundlelab.bundle_entropy([0, 0], [0, 1], lrr=1),
+        lambda: bundlelab.BundleReport([]).to_json(lrr=1),
+    ],
+    ids=["find_bundles", "BundleOptions", "analyze_layers", "BundleStream", "bundle_entropy",
+         "BundleReport.to_json"],
+)
+def test_an_unknown_keyword_is_one_line_at_the_call(call):
+    message = error_of(call)  # was a raw TypeError
+    assert_names(message, "unexpected keyword argument 'lrr'", "(valid: ")
+
+
+def test_a_misspelt_keyword_gets_a_suggestion():
+    message = error_of(lambda: bundlelab.find_bundles(A, LABELS, learning_rte=1e-3))
+    assert_names(message, "find_bundles()", "did you mean 'learning_rate'?")
+
+
+def test_tracker_refuses_a_bad_option_at_construction_not_at_record():
+    # was accepted, then a TypeError at the first record()
+    message = error_of(lambda: bundlelab.BundleTracker(lrr=1))
+    assert_names(message, "BundleTracker()", "'lrr'")
+    error_of(lambda: bundlelab.BundleTracker(mode="fast"))
+    error_of(lambda: bundlelab.BundleTracker(n_classes=0))
+
+
+def test_a_missing_argument_is_one_line():
+    assert_names(error_of(lambda: bundlelab.find_bundles(A)), "find_bundles()", "labels")
+
+
+def test_numpy_scalars_are_converted_so_results_serialise():
+    import json
+
+    options = bundlelab.BundleOptions(batch_size=np.int64(32), learning_rate=np.float32(0.5))
+    assert type(options.batch_size) is int and type(options.learning_rate) is float
+    report = bundlelab.analyze_layers({"x": A}, LABELS, batch_size=np.int64(32))
+    assert json.loads(report.to_json())["params"]["batch_size"] == 32
+    tracker = bundlelab.BundleTracker(batch_size=np.int64(8))
+    tracker.record(np.int64(1), {"x": A}, LABELS)
+    assert json.loads(tracker.to_json())["steps"] == [1]
+
+
+def test_a_missing_optional_dependency_is_one_missing_dependency_error(monkeypatch):
+    from bundlelab._errors import MissingDependencyError
+
+    report = bundlelab.analyze_layers({"x": A}, LABELS)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(MissingDependencyError) as info:  # was a plain BundleLabError
+        report.plot()
+    assert isinstance(info.value, ImportError) and isinstance(info.value, BundleLabError)
+    assert "`pip install 'bundlelab[plot]'`" in str(info.value)
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'bundlelab\[pandas\]'"):
+        report.to_dataframe()

@@ -1,18 +1,20 @@
 """The kernels mean the same thing as plain Python: results with NUMBA_DISABLE_JIT=1 agree."""
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 SCRIPT = r"""
 import json, warnings
 import numpy as np
 warnings.simplefilter("ignore")  # uint64 wrap-around warns in plain numpy, by design
 from bundlelab import find_bundles
-from bundlelab.kernels import get_backend
-from bundlelab.kernels.backends import Transform
-from bundlelab._formats import FORMATS
+from bundlelab.kernels import Transform, get_kernel_backend
+from bundlelab.kernels._formats import FORMATS
 
 rng = np.random.default_rng(3)
 a = rng.random((12, 7)).astype(np.float32)   # odd row length: exercises the word padding
@@ -27,7 +29,7 @@ for dtype in ("float32", "float64", "float16"):
     out[dtype + "/threshold"] = find_bundles(x, labels, mode="threshold", gamma=1e-6).bundle_ids.tolist()
 for name in ("float32", "float64"):
     f = FORMATS[name]
-    fp, _ = get_backend("cpu").fingerprints(a.astype(name), f, Transform.for_format(f, 1.0, 1e-3, 64))
+    fp, _ = get_kernel_backend("cpu").fingerprints(a.astype(name), f, Transform.for_format(f, 1.0, 1e-3, 64))
     out["fingerprints/" + name] = [int(v) for v in fp.ravel()]
 print(json.dumps(out))
 """
@@ -44,3 +46,26 @@ def test_jit_and_interpreted_kernels_agree():
     assert compiled == interpreted
     assert compiled["float32"][:6] == [0, 1, 2, 3, 4, 5] and compiled["float32"][6:] == [0, 1, 2, 3, 4, 5]
     assert compiled["float32/threshold"][8] == 2
+
+
+def test_kernel_layout():
+    """One registry: ``get_kernel_backend`` (a device; ``bundlelab.training.get_backend`` is a
+    framework); the CPU backend beside its kernels; the shared kernel internals under
+    ``kernels/``."""
+    import bundlelab.kernels as kernels
+    from bundlelab.kernels import cpu
+
+    assert kernels.get_kernel_backend("cpu").__class__ is cpu.CpuBackend
+    assert not hasattr(kernels, "get_backend")
+    assert not hasattr(cpu, "warm_up")  # dead code, removed
+    for moved in ("_hashing", "_formats"):
+        importlib.import_module(f"bundlelab.kernels.{moved}")
+        assert importlib.util.find_spec(f"bundlelab.{moved}") is None
+
+
+def test_an_unknown_device_is_one_line():
+    from bundlelab import BundleLabError
+    from bundlelab.kernels import get_kernel_backend
+
+    with pytest.raises(BundleLabError, match="The 'device' parameter must be one of 'cpu', 'cuda'"):
+        get_kernel_backend("tpu")

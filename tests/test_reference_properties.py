@@ -301,12 +301,14 @@ def test_reference_small_examples():
 # ---------------------------------------------------------------------------------------------
 # library == reference
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @settings(max_examples=300, **SETTINGS)
 @given(case=planted(modes=("resolution",)))
 def test_resolution_matches_reference(case):
     assert_matches(run_library(case), run_reference(case), case)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, **SETTINGS)
 @given(case=planted(modes=("threshold",)))
 def test_threshold_matches_reference(case):

@@ -156,9 +156,9 @@ def random_supernets(draw):
     return spec, np.array(gates, dtype=bool)
 
 
-def reference_alive(spec, gates_on):
+def reference_alive(spec, switches):
     """Nodes on some input-to-output path of on edges, by enumerating every path."""
-    gate = {edge: on for edge, on in zip(GatedGraph(spec).gates, gates_on)}
+    gate = {edge: on for edge, on in zip(GatedGraph(spec).gates, switches)}
     consumers = {node.id: [] for node in spec.nodes}
     for node in spec.nodes:
         for source in node.inputs:
@@ -273,8 +273,8 @@ def test_unknown_cost_names_the_known_ones():
 
 
 @pytest.mark.parametrize("changes, fragment", [
-    ({"lam": 0.0}, "'lam' parameter (lambda) must be a float in (0, inf)"),
-    ({"lam": -1.0}, "'lam' parameter (lambda)"),
+    ({"lam": 0.0}, "'lam' parameter must be a float in (0, inf)"),
+    ({"lam": -1.0}, "'lam' parameter must be"),
     ({"cost": "parallel:0"}, "must be an int in [1, inf)"),
     ({"penalty": "square"}, "'penalty' parameter must be one of 'hinge', 'abs'"),
 ])
@@ -328,3 +328,42 @@ def test_budget_checks_choose_within_the_budget_and_compare_with_the_family():
     assert ten["best_family_member"] == "mid" and ten["within_one_point"]  # 0.905 vs 0.91
     assert five["architecture"] == "never" and not five["met_budget"]
     assert five["best_family_member"] == "small"
+
+
+def test_search_options_are_converted_so_a_search_folder_can_record_them():
+    import json
+
+    settings = SearchConfig(budget=np.float32(1e6), lam=np.float64(1e-6),
+                            warmup_epochs=np.int64(0), search_epochs=np.int32(3),
+                            validation_fraction=np.float16(0.25))
+    assert type(settings.warmup_epochs) is int and type(settings.budget) is float
+    json.dumps(settings.to_dict())
+    assert SearchConfig.from_dict(settings.to_dict()) == settings
+    with pytest.raises(BundleLabError, match="did you mean 'search_epochs'"):
+        SearchConfig.from_dict({**settings.to_dict(), "search_epoch": 3})
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"validation_fraction": "0.1"}, "'validation_fraction' parameter must be a float in (0, 1)"),
+    ({"validation_fraction": 1.0}, "'validation_fraction' parameter must be a float in (0, 1)"),
+    ({"warmup_epochs": -1}, "'warmup_epochs' parameter must be an int in [0, inf)"),
+    ({"cost": get_cost("flops")}, "'cost' parameter must be a cost name"),
+])
+def test_more_bad_search_options_are_one_line_errors(changes, fragment):
+    with pytest.raises(BundleLabError) as error:
+        SearchConfig(**{"budget": 1e6, **changes})
+    assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+def test_switches_of_the_wrong_width_are_one_line_errors():
+    spec = small_supernet()
+    with pytest.raises(BundleLabError, match="expected 2 switches"):
+        extract(spec, np.array([True, True, True]))
+    with pytest.raises(BundleLabError, match="expected 2 switches"):
+        GatedGraph(spec).real_architecture(np.ones((4, 3), dtype=bool))
+
+
+def test_deterministic_switches_turn_on_the_gates_above_one_half():
+    from bundlelab.search import deterministic_switches
+
+    assert deterministic_switches(np.array([0.2, 0.5, 0.51])).tolist() == [False, False, True]

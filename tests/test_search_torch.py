@@ -1,6 +1,7 @@
 """The budgeted search end to end through the torch backend, on the embedded digits."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from bundlelab.training import TrainConfig
 
 torch = pytest.importorskip("torch")
 
-CONFIG = TrainConfig(optimizer="adam", measure_samples=128, device="cpu", augment=False)
+CONFIG = TrainConfig(optimizer="adamw", n_samples=128, device="cpu", augment=False)
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,7 @@ def cheapest(spec, cost="flops"):
     return cheapest_architecture(GatedGraph(spec), get_cost(cost))[1]
 
 
+@pytest.mark.slow
 def test_a_tight_budget_drives_the_architecture_under_it(digits, fabric):
     graph = GatedGraph(fabric)
     full = get_cost("flops")(graph, *graph.real_architecture(graph.all_on()[None]))[0]
@@ -57,6 +59,7 @@ def test_a_tight_budget_drives_the_architecture_under_it(digits, fabric):
     assert set(measured_layers(result.spec)) <= set(measured_layers(fabric))
 
 
+@pytest.mark.slow
 def test_a_killed_search_resumes_with_the_same_gate_state(digits, fabric, tmp_path, monkeypatch):
     settings = SearchConfig(budget=cheapest(fabric) * 2, warmup_epochs=1, search_epochs=2,
                             gate_learning_rate=0.1)
@@ -78,6 +81,7 @@ def test_a_killed_search_resumes_with_the_same_gate_state(digits, fabric, tmp_pa
     monkeypatch.setattr(first.trainee, "train_step", dies_mid_epoch)
     with pytest.raises(KeyboardInterrupt):
         first.train_epoch()
+    first.close()  # the process dies here: the kernel drops its lock
     resumed = BudgetedSearch(fabric, digits, settings, config=CONFIG, directory=tmp_path)
     assert resumed.epochs_done == 2
     np.testing.assert_array_equal(resumed.trainee.gate_probabilities(), saved)
@@ -100,6 +104,7 @@ def test_a_spec_without_gates_has_nothing_to_search(digits):
         BudgetedSearch(spec, digits, SearchConfig(budget=1e9), config=CONFIG)
 
 
+@pytest.mark.slow
 def test_sweep_retrains_audits_and_compares_with_the_family(digits, fabric, tmp_path):
     family = [resnet_fabric(1, k=2, filters=(4, 8), extra=False, input_shape=digits.input_shape)]
     budgets = [cheapest(fabric) * 1.5, cheapest(fabric) * 4]
@@ -124,7 +129,7 @@ def cli(capsys, *argv):
 
 @pytest.mark.parametrize("argv, fragment", [
     (["--cost", "energy", "--budget", "1e6"], "unknown cost 'energy'"),
-    (["--budget", "1e6", "--lambda", "0"], "'lam' parameter (lambda) must be a float in (0, inf)"),
+    (["--budget", "1e6", "--lambda", "0"], "The '--lambda' option must be a float in (0"),
     (["--budget", "10"], "below the cheapest architecture"),
 ])
 def test_search_command_bad_input_is_one_line(tmp_path, capsys, argv, fragment):
@@ -156,3 +161,64 @@ def test_every_cost_can_be_the_constraint(digits, fabric, cost):
     record = run.train_epoch()
     assert record["sampled_cost_mean"] > 0 and record["cost"] > 0
     assert run.result().met_budget
+
+
+def test_a_search_resumes_under_the_policy_of_a_training_run(digits, fabric, tmp_path):
+    settings = SearchConfig(budget=cheapest(fabric) * 2, warmup_epochs=0, search_epochs=1)
+    with BudgetedSearch(fabric, digits, settings, config=CONFIG, directory=tmp_path) as run:
+        run.run()
+    with pytest.raises(BundleLabError) as error:
+        BudgetedSearch(fabric, digits, settings, config=CONFIG.replace(learning_rate=0.01),
+                       directory=tmp_path)
+    assert ("holds a search with other options (learning_rate=0.001, now 0.01); a resume may "
+            "change only epochs, search_epochs, device: use the same options or another folder"
+            ) in str(error.value)
+    with pytest.raises(BundleLabError, match=r"\(gate_init=3.0, now 2.0\)"):
+        BudgetedSearch(fabric, digits, SearchConfig(budget=settings.budget, warmup_epochs=0,
+                                                    search_epochs=1, gate_init=2.0),
+                       config=CONFIG, directory=tmp_path)
+    longer = SearchConfig(budget=settings.budget, warmup_epochs=0, search_epochs=2)
+    with BudgetedSearch(fabric, digits, longer, config=CONFIG.replace(epochs=7, device="auto"),
+                        directory=tmp_path) as run:
+        assert run.epochs_done == 1
+        assert [r["epoch"] for r in run.run().history] == [1, 2]
+    with pytest.raises(BundleLabError, match="already ran 2 epochs, more than the 1 asked for"):
+        BudgetedSearch(fabric, digits, settings, config=CONFIG, directory=tmp_path)
+
+
+def test_a_second_search_on_a_folder_in_use_stops_naming_it(digits, fabric, tmp_path):
+    settings = SearchConfig(budget=cheapest(fabric) * 2, warmup_epochs=1, search_epochs=1)
+    with BudgetedSearch(fabric, digits, settings, config=CONFIG, directory=tmp_path):
+        with pytest.raises(BundleLabError, match=f"{tmp_path} is in use by another bundlelab"):
+            BudgetedSearch(fabric, digits, settings, config=CONFIG, directory=tmp_path)
+
+
+def test_a_sweep_without_matplotlib_warns_and_keeps_its_results(digits, fabric, tmp_path,
+                                                                 monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
+    with pytest.warns(UserWarning) as caught:
+        result = sweep(fabric, digits, budgets=[cheapest(fabric) * 2], lambdas=[1e-3],
+                       search={"warmup_epochs": 0, "search_epochs": 1}, config=CONFIG,
+                       retrain_epochs=1, directory=tmp_path)
+    warned = [str(w.message) for w in caught]
+    assert any("front.png not drawn: plotting requires matplotlib. You can install it with "
+               "`pip install 'bundlelab[plot]'`" in line for line in warned)
+    assert len(warned) == 3 and not any("\n" in line for line in warned)  # search, retrain, sweep
+    assert len(result.points) == 1
+    assert json.loads((tmp_path / "sweep.json").read_text())["points"][0]["name"]
+    assert not list(tmp_path.rglob("*.png"))
+
+
+@pytest.mark.parametrize("call, fragment", [
+    (lambda f, d: SearchConfig(budget=1.0, warmup=1), "did you mean 'warmup_epochs'?"),
+    (lambda f, d: BudgetedSearch(f, d, SearchConfig(budget=1e9), confg=CONFIG),
+     "did you mean 'config'?"),
+    (lambda f, d: sweep(f, d, budget=[1e9]), "did you mean 'budgets'?"),
+    (lambda f, d: sweep(f, d, budgets=[1e9], search={"budget": 2}), "sets itself"),
+    (lambda f, d: sweep(f, d, budgets=[1e9], search={"warmup": 2}),
+     "did you mean 'warmup_epochs'?"),
+])
+def test_unknown_keywords_are_one_line_at_the_call(digits, fabric, call, fragment):
+    with pytest.raises(BundleLabError) as error:
+        call(fabric, digits)
+    assert fragment in str(error.value) and "\n" not in str(error.value)

@@ -59,17 +59,17 @@ fc_specs = st.builds(
 @settings(max_examples=40, deadline=None)
 @given(spec=fc_specs, fmt=st.sampled_from(["yaml", "json"]))
 def test_fully_connected_specs_round_trip(spec, fmt):
-    text = dumps(spec, fmt)
-    again = loads(text, fmt)
+    text = dumps(spec, format=fmt)
+    again = loads(text, format=fmt)
     assert again == spec
-    assert dumps(again, fmt) == text
+    assert dumps(again, format=fmt) == text
     assert hash(again) == hash(spec)
 
 
-@pytest.mark.parametrize("layers", sorted(PRESETS))
+@pytest.mark.parametrize("depth", sorted(PRESETS))
 @pytest.mark.parametrize("suffix", [".yaml", ".yml", ".json"])
-def test_conv_presets_round_trip_through_files(tmp_path, layers, suffix):
-    spec = conv_net(layers, residual=layers % 20 == 0, width_multiplier=0.25)
+def test_conv_presets_round_trip_through_files(tmp_path, depth, suffix):
+    spec = conv_net(depth=depth, residual=depth % 20 == 0, width_multiplier=0.25)
     path = tmp_path / f"net{suffix}"
     dump(spec, path)
     assert load(path) == spec
@@ -254,7 +254,7 @@ def test_a_dag_with_optional_edges_validates_and_round_trips():
     assert spec.shape_of("m11") == (8, 8, 8)
     assert measured_layers(spec) == ["m11", "m01"]
     for fmt in ("yaml", "json"):
-        assert loads(dumps(spec, fmt), fmt) == spec
+        assert loads(dumps(spec, format=fmt), format=fmt) == spec
 
 
 def test_cycles_are_refused_and_reported():
@@ -287,11 +287,11 @@ def test_add_needs_equal_shapes():
 # --- presets -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layers, blocks", sorted(PRESETS.items()))
-def test_preset_table(layers, blocks):
-    spec = conv_net(layers)
-    assert stage_depths(spec, STAGES) == dict(zip(STAGES, blocks))
-    assert layer_count(spec) == 2 * sum(blocks) + 2 == layers
+@pytest.mark.parametrize("depth, blocks", sorted(PRESETS.items()))
+def test_preset_table(depth, blocks):
+    spec = conv_net(depth)
+    assert stage_depths(spec, stages=STAGES) == dict(zip(STAGES, blocks))
+    assert layer_count(spec) == 2 * sum(blocks) + 2 == depth
     assert len(measured_layers(spec)) == sum(blocks)
     first_blocks = [f"{s}1" for s, n in zip(STAGES, blocks) if n]
     for node_id in measured_layers(spec):
@@ -330,8 +330,8 @@ def test_width_multiplier_equals_scale_width_and_keeps_the_head():
     "kwargs, expected",
     [
         (
-            {"layers": 18},
-            "The 'layers' parameter must be one of 4, 10, 20, 30, 50, 76, 100, 120. Got 18",
+            {"depth": 18},
+            "The 'depth' parameter must be one of 4, 10, 20, 30, 50, 76, 100, 120. Got 18",
         ),
         (
             {"blocks": [2, 0, 1, 1]},
@@ -343,13 +343,13 @@ def test_width_multiplier_equals_scale_width_and_keeps_the_head():
         ),
         ({"blocks": [1, -1, 0, 0]}, "stages[1] (stage 'b') must be an int in [0, inf). Got -1"),
         ({"blocks": [1, 1]}, "The 'blocks' parameter must be a list of 4 ints"),
-        ({"layers": 10, "blocks": [1, 1, 1, 1]}, "needs exactly one of 'layers'"),
+        ({"depth": 10, "blocks": [1, 1, 1, 1]}, "needs exactly one of 'depth'"),
         (
-            {"layers": 10, "width_multiplier": 0},
+            {"depth": 10, "width_multiplier": 0},
             "The 'width_multiplier' parameter must be a float in (0, inf)",
         ),
         (
-            {"layers": 10, "input_shape": (784,)},
+            {"depth": 10, "input_shape": (784,)},
             "The 'input_shape' parameter must be (channels, height, width)",
         ),
     ],
@@ -377,7 +377,7 @@ def test_truncation_removes_the_layer_and_the_rest_of_its_stage():
     names = measured_layers(spec)
     cut = truncate_stage_from(spec, names.index("c3"))  # by report index
     assert cut == truncate_stage_from(spec, "c3")
-    assert stage_depths(cut, STAGES) == {"a": 3, "b": 3, "c": 2, "d": 3}
+    assert stage_depths(cut, stages=STAGES) == {"a": 3, "b": 3, "c": 2, "d": 3}
     assert measured_layers(cut) == [n for n in names if n not in ("c3", "c4", "c5")]
     assert cut["d1"].inputs == ("c2",)
     assert layer_count(cut) == 2 * 11 + 2
@@ -386,7 +386,7 @@ def test_truncation_removes_the_layer_and_the_rest_of_its_stage():
 def test_truncating_a_stage_to_nothing_drops_it_and_rewires():
     spec = conv_net(20, residual=True)
     cut = truncate_stage_from(spec, "b1")
-    assert stage_depths(cut, STAGES) == {"a": 2, "b": 0, "c": 3, "d": 2}
+    assert stage_depths(cut, stages=STAGES) == {"a": 2, "b": 0, "c": 3, "d": 2}
     assert "b" not in stage_depths(cut)
     assert cut["c1"].inputs == ("a2",)
     assert cut.shape_of("c1") == (256, 8, 8)  # one downsampling fewer
@@ -399,7 +399,7 @@ def test_truncating_a_stage_to_nothing_drops_it_and_rewires():
 def test_set_stage_depth_shrinks_and_grows_with_stride_one_copies():
     spec = conv_net(120)
     tuned = set_stage_depth(set_stage_depth(spec, "c", 4), "b", 0)
-    assert stage_depths(tuned, STAGES) == {"a": 3, "b": 0, "c": 4, "d": 3}
+    assert stage_depths(tuned, stages=STAGES) == {"a": 3, "b": 0, "c": 4, "d": 3}
     grown = set_stage_depth(conv_net(10), "b", 3)
     assert measured_layers(grown) == ["a1", "b1", "b2", "b3", "c1", "d1"]
     assert [grown[f"b{k}"].params["stride"] for k in (1, 2, 3)] == [2, 1, 1]
@@ -468,3 +468,61 @@ def test_docstring_examples_run():
     for module in (bundlelab.spec, _graph, _presets):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
+# -- issue 9 -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fabric", ["resnet", "conv"])
+def test_scale_width_scales_the_fabrics(fabric):
+    # conv_bn and branch nodes were ignored: the fabrics kept their width (139770 parameters
+    # before and after scale_width(resnet_fabric(1), 0.5))
+    from bundlelab.search import conv_fabric, resnet_fabric
+
+    spec = resnet_fabric(1) if fabric == "resnet" else conv_fabric(2, channels=16, scales=2)
+    half = scale_width(spec, 0.5)
+    assert parameter_count(half) < 0.4 * parameter_count(spec)
+    for node in spec.nodes:
+        key = "filters" if "filters" in node.params else None
+        if key and node.op in ("conv_bn", "branch"):
+            assert half[node.id].params[key] == max(1, round(node.params[key] * 0.5))
+    assert half.shape_of(half.output) == spec.shape_of(spec.output)  # n_classes kept
+    assert scale_width(spec, 1.0) == spec
+
+
+def test_conv_net_takes_depth_like_fully_connected():
+    assert conv_net(depth=20) == conv_net(20)
+    assert layer_count(conv_net(depth=20)) == 20
+    with pytest.raises(BundleLabError) as exc:  # the old keyword is gone, in one line
+        conv_net(layers=20)
+    assert "unexpected keyword argument 'layers'" in _one_line(exc)
+
+
+def test_unknown_keywords_are_one_line_errors():
+    for call in (
+        lambda: fully_connected(8, 2, activaton="relu"),
+        lambda: scale_width(conv_net(4), factor=0.5, round=True),
+        lambda: dumps(conv_net(4), fmt="json"),
+        lambda: Node("x", "input", measure=True),
+    ):
+        with pytest.raises(BundleLabError) as exc:
+            call()
+        assert "unexpected keyword argument" in _one_line(exc)
+
+
+def test_numpy_integers_are_converted():
+    import numpy as np
+
+    spec = fully_connected(
+        np.int64(8), np.int32(2), input_shape=(np.int64(1), 8, 8), n_classes=np.int64(3)
+    )
+    assert type(spec.n_classes) is int and all(type(d) is int for d in spec.input_shape)
+    assert type(spec["dense1"].params["units"]) is int
+    assert loads(dumps(spec, format="json"), format="json") == spec  # JSON saw plain ints
+    assert conv_net(np.int64(10)) == conv_net(10)
+
+
+def test_op_definitions_carry_no_dead_fields():
+    from bundlelab.spec._ops import OpDef
+
+    assert "doc" not in {f.name for f in dataclasses.fields(OpDef)}

@@ -52,10 +52,10 @@ def config(**changes):
                        seed=0).replace(**changes)
 
 
-def alive_of(spec, gates, edge_on):
+def alive_of(spec, gates, switches):
     """Reference real architecture: nodes on an input -> output path of usable edges."""
     rows = []
-    for row in np.atleast_2d(edge_on):
+    for row in np.atleast_2d(switches):
         on = {gate for gate, h in zip(gates, row) if h}
 
         def usable(u, node):
@@ -78,8 +78,8 @@ def batch(n=6, seed=0):
     return rng.normal(size=(n, *SPEC.input_shape)).astype(np.float32), rng.integers(0, 3, n)
 
 
-def forward(trainee, x, edge_on, alive):
-    return trainee.model(torch.from_numpy(x), torch.from_numpy(np.asarray(edge_on, bool)),
+def forward(trainee, x, switches, alive):
+    return trainee.model(torch.from_numpy(x), torch.from_numpy(np.asarray(switches, bool)),
                          torch.from_numpy(np.asarray(alive, bool)))
 
 
@@ -140,8 +140,8 @@ def test_one_architecture_computes_its_plain_sub_network(row, training):
     plain.load_state_dict({key: weights[key] for key in plain.state_dict()})
     plain.train(training), trainee.model.train(training)
     x, _ = batch()
-    edge_on = np.tile(row, (6, 1))
-    out = forward(trainee, x, edge_on, alive_of(SKIP, trainee.gates, edge_on))
+    switches = np.tile(row, (6, 1))
+    out = forward(trainee, x, switches, alive_of(SKIP, trainee.gates, switches))
     torch.testing.assert_close(out, plain(torch.from_numpy(x)), rtol=1e-6, atol=1e-6)
 
 
@@ -150,18 +150,18 @@ def test_a_dead_branch_cannot_leak_into_the_logits(training):
     trainee = TorchSuperTrainee(SPEC, config())
     trainee.model.train(training)
     x, _ = batch()
-    edge_on = np.ones((6, 3), bool)
-    edge_on[0, 0] = False  # example 0: t1 -> agg off, so t1 is dead for it
-    edge_on[1] = False     # example 1: nothing reaches the output
-    alive = alive_of(SPEC, trainee.gates, edge_on)
+    switches = np.ones((6, 3), bool)
+    switches[0, 0] = False  # example 0: t1 -> agg off, so t1 is dead for it
+    switches[1] = False     # example 1: nothing reaches the output
+    alive = alive_of(SPEC, trainee.gates, switches)
     assert not alive[0, INDEX["t1"]] and alive[0, INDEX["head"]] and not alive[1].any()
-    before = forward(trainee, x, edge_on, alive).detach()
+    before = forward(trainee, x, switches, alive).detach()
     assert torch.equal(before[1], torch.zeros(3))
     t1 = trainee.model.nodes["t1"]
     with torch.no_grad():
         t1.bn.bias.add_(5.0)  # a conv + BN on zeros would emit this shift
         t1.conv.conv.weight.mul_(-3.0)
-    after = forward(trainee, x, edge_on, alive).detach()
+    after = forward(trainee, x, switches, alive).detach()
     assert torch.equal(after[0], before[0])
     assert torch.equal(after[1], torch.zeros(3))
     assert not torch.allclose(after[2:], before[2:])  # the live examples did change
@@ -172,17 +172,17 @@ def test_examples_are_independent_in_eval_mode():
     trainee.model.eval()
     x, _ = batch(8)
     rng = np.random.default_rng(1)
-    edge_on = rng.random((8, 3)) < 0.6
+    switches = rng.random((8, 3)) < 0.6
     with torch.no_grad():
-        together = forward(trainee, x, edge_on, alive_of(SPEC, trainee.gates, edge_on))
-        changed = edge_on.copy()
+        together = forward(trainee, x, switches, alive_of(SPEC, trainee.gates, switches))
+        changed = switches.copy()
         changed[1:] = ~changed[1:]  # every other example switches every gate
         others = forward(trainee, x, changed, alive_of(SPEC, trainee.gates, changed))
-        alone = forward(trainee, x[:1], edge_on[:1], alive_of(SPEC, trainee.gates, edge_on[:1]))
+        alone = forward(trainee, x[:1], switches[:1], alive_of(SPEC, trainee.gates, switches[:1]))
     assert torch.equal(together[0], others[0])
     torch.testing.assert_close(together[:1], alone, rtol=1e-6, atol=1e-6)
     weights = trainee.model.state_dict()
-    for b, row in enumerate(edge_on):
+    for b, row in enumerate(switches):
         if not alive_of(SPEC, trainee.gates, row)[0].any():
             assert torch.equal(together[b], torch.zeros(3))
             continue
@@ -197,16 +197,16 @@ def test_batch_norm_statistics_exclude_dead_examples():
     trainee = TorchSuperTrainee(SPEC, config())
     model = trainee.model
     x, _ = batch(8)
-    edge_on = np.ones((8, 3), bool)
-    edge_on[[0, 3, 4], 0] = False  # t1 dead for three examples
-    alive = alive_of(SPEC, trainee.gates, edge_on)
+    switches = np.ones((8, 3), bool)
+    switches[[0, 3, 4], 0] = False  # t1 dead for three examples
+    alive = alive_of(SPEC, trainee.gates, switches)
     assert alive[:, INDEX["stem"]].all() and alive[:, INDEX["t1"]].sum() == 5
     with torch.no_grad():
         stem = copy.deepcopy(model.nodes["stem"]).train()(torch.from_numpy(x))
         rows = torch.from_numpy(alive[:, INDEX["t1"]])
         conv = model.nodes["t1"].conv(stem[rows])
         everyone = model.nodes["t1"].conv(stem)
-        forward(trainee, x, edge_on, alive)
+        forward(trainee, x, switches, alive)
     bn = model.nodes["t1"].bn
     torch.testing.assert_close(bn.running_mean, 0.1 * conv.mean(dim=(0, 2, 3)))
     torch.testing.assert_close(bn.running_var, 0.9 + 0.1 * conv.var(dim=(0, 2, 3)))
@@ -217,10 +217,10 @@ def test_a_lone_alive_example_uses_running_statistics_even_on_a_1x1_map():
     spec = fabric(side=1)
     trainee = TorchSuperTrainee(spec, config())
     x = np.random.default_rng(0).normal(size=(4, 1, 1, 1)).astype(np.float32)
-    edge_on = np.ones((4, 3), bool)
-    edge_on[1:, 0] = False  # t1 alive for example 0 only
-    alive = alive_of(spec, trainee.gates, edge_on)
-    out = trainee.train_step(x, np.array([0, 1, 2, 0]), edge_on, alive, np.zeros(4))
+    switches = np.ones((4, 3), bool)
+    switches[1:, 0] = False  # t1 alive for example 0 only
+    alive = alive_of(spec, trainee.gates, switches)
+    out = trainee.train_step(x, np.array([0, 1, 2, 0]), switches, alive, np.zeros(4))
     assert np.isfinite(out["loss"])
     bn = trainee.model.nodes["t1"].bn
     assert torch.equal(bn.running_mean, torch.zeros(4)) and bn.training
@@ -233,16 +233,16 @@ def test_reinforce_gradient_matches_the_hand_formula():
         trainee.gate_logits.copy_(gamma)
     x, y = batch(8)
     rng = np.random.default_rng(2)
-    edge_on = rng.random((8, 3)) < 0.5
-    edge_on[:, 2] |= ~edge_on[:, :2].any(1)  # no empty architectures
-    alive = alive_of(SPEC, trainee.gates, edge_on)
+    switches = rng.random((8, 3)) < 0.5
+    switches[:, 2] |= ~switches[:, :2].any(1)  # no empty architectures
+    alive = alive_of(SPEC, trainee.gates, switches)
     penalty = rng.random(8).astype(np.float32)
     with torch.no_grad():
-        logits = forward(copy.deepcopy(trainee), x, edge_on, alive)
+        logits = forward(copy.deepcopy(trainee), x, switches, alive)
         losses = F.cross_entropy(logits, torch.from_numpy(y), reduction="none").double().numpy()
-    out = trainee.train_step(x, y, edge_on, alive, penalty)
+    out = trainee.train_step(x, y, switches, alive, penalty)
     reward = -(losses + penalty)
-    h, p = edge_on.astype(np.float64), 1 / (1 + np.exp(-gamma.double().numpy()))
+    h, p = switches.astype(np.float64), 1 / (1 + np.exp(-gamma.double().numpy()))
     gradient = -((reward - reward.mean())[:, None] * (h - p)).mean(0)
     np.testing.assert_allclose(gamma.numpy() - trainee.gate_logits.detach().numpy(), gradient,
                                rtol=1e-5, atol=1e-6)
@@ -261,9 +261,9 @@ def test_warm_up_leaves_gates_and_a_penalty_switches_a_gate_off():
     rng = np.random.default_rng(3)
     start = trainee.gate_probabilities()
     for _ in range(20):
-        edge_on = rng.random((16, 3)) < trainee.gate_probabilities()
-        alive = alive_of(SPEC, trainee.gates, edge_on)
-        trainee.train_step(x, y, edge_on, alive, 10.0 * edge_on[:, 2])  # t3 -> join costs
+        switches = rng.random((16, 3)) < trainee.gate_probabilities()
+        alive = alive_of(SPEC, trainee.gates, switches)
+        trainee.train_step(x, y, switches, alive, 10.0 * switches[:, 2])  # t3 -> join costs
     end = trainee.gate_probabilities()
     assert start[2] > 0.9 and end[2] < 0.5
 
@@ -272,8 +272,8 @@ def test_evaluate_runs_one_architecture_deterministically():
     trainee = TorchSuperTrainee(SPEC, config())
     x, y = batch(10)
     on, alive = np.array([True, False, True]), alive_of(SPEC, trainee.gates, [[1, 0, 1]])[0]
-    first = trainee.evaluate(x, y, on, alive, batch_size=3)
-    whole = trainee.evaluate(x, y, on, alive, batch_size=10)
+    first = trainee.evaluate(x, y, on, alive, inference_batch_size=3)
+    whole = trainee.evaluate(x, y, on, alive, inference_batch_size=10)
     assert first["accuracy"] == whole["accuracy"]
     np.testing.assert_allclose(first["loss"], whole["loss"], rtol=1e-6)
     assert trainee.model.training
@@ -283,7 +283,7 @@ def test_evaluate_runs_one_architecture_deterministically():
     expected = float(F.cross_entropy(logits, torch.from_numpy(y)))
     np.testing.assert_allclose(first["loss"], expected, rtol=1e-6)
     with pytest.raises(BundleLabError, match="'alive' parameter must have shape"):
-        trainee.evaluate(x, y, on, alive[:-1], batch_size=3)
+        trainee.evaluate(x, y, on, alive[:-1], inference_batch_size=3)
 
 
 def test_save_and_load_round_trip(tmp_path):
@@ -291,8 +291,8 @@ def test_save_and_load_round_trip(tmp_path):
 
     def step(trainee, seed):
         rng = np.random.default_rng(seed)
-        edge_on = rng.random((8, 3)) < 0.7
-        return trainee.train_step(x, y, edge_on, alive_of(SPEC, trainee.gates, edge_on),
+        switches = rng.random((8, 3)) < 0.7
+        return trainee.train_step(x, y, switches, alive_of(SPEC, trainee.gates, switches),
                                   rng.random(8))
 
     first = TorchSuperTrainee(SPEC, config(optimizer="ranger"))
@@ -318,3 +318,23 @@ def test_node_seconds():
     seconds = TorchSuperTrainee(SPEC, config()).node_seconds(4, repeats=2)
     assert seconds.shape == (N,) and seconds[0] == 0
     assert np.all(np.isfinite(seconds)) and np.all(seconds >= 0) and seconds[1:].min() > 0
+
+
+def test_settings_are_converted_and_checked_in_one_line():
+    trainee = TorchSuperTrainee(SPEC, config(), gate_init=np.float32(2.0),
+                                gate_learning_rate=np.float64(0.05))
+    np.testing.assert_allclose(trainee.gate_probabilities(), 1 / (1 + np.exp(-2.0)))
+    for kwargs, fragment in [(dict(gate_init=float("nan")), "'gate_init' parameter"),
+                             (dict(gate_optimizer="adamw"), "'gate_optimizer' parameter"),
+                             (dict(gate_lr=0.1), "unexpected keyword argument 'gate_lr'")]:
+        with pytest.raises(BundleLabError, match=fragment) as error:
+            TorchSuperTrainee(SPEC, config(), **kwargs)
+        assert "\n" not in str(error.value)
+
+
+def test_torch_backend_follows_the_declared_super_network_protocol():
+    from bundlelab.training import SuperNetBackend, SuperTrainee, get_backend
+
+    backend = get_backend("torch")
+    assert isinstance(backend, SuperNetBackend)
+    assert isinstance(backend.build_supernet(SPEC, config()), SuperTrainee)

@@ -1,5 +1,6 @@
-"""Keras training backend: every optimizer learns digits, RAdam and L2 SGD match torch.optim step
-for step, Lookahead moves the slow weights as written, checkpoints restore training exactly.
+"""Keras training backend: every optimizer learns digits, RAdam, Adam, AdamW and SGD match
+torch.optim step for step, Lookahead moves the slow weights as written, checkpoints restore
+training exactly.
 
 Keras runs on its torch backend here (a KERAS_BACKEND set beforehand wins).
 """
@@ -20,11 +21,13 @@ pytestmark = pytest.mark.filterwarnings(
 from sklearn.datasets import load_digits  # noqa: E402
 
 from bundlelab import BundleLabError  # noqa: E402
-from bundlelab.adapters.keras_train import (  # noqa: E402
+from bundlelab.adapters.keras import KerasBackend, make_optimizer  # noqa: E402
+from bundlelab.adapters.keras._optim import (  # noqa: E402
+    OPTIMIZERS,
     L2SGD,
-    KerasBackend,
     Lookahead,
     RAdam,
+    TorchAdam,
 )
 from bundlelab.spec import conv_net, fully_connected, measured_layers  # noqa: E402
 from bundlelab.training import Backend, TrainConfig, Trainee, get_backend  # noqa: E402
@@ -59,10 +62,11 @@ def test_backend_is_registered_and_fits_the_protocol():
     assert isinstance(backend.build(FC, TrainConfig()), Trainee)
 
 
-LEARNING_RATES = {"ranger": 0.05, "adam": 0.01, "sgd": 0.05}  # Lookahead halves ranger's pace
+LEARNING_RATES = {"ranger": 0.05, "adam": 0.01, "adamw": 0.01, "sgd": 0.05}  # Lookahead halves
+# ranger's pace
 
 
-@pytest.mark.parametrize("optimizer", ["ranger", "adam", "sgd"])
+@pytest.mark.parametrize("optimizer", ["ranger", "adam", "adamw", "sgd"])
 def test_every_optimizer_learns(digits, optimizer):
     config = TrainConfig(optimizer=optimizer, learning_rate=LEARNING_RATES[optimizer])
     trainee = KerasBackend().build(FC, config)
@@ -70,7 +74,7 @@ def test_every_optimizer_learns(digits, optimizer):
     history = [trainee.train_epoch(batches) for _ in range(5)]
     assert history[-1]["loss"] < 0.7 * history[0]["loss"]
     assert history[-1]["accuracy"] > 0.5  # chance: 0.1
-    evaluated = trainee.evaluate(*digits, batch_size=100)
+    evaluated = trainee.evaluate(*digits, inference_batch_size=100)
     assert evaluated["accuracy"] > 0.5 and np.isfinite(evaluated["loss"])
 
 
@@ -134,7 +138,7 @@ def test_checkpoint_resumes_training_exactly(digits, tmp_path):
     trainee.save(str(path))
     fresh = KerasBackend().build(FC, config.replace(seed=1))
     fresh.load(str(path))
-    assert fresh.evaluate(*digits, batch_size=128) == trainee.evaluate(*digits, batch_size=128)
+    assert fresh.evaluate(*digits, inference_batch_size=128) == trainee.evaluate(*digits, inference_batch_size=128)
     assert fresh.train_epoch(batches) == trainee.train_epoch(batches)
     for a, b in zip(_weights(fresh), _weights(trainee)):
         np.testing.assert_array_equal(a, b)
@@ -148,7 +152,7 @@ def test_checkpoint_of_a_conv_net_with_any_file_name(digits, tmp_path):
     trainee.save(str(path), optimizer=False)
     fresh = KerasBackend().build(CONV, config)
     fresh.load(str(path))
-    assert fresh.evaluate(*digits, batch_size=256) == trainee.evaluate(*digits, batch_size=256)
+    assert fresh.evaluate(*digits, inference_batch_size=256) == trainee.evaluate(*digits, inference_batch_size=256)
 
 
 def test_weights_only_checkpoint_restarts_the_optimizer(tmp_path):
@@ -249,6 +253,47 @@ def test_l2_sgd_matches_torch():
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6, err_msg=f"step {step}")
 
 
+def test_adam_is_adam_with_l2_decay_as_in_torch():
+    """"adam" means torch.optim.Adam in both backends: weight decay added to the gradient."""
+    torch = pytest.importorskip("torch")
+    ours = _keras_trajectory(make_optimizer("adam", learning_rate=0.05, weight_decay=0.1), 20)
+    reference = _torch_trajectory(
+        lambda p: torch.optim.Adam(p, lr=0.05, weight_decay=0.1), 20)
+    for step, (got, expected) in enumerate(zip(ours, reference), 1):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6, err_msg=f"step {step}")
+    decoupled = _keras_trajectory(make_optimizer("adamw", learning_rate=0.05, weight_decay=0.1), 20)
+    assert not np.allclose(decoupled[-1], ours[-1])
+
+
+def test_adamw_is_adamw_as_in_torch():
+    torch = pytest.importorskip("torch")
+    ours = _keras_trajectory(make_optimizer("adamw", learning_rate=0.05, weight_decay=0.1), 20)
+    reference = _torch_trajectory(
+        lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.1), 20)
+    for step, (got, expected) in enumerate(zip(ours, reference), 1):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6, err_msg=f"step {step}")
+
+
+def test_make_optimizer_takes_the_names_of_the_training_config():
+    from bundlelab.training import OPTIMIZERS as CONFIG_OPTIMIZERS
+
+    assert set(OPTIMIZERS) == set(CONFIG_OPTIMIZERS)
+    kinds = {name: type(make_optimizer(name, learning_rate=0.01)) for name in OPTIMIZERS}
+    assert kinds == {"ranger": Lookahead, "adam": TorchAdam, "adamw": TorchAdam, "sgd": L2SGD}
+    with pytest.raises(BundleLabError, match="'optimizer' parameter must be one of"):
+        make_optimizer("adamax", learning_rate=0.01)
+    with pytest.raises(BundleLabError, match="'learning_rate' parameter"):
+        make_optimizer("adam", learning_rate=0)
+    with pytest.raises(BundleLabError, match="unexpected keyword argument 'lr'"):
+        make_optimizer("adam", lr=0.01)
+    clone = TorchAdam.from_config(make_optimizer("adam", learning_rate=0.01, weight_decay=0.5)
+                                  .get_config())
+    assert (clone.l2, clone.weight_decay) == (0.5, None)
+    clone = TorchAdam.from_config(make_optimizer("adamw", learning_rate=0.01, weight_decay=0.5)
+                                  .get_config())
+    assert (clone.l2, clone.weight_decay) == (0.0, 0.5)
+
+
 def test_lookahead_moves_slow_weights_every_k_steps():
     k, alpha = 6, 0.5
     _, _, start = _quadratic()
@@ -289,10 +334,11 @@ def test_the_training_loop_runs_and_resumes_through_keras(tmp_path):
 
     data = load_dataset("digits", n_train=256, n_test=64)
     spec = fully_connected(16, 2, input_shape=data.input_shape)
-    config = TrainConfig(epochs=2, optimizer="adam", measure_samples=128, device="cpu")
+    config = TrainConfig(epochs=2, optimizer="adam", n_samples=128, device="cpu")
     straight = fit(spec, data, backend="keras", config=config)
     first = Training(spec, data, backend="keras", config=config, directory=tmp_path)
     first.train_epoch()
+    first.close()  # the process ends here: its lock of the run folder goes with it
     resumed = Training(spec, data, backend="keras", config=config, directory=tmp_path)
     assert resumed.epochs_done == 1
     result = resumed.run()
@@ -301,6 +347,7 @@ def test_the_training_loop_runs_and_resumes_through_keras(tmp_path):
     assert result.checkpoint_mb > 0
 
 
+@pytest.mark.slow
 def test_keras_modules_pick_an_installed_backend_when_none_is_set():
     import importlib.util
     import subprocess
@@ -310,8 +357,20 @@ def test_keras_modules_pick_an_installed_backend_when_none_is_set():
         pytest.skip("TensorFlow is installed: Keras's own default works")
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     done = subprocess.run(
-        [sys.executable, "-c", "import os, bundlelab.adapters.keras_train as m; "
+        [sys.executable, "-c", "import os, bundlelab.adapters.keras as m; "
                                "print(os.environ['KERAS_BACKEND'])"],
         capture_output=True, text=True, env=env, check=True,
     )
     assert done.stdout.strip() == "torch"
+
+
+def test_a_backend_named_in_keras_json_is_kept(tmp_path, monkeypatch):
+    from bundlelab.adapters.keras._import import _configured_backend
+
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    assert _configured_backend() == "tensorflow"  # no config file: Keras' default
+    (tmp_path / "keras.json").write_text('{"backend": "jax"}')
+    assert _configured_backend() == "jax"
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    assert _configured_backend() == "torch"

@@ -2,7 +2,11 @@
 
 import json
 import os
+import socket
 import stat
+import subprocess
+import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -12,7 +16,15 @@ from hypothesis import strategies as st
 from bundlelab import BundleLabError
 from bundlelab.datasets import load_dataset
 from bundlelab.spec import conv_net, fully_connected, parameter_count
-from bundlelab.training import TrainConfig, Training, augment_batch, fit, get_backend
+from bundlelab.training import (
+    RESUMABLE_OPTIONS,
+    FolderLock,
+    TrainConfig,
+    Training,
+    augment_batch,
+    fit,
+    get_backend,
+)
 
 torch = pytest.importorskip("torch")
 
@@ -23,7 +35,7 @@ def digits():
 
 
 def small_config(**changes):
-    return TrainConfig(epochs=3, optimizer="adam", measure_samples=256, device="cpu").replace(
+    return TrainConfig(epochs=3, optimizer="adamw", n_samples=256, device="cpu").replace(
         **changes
     )
 
@@ -70,7 +82,11 @@ def test_flat_inputs_and_no_augmentation_are_left_alone():
 
 
 @pytest.mark.parametrize("changes, fragment", [
-    ({"optimizer": "lamb"}, "'optimizer' parameter must be one of 'ranger', 'adam', 'sgd'"),
+    ({"optimizer": "lamb"},
+     "'optimizer' parameter must be one of 'ranger', 'adam', 'adamw', 'sgd'"),
+    ({"epochs": 2.5}, "'epochs' parameter must be an int in [1, inf)"),
+    ({"augment": 1}, "'augment' parameter must be a bool"),
+    ({"seed": -1}, "'seed' parameter must be an int in [0, 9223372036854775807]"),
     ({"epochs": 0}, "'epochs' parameter must be an int in [1, inf)"),
     ({"learning_rate": -1.0}, "'learning_rate' parameter"),
     ({"crop_padding": -1}, "'crop_padding' parameter"),
@@ -95,6 +111,7 @@ def test_data_of_another_shape_says_how_to_build_the_spec(digits):
 # -- the loop --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_training_learns_and_reports_the_papers_figures(digits, tmp_path):
     spec = fully_connected(32, 2, input_shape=digits.input_shape)
     result = fit(spec, digits, config=small_config(epochs=6, augment=False,
@@ -127,6 +144,8 @@ def test_measured_layers_are_reported_under_their_spec_ids(digits):
     run = Training(spec, digits, config=small_config(epochs=1))
     record = run.train_epoch()
     assert record.report.names == ["a1", "b1"]
+    # the same type as BundleReport.first_conflicting: a LayerResult (or None), not a name
+    assert record.first_conflicting is record.report.first_conflicting
     assert record.report.params["learning_rate"] == pytest.approx(1e-3)
     assert record.report.params["batch_size"] == 64
 
@@ -161,6 +180,7 @@ def test_a_crash_while_checkpointing_keeps_the_last_good_checkpoint(digits, tmp_
     monkeypatch.setattr(run.trainee, "save", dies_halfway)
     with pytest.raises(KeyboardInterrupt):
         run.train_epoch()
+    run.close()  # the process dies here: the kernel drops its lock
     state = json.loads((tmp_path / "run.json").read_text())
     assert state["epochs_done"] == 1 and state["checkpoint"] == "checkpoint-0001.pt"
     resumed = Training(spec, digits, config=config, directory=tmp_path)
@@ -169,9 +189,12 @@ def test_a_crash_while_checkpointing_keeps_the_last_good_checkpoint(digits, tmp_
 
 
 @pytest.mark.parametrize("change, fragment", [
-    ("spec", "differs from the given spec"),
-    ("config", "trained with other options (learning_rate=0.001 vs 0.01)"),
+    ("spec", "holds a training run with other options (spec 'fc-2x16-relu', now 'fc-3x16-relu')"),
+    ("config", "holds a training run with other options (learning_rate=0.001, now 0.01); a "
+               "resume may change only epochs, search_epochs, device: use the same options"),
+    ("shorter", "holds a training run that already ran 2 epochs, more than the 1 asked for"),
     ("version", "was written by bundlelab 0.0.1"),
+    ("checkpoint", "names the checkpoint '../elsewhere.pt', not a file of its own folder"),
 ])
 def test_resuming_a_folder_of_another_run_is_a_one_line_error(digits, tmp_path, change, fragment):
     spec = fully_connected(16, 2, input_shape=digits.input_shape)
@@ -181,6 +204,15 @@ def test_resuming_a_folder_of_another_run_is_a_one_line_error(digits, tmp_path, 
         spec = fully_connected(16, 3, input_shape=digits.input_shape)
     elif change == "config":
         config = small_config(learning_rate=0.01)
+    elif change == "shorter":  # one epoch ran: asking for none would shorten the run
+        config = small_config(epochs=1)
+        state = json.loads((tmp_path / "run.json").read_text())
+        state["epochs_done"] = 2
+        (tmp_path / "run.json").write_text(json.dumps(state))
+    elif change == "checkpoint":
+        state = json.loads((tmp_path / "run.json").read_text())
+        state["checkpoint"] = "../elsewhere.pt"
+        (tmp_path / "run.json").write_text(json.dumps(state))
     else:
         state = json.loads((tmp_path / "run.json").read_text())
         state["bundlelab"] = "0.0.1"
@@ -223,3 +255,142 @@ def test_default_crops_are_an_eighth_of_images_of_16_px_or_more(shape, expected)
     assert TrainConfig().crop_for(shape) == expected
     assert TrainConfig(crop_padding=2).crop_for(shape) == (2 if len(shape) == 3 else 0)
     assert TrainConfig(augment=False).crop_for(shape) == 0
+
+
+# -- the resume policy, the lock and durable commits ----------------------------------------
+
+
+def test_one_declared_list_says_what_a_resume_may_change():
+    assert set(RESUMABLE_OPTIONS) == {"epochs", "search_epochs", "device"}
+
+
+def test_a_resume_may_train_longer_on_another_device(digits, tmp_path):
+    spec = fully_connected(16, 2, input_shape=digits.input_shape)
+    fit(spec, digits, config=small_config(epochs=1, device="cpu"), directory=tmp_path)
+    longer = fit(spec, digits, config=small_config(epochs=2, device="auto"), directory=tmp_path)
+    assert [r.epoch for r in longer.history] == [1, 2]
+    assert json.loads((tmp_path / "run.json").read_text())["config"]["epochs"] == 2
+
+
+HOLD_THE_LOCK = (
+    "import sys; from bundlelab.training import FolderLock; "
+    "lock = FolderLock(sys.argv[1]).acquire(); print('held', flush=True); sys.stdin.read()"
+)
+
+
+@pytest.fixture
+def other_process(tmp_path):
+    """A second process holding ``tmp_path/run``'s lock until the test ends (or kills it)."""
+    folder = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(folder)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    yield folder, holder
+    holder.kill()
+    holder.wait()
+
+
+def test_a_second_process_on_a_run_folder_stops_naming_the_folder_and_the_other(
+        digits, other_process):
+    folder, holder = other_process
+    spec = fully_connected(16, 2, input_shape=digits.input_shape)
+    with pytest.raises(BundleLabError) as error:
+        fit(spec, digits, config=small_config(epochs=1), directory=folder)
+    message = str(error.value)
+    assert str(folder) in message and f"pid {holder.pid} on {socket.gethostname()}" in message
+    assert "\n" not in message
+    assert not (folder / "run.json").exists()  # nothing was written beside the other process
+    holder.kill()  # a killed holder leaves its lock file behind, but not its lock
+    holder.wait()
+    assert fit(spec, digits, config=small_config(epochs=1), directory=folder).history
+
+
+def test_the_cli_refuses_a_folder_in_use_in_one_line(other_process, capsys):
+    from bundlelab.cli import run as cli_run
+
+    folder, holder = other_process
+    code = cli_run(["train", "fc-2x16", "--epochs", "1", "--out", str(folder), "--n-train", "64",
+                    "--n-test", "32", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert str(folder) in err and f"pid {holder.pid}" in err
+
+
+def test_two_locks_of_one_folder_exclude_each_other_in_one_process_too(tmp_path):
+    with FolderLock(tmp_path):
+        with pytest.raises(BundleLabError, match=f"pid {os.getpid()}"):
+            FolderLock(tmp_path).acquire()
+    FolderLock(tmp_path).acquire().release()  # released at the end of the block
+
+
+def test_the_checkpoint_is_synced_before_the_state_that_names_it(digits, tmp_path, monkeypatch):
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc to name synced files")
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("sync", os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))))
+        return real_fsync(fd)
+
+    def replace(source, target):
+        events.append(("rename", os.path.basename(target)))
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    run = Training(fully_connected(16, 2, input_shape=digits.input_shape), digits,
+                   config=small_config(epochs=2), directory=tmp_path)
+    run.train_epoch()
+    folder = tmp_path.name
+    checkpoint = events.index(("sync", ".checkpoint-0001.pt.tmp"))
+    assert events[checkpoint + 1:checkpoint + 3] == [("rename", "checkpoint-0001.pt"),
+                                                     ("sync", folder)]
+    state = events.index(("rename", "run.json"))
+    assert checkpoint < state and events[state - 1][1].startswith(".run.json.")
+    assert events[state + 1] == ("sync", folder)
+
+
+def test_numpy_scalars_are_converted_so_the_run_folder_can_record_them(digits, tmp_path):
+    config = TrainConfig(epochs=np.int64(1), optimizer="adamw", learning_rate=np.float32(1e-3),
+                         n_samples=np.int64(64), seed=np.uint8(3), augment=np.bool_(False),
+                         device="cpu")
+    assert type(config.epochs) is int and type(config.learning_rate) is float
+    fit(fully_connected(16, 2, input_shape=digits.input_shape), digits, config=config,
+        directory=tmp_path)
+    assert json.loads((tmp_path / "run.json").read_text())["config"]["seed"] == 3
+
+
+@pytest.mark.parametrize("call, fragment", [
+    (lambda spec, data: TrainConfig(measure_samples=64), "did you mean 'n_samples'?"),
+    (lambda spec, data: Training(spec, data, confg=None), "did you mean 'config'?"),
+    (lambda spec, data: fit(spec, data, directroy="x"), "did you mean 'directory'?"),
+    (lambda spec, data: fit(spec), "missing a required argument: 'data'"),
+])
+def test_an_unknown_or_missing_keyword_is_one_line_at_the_call(digits, call, fragment):
+    spec = fully_connected(16, 2, input_shape=digits.input_shape)
+    with pytest.raises(BundleLabError) as error:
+        call(spec, digits)
+    assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_finished_run_without_matplotlib_keeps_its_results(digits, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
+    spec = fully_connected(16, 2, input_shape=digits.input_shape)
+    with pytest.warns(UserWarning, match="entropy.png not drawn: plotting requires matplotlib"):
+        result = fit(spec, digits, config=small_config(epochs=1), directory=tmp_path)
+    assert result.history and (tmp_path / "result.json").exists()
+    assert not (tmp_path / "entropy.png").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit(spec, digits, config=small_config(epochs=1))  # no folder, no figure, no warning
+
+
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_left_alone(tmp_path):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".lock").symlink_to(precious)
+    with pytest.raises(BundleLabError, match="cannot lock .*run: .lock: "):
+        FolderLock(tmp_path / "run").acquire()
+    assert precious.read_text() == "keep me"

@@ -8,6 +8,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..._errors import BundleLabError
+from ..._validation import check_bool, check_positive_int, checked_keywords
 from ._model import OnnxModel, load_model
 from ._taps import Tap
 
@@ -29,8 +30,9 @@ class OnnxAdapter:
 
     name = "onnx"
 
+    @checked_keywords
     def __init__(self, *, all_nodes: bool = False, providers: Any = None):
-        self.all_nodes = bool(all_nodes)
+        self.all_nodes = check_bool("all_nodes", all_nodes)
         self.providers = providers
         self._last: tuple[Any, OnnxModel, Any] | None = None  # (key, model, source)
 
@@ -65,13 +67,11 @@ class OnnxAdapter:
         return [tap.layer for tap in self.layers(model)]
 
     def iter_layer_outputs(
-        self, model: Any, inputs: Any, *, layers: Sequence[str], batch_size: int
+        self, model: Any, inputs: Any, *, layers: Sequence[str], inference_batch_size: int
     ) -> Iterator[dict[str, np.ndarray]]:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise BundleLabError(
-                "The 'batch_size' parameter must be an int in [1, inf). "
-                f"Got {batch_size!r} instead."
-            )
+        """Per forward pass of ``inference_batch_size`` samples (the model's own batch size
+        when it was exported with a fixed one), the outputs of ``layers``."""
+        inference_batch_size = check_positive_int("inference_batch_size", inference_batch_size)
         onnx_model = self.model(model)
         taps = {tap.layer: tap for tap in self.layers(model)}
         unknown = [layer for layer in layers if layer not in taps]
@@ -83,7 +83,7 @@ class OnnxAdapter:
         tensors = [taps[layer].tensor for layer in layers]
         feeds, n_samples = onnx_model.feeds(inputs)
         fixed = onnx_model.fixed_batch_size
-        step = fixed or batch_size
+        step = fixed or inference_batch_size
         dtypes = {i.name: i.dtype for i in onnx_model.inputs}
         for start in range(0, n_samples, step):
             stop = min(start + step, n_samples)
@@ -99,7 +99,7 @@ class OnnxAdapter:
                     raise BundleLabError(
                         f"{onnx_model.name}: layer {layer!r} outputs shape {output.shape} for a "
                         f"batch of {expected} samples: its first axis is not the batch; leave "
-                        "it out (--layers)"
+                        "it out (layers=..., CLI: --layers)"
                     )
                 result[layer] = output[: stop - start]
             yield result

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ..._errors import BundleLabError
-from ..._validation import saved_label_vector
+from ..._validation import checked_keywords, saved_label_vector, short_repr
 from ._messages import shorten
 
 
+@checked_keywords
 def load_data(
     path: str | Path, input_names: Sequence[str], *, labels_key: str = "labels"
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -21,11 +23,25 @@ def load_data(
     labels under ``labels_key``.  Nothing is unpickled (``allow_pickle=False``); ``.npy`` files
     are memory-mapped, so a subset can be taken without reading them whole.
 
+    Parameters
+    ----------
+    path : path-like
+        An ``.npz`` file or a folder of ``.npy`` files.
+    input_names : sequence of str
+        The model's input names (``[i.name for i in model.inputs]``).
+    labels_key : str, default='labels'
+        The array that holds the labels.
+
     Returns
     -------
     inputs : dict of str -> numpy.ndarray of shape (n_samples, ...)
     labels : numpy.ndarray of shape (n_samples,)
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise BundleLabError(
+            f"The 'path' parameter must be a path to an .npz file or a folder of .npy files. "
+            f"Got {short_repr(path)} instead."
+        )
     what, stored, read, close = _open_arrays(Path(path))
     try:
         inputs = {}

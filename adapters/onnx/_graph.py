@@ -8,6 +8,8 @@ from typing import Any, Iterator
 import numpy as np
 import onnx
 
+from ..._validation import checked_keywords
+
 #: ONNX element types bundles are computed on; others (int, bool, bfloat16) are never layers
 FLOAT_TYPES = {
     onnx.TensorProto.FLOAT: "float32",
@@ -18,7 +20,15 @@ FLOAT_TYPES = {
 
 @dataclass(frozen=True)
 class ModelInput:
-    """A graph input: name, dims (int, symbolic name, or None when unknown) and numpy dtype."""
+    """A graph input of an ONNX model.
+
+    Attributes
+    ----------
+    name : str
+    dims : tuple or None
+        Each dimension an int, a symbolic name or None when unknown; None: any shape.
+    dtype : numpy.dtype or None
+    """
 
     name: str
     dims: tuple[int | str | None, ...] | None
@@ -30,6 +40,9 @@ class ModelInput:
         dims = ", ".join("N" if d is None else str(d) for d in self.dims)
         dtype = f" and type {self.dtype}" if self.dtype else ""
         return f"{self.name!r} of shape ({dims}){dtype}"
+
+
+ModelInput.__init__ = checked_keywords(ModelInput.__init__)  # type: ignore[method-assign]
 
 
 def model_input(value: Any) -> ModelInput:

@@ -77,7 +77,7 @@ def _input_types(model: OnnxModel, node_name: str, op: str) -> str:
         if node.name == node_name and node.op_type == op:
             types = []
             for name in node.input:
-                elem_type = model._types.get(name, (None, None))[0]
+                elem_type = model.types.get(name, (None, None))[0]
                 if elem_type and elem_type > 0:
                     name = onnx.helper.tensor_dtype_to_string(elem_type)
                     types.append(name.removeprefix("TensorProto."))

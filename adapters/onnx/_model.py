@@ -1,24 +1,27 @@
 """OnnxModel (an ONNX model prepared for tapping and running) and load_model, which reads one.
 
-OnnxModel's tap-choosing methods live in ``_taps.py``, its onnxruntime methods in
-``_runtime.py``; here are its inputs, its weights and the safe loading.
+OnnxModel holds the parsed graph (inputs, nodes in order, constants, inferred types) as public
+read-only attributes and caches what is derived from it; choosing taps (``_taps.py``) and
+running onnxruntime (``_runtime.py``) are functions of those attributes.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from ..._errors import BundleLabError
+from ..._validation import checked_keywords, short_repr
 from ._external_data import check_external_data
 from ._graph import FLOAT_TYPES, all_tensors, inferred_types, model_input, topological_order
-from ._runtime import RuntimeMixin
-from ._taps import Tap, TapsMixin
+from ._runtime import check_feeds, new_session, resolve_providers, run_session
+from ._taps import Tap, find_taps, float_layers, no_layer_message, sample_bytes
 
 #: op -> positions of inputs that hold settings, not trained weights (left out of ``w``)
 SETTING_INPUTS = {
@@ -32,6 +35,7 @@ SETTING_INPUTS = {
 }
 
 
+@checked_keywords
 def load_model(path: str | Path) -> "OnnxModel":
     """Read an ONNX model file, checking that external data stays inside its folder.
 
@@ -45,6 +49,11 @@ def load_model(path: str | Path) -> "OnnxModel":
     -------
     OnnxModel
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise BundleLabError(
+            f"The 'path' parameter must be the path of an .onnx file. Got {short_repr(path)} "
+            "instead."
+        )
     path = Path(path)
     if not path.exists():
         raise BundleLabError(f"no such file or directory: {str(path)!r}")
@@ -75,7 +84,7 @@ def _not_onnx(path: Path, head: bytes) -> str:
     )
 
 
-class OnnxModel(TapsMixin, RuntimeMixin):
+class OnnxModel:
     """An ONNX model prepared for tapping: inputs, candidate taps, onnxruntime sessions.
 
     Parameters
@@ -85,24 +94,46 @@ class OnnxModel(TapsMixin, RuntimeMixin):
         Name used in messages (the file name when loaded by :func:`load_model`).
     base_dir : path-like, optional
         Folder holding the model's external data; required when it has some.
+
+    Attributes
+    ----------
+    proto : onnx.ModelProto
+    name : str
+    base_dir : pathlib.Path or None
+    inputs : list of ModelInput
+        The graph inputs that are fed data (not initializers).
+    nodes : list of onnx.NodeProto
+        The nodes in topological order.
+    constants : dict of str to onnx.TensorProto
+        Initializers and ``Constant`` nodes' values, by tensor name.
+    types : dict of str to (elem type, dims)
+        What onnx's shape inference knows of each tensor.
+    has_external_data : bool
+        Whether some tensors are kept in files next to the model.
     """
 
+    @checked_keywords
     def __init__(self, proto: Any, *, name: str = "model", base_dir: str | Path | None = None):
+        if not hasattr(proto, "graph"):
+            raise BundleLabError(
+                f"The 'proto' parameter must be an onnx.ModelProto. Got {short_repr(proto)} "
+                "instead."
+            )
         self.proto = proto
-        self.name = name
+        self.name = str(name)
         self.base_dir = None if base_dir is None else Path(base_dir)
         graph = proto.graph
-        self._external = any(
+        self.has_external_data = any(
             t.data_location == onnx.TensorProto.EXTERNAL for t in all_tensors(graph)
         )
-        if self._external and self.base_dir is None:
+        if self.has_external_data and self.base_dir is None:
             raise BundleLabError(
                 f"{name} keeps tensors in external files: load it with load_model(path) or pass "
                 "base_dir= (the folder of the model file)"
             )
-        self._constants = {t.name: t for t in graph.initializer}
+        self.constants = {t.name: t for t in graph.initializer}
         self.inputs = [
-            model_input(value) for value in graph.input if value.name not in self._constants
+            model_input(value) for value in graph.input if value.name not in self.constants
         ]
         if not self.inputs:
             raise BundleLabError(f"{name} has no input: there is nothing to feed the data to")
@@ -110,10 +141,10 @@ class OnnxModel(TapsMixin, RuntimeMixin):
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 for attribute in node.attribute:
                     if attribute.name == "value" and node.output:
-                        self._constants[node.output[0]] = attribute.t
-        known = [i.name for i in self.inputs] + list(self._constants)
-        self._nodes = topological_order(graph, known)
-        self._types = inferred_types(proto)
+                        self.constants[node.output[0]] = attribute.t
+        known = [i.name for i in self.inputs] + list(self.constants)
+        self.nodes = topological_order(graph, known)
+        self.types = inferred_types(proto)
         self._candidates: dict[bool, list[Tap]] = {}
         self._sessions: dict[tuple, Any] = {}
         self._layers: dict[tuple, list[Tap]] = {}
@@ -132,12 +163,54 @@ class OnnxModel(TapsMixin, RuntimeMixin):
             )
         return next(iter(fixed)) if fixed and len(sizes) == 1 else None
 
+    # -- layers ---------------------------------------------------------------------------------
+    def candidate_taps(self, *, all_nodes: bool = False) -> list[Tap]:
+        """Tensors that can be layers, in topological order, before onnxruntime has typed them."""
+        if all_nodes not in self._candidates:
+            self._candidates[all_nodes] = find_taps(self, all_nodes=all_nodes)
+        return self._candidates[all_nodes]
+
+    def layers(self, *, all_nodes: bool = False, providers: Any = None) -> list[Tap]:
+        """The model's layers: candidate taps that onnxruntime reports as float tensors."""
+        key = (all_nodes, tuple(resolve_providers(providers)))
+        if key not in self._layers:
+            candidates = self.candidate_taps(all_nodes=all_nodes)
+            layers = float_layers(candidates, self.session(candidates, providers)) if (
+                candidates
+            ) else []
+            if not layers:
+                raise BundleLabError(no_layer_message(self.name, all_nodes))
+            self._layers[key] = layers
+        return self._layers[key]
+
+    def sample_bytes(self, taps: Sequence[Tap]) -> int | None:
+        """Bytes the tapped outputs of one sample take, or None where a shape is not known."""
+        return sample_bytes(self.types, taps)
+
+    # -- running --------------------------------------------------------------------------------
+    def session(self, taps: Sequence[Tap], providers: Any = None) -> Any:
+        """An onnxruntime session whose graph outputs include ``taps`` (cached)."""
+        names = resolve_providers(providers)
+        key = (tuple(tap.tensor for tap in taps), tuple(names))
+        if key not in self._sessions:
+            self._sessions.clear()  # one session at a time: they hold the weights
+            self._sessions[key] = new_session(self, [tap.tensor for tap in taps], names)
+        return self._sessions[key]
+
+    def run(self, session: Any, tensors: list[str], feeds: dict[str, np.ndarray]) -> list:
+        """``session.run``, with onnxruntime's failures as one line naming the node."""
+        return run_session(session, tensors, feeds, where=self.name)
+
+    def feeds(self, inputs: Any) -> tuple[dict[str, np.ndarray], int]:
+        """Check ``inputs`` against the model's inputs: (name -> array, number of samples)."""
+        return check_feeds(inputs, self.inputs, where=self.name)
+
     # -- weights --------------------------------------------------------------------------------
     def weight_amplitude(self) -> float:
         """``w``: max |value| over the float initializers that are weights (module docstring)."""
         settings = {
             node.input[i]
-            for node in self._nodes
+            for node in self.nodes
             for i in SETTING_INPUTS.get(node.op_type, ())
             if i < len(node.input)
         }
@@ -148,7 +221,7 @@ class OnnxModel(TapsMixin, RuntimeMixin):
                 or not tensor.dims
             ):
                 continue
-            values = self._array(tensor)
+            values = self.array(tensor)
             if values.size:
                 peak = float(np.max(np.abs(values)))
                 amplitude = peak if amplitude is None else max(amplitude, peak)
@@ -164,6 +237,7 @@ class OnnxModel(TapsMixin, RuntimeMixin):
             )
         return amplitude
 
-    def _array(self, tensor: Any) -> np.ndarray:
+    def array(self, tensor: Any) -> np.ndarray:
+        """A TensorProto of the model as a numpy array (external data read from base_dir)."""
         base = None if self.base_dir is None else str(self.base_dir)
         return numpy_helper.to_array(tensor, base_dir=base or "")

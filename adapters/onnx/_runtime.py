@@ -1,4 +1,4 @@
-"""Running the model with onnxruntime: providers, sessions that output the taps, input checks."""
+"""Running a model with onnxruntime: providers, sessions that output the taps, input checks."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 import onnx
 
-from ..._errors import BundleLabError
+from ..._errors import BundleLabError, require
+from ..._validation import short_repr
 from ._graph import ModelInput
 from ._messages import explain_load_error, is_ort_error, shorten, strip_ort_prefix
 
 if TYPE_CHECKING:
-    from ._taps import Tap
+    from ._model import OnnxModel
 
 #: --providers / ``providers=`` shorthands
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -22,13 +23,24 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 _EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 
 
+def _onnxruntime() -> Any:
+    return require("onnxruntime", purpose="running ONNX models", extra="onnx")
+
+
 def resolve_providers(providers: Any) -> list[str]:
     """onnxruntime provider names from None / 'cpu' / 'cuda' / a list of either."""
     if providers is None:
         return [PROVIDERS["cpu"]]
-    requested = [providers] if isinstance(providers, str) else list(providers)
+    requested = [providers] if isinstance(providers, str) else providers
+    if not isinstance(requested, (list, tuple)) or not requested or not all(
+        isinstance(p, str) for p in requested
+    ):
+        raise BundleLabError(
+            "The 'providers' parameter must be 'cpu', 'cuda', an onnxruntime provider name or "
+            f"a list of them. Got {short_repr(providers)} instead."
+        )
     names = [PROVIDERS.get(str(p).lower(), str(p)) for p in requested]
-    import onnxruntime as ort
+    ort = _onnxruntime()
 
     available = ort.get_available_providers()
     for name in names:
@@ -46,88 +58,81 @@ def resolve_providers(providers: Any) -> list[str]:
     return names
 
 
-class RuntimeMixin:
-    """OnnxModel's methods that run it (the state they read: OnnxModel.__init__)."""
+def new_session(model: OnnxModel, tensors: list[str], providers: list[str]) -> Any:
+    """An onnxruntime session of ``model`` whose graph outputs also include ``tensors``."""
+    ort = _onnxruntime()
 
-    def session(self, taps: Sequence[Tap], providers: Any = None) -> Any:
-        """An onnxruntime session whose graph outputs include ``taps`` (cached)."""
-        names = resolve_providers(providers)
-        key = (tuple(tap.tensor for tap in taps), tuple(names))
-        if key not in self._sessions:
-            self._sessions.clear()  # one session at a time: they hold the weights
-            self._sessions[key] = self._new_session([tap.tensor for tap in taps], names)
-        return self._sessions[key]
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # only fatal: failures come back as exceptions, and log
+    # lines on stderr would break the CLI's one-line errors
+    if model.has_external_data:
+        options.add_session_config_entry(_EXTERNAL_FOLDER_KEY, str(model.base_dir.resolve()))
+    outputs = model.proto.graph.output
+    n_outputs = len(outputs)
+    for tensor in tensors:
+        elem_type = model.types.get(tensor, (None, None))[0]
+        # Untyped (onnx could not infer it, e.g. after a custom op): onnxruntime types it.
+        outputs.append(
+            onnx.helper.make_tensor_value_info(tensor, elem_type, None)
+            if elem_type is not None else onnx.ValueInfoProto(name=tensor)
+        )
+    try:
+        serialized = model.proto.SerializeToString()
+    finally:
+        del outputs[n_outputs:]
+    try:
+        return ort.InferenceSession(serialized, options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base class
+        if not is_ort_error(exc):
+            raise
+        raise BundleLabError(explain_load_error(exc, model)) from None
 
-    def _new_session(self, tensors: list[str], providers: list[str]) -> Any:
-        import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.log_severity_level = 4  # only fatal: failures come back as exceptions, and log
-        # lines on stderr would break the CLI's one-line errors
-        if self._external:
-            options.add_session_config_entry(_EXTERNAL_FOLDER_KEY, str(self.base_dir.resolve()))
-        outputs = self.proto.graph.output
-        n_outputs = len(outputs)
-        for tensor in tensors:
-            elem_type = self._types.get(tensor, (None, None))[0]
-            # Untyped (onnx could not infer it, e.g. after a custom op): onnxruntime types it.
-            outputs.append(
-                onnx.helper.make_tensor_value_info(tensor, elem_type, None)
-                if elem_type is not None else onnx.ValueInfoProto(name=tensor)
-            )
-        try:
-            serialized = self.proto.SerializeToString()
-        finally:
-            del outputs[n_outputs:]
-        try:
-            return ort.InferenceSession(serialized, options, providers=providers)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base class
-            if not is_ort_error(exc):
-                raise
-            raise BundleLabError(explain_load_error(exc, self)) from None
+def run_session(session: Any, tensors: list[str], feeds: dict[str, np.ndarray], *,
+                where: str) -> list:
+    """``session.run``, with onnxruntime's failures as one line naming the node."""
+    try:
+        return session.run(tensors, feeds)
+    except Exception as exc:  # noqa: BLE001
+        if not is_ort_error(exc):
+            raise
+        message = strip_ort_prefix(str(exc))
+        match = re.search(r"running (\S+) node\. Name:'([^']*)' Status Message: (.*)", message)
+        if match:
+            op, node, detail = match.groups()
+            message = f"node {node!r} ({op}) failed: {shorten(detail)}"
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items())
+        raise BundleLabError(
+            f"{where}: onnxruntime failed on a batch of shape {shapes}: {message}"
+        ) from None
 
-    def run(self, session: Any, tensors: list[str], feeds: dict[str, np.ndarray]) -> list:
-        """``session.run``, with onnxruntime's failures as one line naming the node."""
-        try:
-            return session.run(tensors, feeds)
-        except Exception as exc:  # noqa: BLE001
-            if not is_ort_error(exc):
-                raise
-            message = strip_ort_prefix(str(exc))
-            match = re.search(r"running (\S+) node\. Name:'([^']*)' Status Message: (.*)", message)
-            if match:
-                op, node, detail = match.groups()
-                message = f"node {node!r} ({op}) failed: {shorten(detail)}"
-            shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items())
+
+def check_feeds(inputs: Any, expected: Sequence[ModelInput], *,
+                where: str) -> tuple[dict[str, np.ndarray], int]:
+    """Check ``inputs`` against the model's inputs: (name -> array, number of samples)."""
+    if isinstance(inputs, Mapping):
+        missing = [i.name for i in expected if i.name not in inputs]
+        if missing:
             raise BundleLabError(
-                f"{self.name}: onnxruntime failed on a batch of shape {shapes}: {message}"
-            ) from None
-
-    def feeds(self, inputs: Any) -> tuple[dict[str, np.ndarray], int]:
-        """Check ``inputs`` against the model's inputs: (name -> array, number of samples)."""
-        if isinstance(inputs, Mapping):
-            missing = [i.name for i in self.inputs if i.name not in inputs]
-            if missing:
-                raise BundleLabError(
-                    f"{self.name} takes inputs {', '.join(repr(i.name) for i in self.inputs)}; "
-                    f"the data has no {missing[0]!r} (it has {', '.join(map(repr, inputs))})"
-                )
-            arrays = {i.name: inputs[i.name] for i in self.inputs}
-        elif len(self.inputs) == 1:
-            arrays = {self.inputs[0].name: inputs}
-        else:
-            raise BundleLabError(
-                f"{self.name} takes {len(self.inputs)} inputs "
-                f"({', '.join(repr(i.name) for i in self.inputs)}): pass a dict name -> array"
+                f"{where} takes inputs {', '.join(repr(i.name) for i in expected)}; "
+                f"the data has no {missing[0]!r} (it has {', '.join(map(repr, inputs))})"
             )
-        checked = {i.name: _check_input(i, arrays[i.name], self.name) for i in self.inputs}
-        sizes = {name: array.shape[0] for name, array in checked.items()}
-        if len(set(sizes.values())) > 1:
-            raise BundleLabError(f"{self.name}: the inputs hold different sample counts {sizes}")
-        n = next(iter(sizes.values()))
-        if not n:
-            raise BundleLabError(f"{self.name}: the data holds no sample")
-        return checked, n
+        arrays = {i.name: inputs[i.name] for i in expected}
+    elif len(expected) == 1:
+        arrays = {expected[0].name: inputs}
+    else:
+        raise BundleLabError(
+            f"{where} takes {len(expected)} inputs "
+            f"({', '.join(repr(i.name) for i in expected)}): pass a dict name -> array"
+        )
+    checked = {i.name: _check_input(i, arrays[i.name], where) for i in expected}
+    sizes = {name: array.shape[0] if array.ndim else 0 for name, array in checked.items()}
+    if len(set(sizes.values())) > 1:
+        raise BundleLabError(f"{where}: the inputs hold different sample counts {sizes}")
+    n = next(iter(sizes.values()))
+    if not n:
+        raise BundleLabError(f"{where}: the data holds no sample")
+    return checked, n
 
 
 def _check_input(expected: ModelInput, array: Any, where: str) -> np.ndarray:

@@ -43,39 +43,45 @@ Weight amplitude ``w``
     (``nn.Linear`` then ``nn.ReLU``: the Linear; a ResNet block's last ReLU: its last batch
     norm); the model's amplitude when there is none.  Or a float.
 Training hyperparameters
-    ``learning_rate`` and ``train_batch_size`` as given, else ``optimizer.param_groups[0]["lr"]``
-    and ``train_loader.batch_size``, else the core's defaults (1e-3 and 64).
+    ``learning_rate`` (α) and ``batch_size`` (|B|) as given, else
+    ``optimizer.param_groups[0]["lr"]`` and ``train_loader.batch_size``, else the core's
+    defaults (1e-3 and 64).  ``inference_batch_size`` (default 256) is the number of samples
+    per forward pass; it only bounds memory.
 During training
     :class:`BundleHook` records ``H^l(t)`` into a :class:`bundlelab.BundleTracker` from a plain
-    loop; ``BundleCallback`` is the same for Lightning, defined only where ``lightning`` or
+    loop, t being the number of epochs completed (``hook()`` counts them; ``every=2``
+    measures t = 2, 4, ...); ``BundleCallback`` is the same for Lightning (t =
+    ``trainer.current_epoch + 1``, logged under step t), defined only where ``lightning`` or
     ``pytorch_lightning`` is installed (and imported on first access).
+Training specs
+    :func:`build_model` builds a :class:`bundlelab.spec.Spec`; :class:`TorchBackend` (the
+    ``"torch"`` backend of :mod:`bundlelab.training` and :mod:`bundlelab.search`) trains it as
+    a :class:`TorchTrainee`, or a super-network as a :class:`TorchSuperTrainee`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..._errors import BundleLabError
+from ..._errors import require
 
-try:
-    import torch  # noqa: F401 - fail here with an install hint, not deep in a submodule
-except ImportError:  # pragma: no cover - depends on the environment
-    raise BundleLabError(
-        "the torch adapter requires PyTorch. You can install it with "
-        "`pip install 'bundlelab[torch]'` (pins torch==2.13.0)"
-    ) from None
-from ._adapter import TorchAdapter
-from ._audit import audit
-from ._build import build_model
-from ._hook import BundleHook
-from ._lightning import _lightning_callback
-from ._tracing import ACTIVATION_TYPES, Tap, Trace, trace_model
-from ._train import TorchBackend, TorchTrainee
+require("torch", purpose="the torch adapter", extra="torch")  # the install hint, here
+
+from ._adapter import TorchAdapter  # noqa: E402
+from ._audit import audit  # noqa: E402
+from ._backend import TorchBackend  # noqa: E402
+from ._build import build_model  # noqa: E402
+from ._hook import BundleHook  # noqa: E402
+from ._lightning import _lightning_callback  # noqa: E402
+from ._supernet import TorchSuperTrainee  # noqa: E402
+from ._tracing import ACTIVATION_TYPES, Tap, Trace, trace_model  # noqa: E402
+from ._train import TorchTrainee  # noqa: E402
 
 
 def __getattr__(name: str) -> Any:
     # BundleCallback exists only where Lightning does; building it imports Lightning, which is
-    # slow, so it happens on first access instead of at import.
+    # slow, so it happens on first access instead of at import (MissingDependencyError
+    # without Lightning).
     if name == "BundleCallback":
         callback = _lightning_callback()
         globals()[name] = callback
@@ -83,7 +89,16 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["ACTIVATION_TYPES", "BundleHook", "Tap", "Trace", "TorchAdapter", "audit", "trace_model"]
-__all__ += ["TorchBackend", "TorchTrainee", "build_model"]
-from ._supernet import TorchSuperTrainee  # noqa: E402
-__all__ += ["TorchSuperTrainee"]
+__all__ = [
+    "ACTIVATION_TYPES",
+    "BundleHook",
+    "Tap",
+    "TorchAdapter",
+    "TorchBackend",
+    "TorchSuperTrainee",
+    "TorchTrainee",
+    "Trace",
+    "audit",
+    "build_model",
+    "trace_model",
+]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..._errors import BundleLabError
-from ..._validation import check_positive_int
+from ..._validation import check_positive_int, checked_keywords
 from ._data import _as_data
 from ._forward import _check_model, _device, _plan, _tap_outputs, _to_device
 from ._tracing import Tap, Trace, trace_model
@@ -34,6 +34,7 @@ class TorchAdapter:
 
     name = "torch"
 
+    @checked_keywords
     def __init__(self, *, layers: Any = None, device: Any = None):
         self.layers = layers
         self.device = device
@@ -52,17 +53,18 @@ class TorchAdapter:
         return [tap.name for tap in self.trace(model, inputs).select(self.layers)]
 
     def iter_layer_outputs(
-        self, model: nn.Module, inputs: Any, *, layers: Sequence[str], batch_size: int
+        self, model: nn.Module, inputs: Any, *, layers: Sequence[str], inference_batch_size: int
     ) -> Iterator[dict[str, torch.Tensor] | tuple[dict[str, torch.Tensor], np.ndarray]]:
-        """Per batch, the tapped outputs (and the batch's labels when the data carries them).
+        """Per forward pass, the tapped outputs (and the batch's labels when the data carries
+        them).
 
-        A ``DataLoader`` is iterated as it is (``batch_size`` does not apply to it).
+        A ``DataLoader`` is iterated as it is (``inference_batch_size`` does not apply to it).
         """
         _check_model(model)
         data = _as_data(inputs, model)
         device = _device(model, self.device)
         plan = _plan(model, layers)
-        for x, y in data.batches(check_positive_int("batch_size", batch_size)):
+        for x, y in data.batches(check_positive_int("inference_batch_size", inference_batch_size)):
             outputs = _tap_outputs(model, _to_device(x, device), plan)
             missing = [name for name in layers if name not in outputs]
             if missing:

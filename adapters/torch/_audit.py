@@ -7,7 +7,13 @@ from typing import Any
 from torch import nn
 
 from ..._errors import BundleLabError
-from ..._validation import check_positive_float, check_positive_int
+from ..._validation import (
+    check_bool,
+    check_keywords,
+    check_positive_float,
+    check_positive_int,
+    checked_keywords,
+)
 from ...bundles import BundleOptions
 from ...report import BundleReport
 from .. import measure_bundles
@@ -18,6 +24,7 @@ from ._forward import _check_model
 _DEFAULTS = BundleOptions()
 
 
+@checked_keywords
 def audit(
     model: nn.Module,
     data: Any,
@@ -29,10 +36,10 @@ def audit(
     optimizer: Any = None,
     train_loader: Any = None,
     learning_rate: float | None = None,
-    train_batch_size: int | None = None,
+    batch_size: int | None = None,
     weight_amplitude: str | float = "model",
     mode: str = "resolution",
-    batch_size: int = 256,
+    inference_batch_size: int = 256,
     device: Any = None,
     progress: bool = False,
     **options,
@@ -58,16 +65,17 @@ def audit(
         The training optimizer; its ``param_groups[0]["lr"]`` is the learning rate α.
     train_loader : DataLoader, optional
         The training loader; its ``batch_size`` is |B|.
-    learning_rate, train_batch_size : optional
-        α and |B| given directly (they win over ``optimizer`` and ``train_loader``); default
-        1e-3 and 64.
+    learning_rate : float, optional
+        The training learning rate α (wins over ``optimizer``); default 1e-3.
+    batch_size : int, optional
+        The training batch size |B| (wins over ``train_loader``); default 64.
     weight_amplitude : 'model', 'layer' or float, default='model'
         ``w`` (see the module docstring).  With 'layer', ``report.params`` holds
         ``weight_amplitude='layer'`` and ``layer_weight_amplitudes`` (name -> w), as the Keras
         adapter writes them.
     mode : {'resolution', 'threshold'}, default='resolution'
-    batch_size : int, default=256
-        Samples per forward pass; it only bounds memory.
+    inference_batch_size : int, default=256
+        Samples per forward pass; it only bounds memory (a DataLoader keeps its own batches).
     device : torch.device or str, optional
         Where the inputs are sent; default: the device of the model's parameters.
     progress : bool, default=False
@@ -79,25 +87,25 @@ def audit(
     -------
     bundlelab.BundleReport
     """
+    check_keywords("audit()", options, CORE_OPTIONS)
     _check_model(model)
     subset = _training_subset(data, labels, n_samples=n_samples, seed=seed, model=model)
     return _measure(
         model, subset, layers=layers, optimizer=optimizer, train_loader=train_loader,
-        learning_rate=learning_rate, train_batch_size=train_batch_size,
-        weight_amplitude=weight_amplitude, mode=mode, batch_size=batch_size, device=device,
-        progress=progress, options=options,
+        learning_rate=learning_rate, batch_size=batch_size,
+        weight_amplitude=weight_amplitude, mode=mode, inference_batch_size=inference_batch_size,
+        device=device, progress=check_bool("progress", progress), options=options,
     )
 
 
 def _measure(
-    model, subset, *, layers, optimizer, train_loader, learning_rate, train_batch_size,
-    weight_amplitude, mode, batch_size, device, progress, options,
+    model, subset, *, layers, optimizer, train_loader, learning_rate, batch_size,
+    weight_amplitude, mode, inference_batch_size, device, progress, options,
 ) -> BundleReport:
-    _check_options(options, _CORE_OPTIONS, "audit")
-    learning_rate, train_batch_size = _training_hyperparameters(
-        optimizer, train_loader, learning_rate, train_batch_size
+    learning_rate, batch_size = _training_hyperparameters(
+        optimizer, train_loader, learning_rate, batch_size
     )
-    batch_size = check_positive_int("batch_size", batch_size)
+    inference_batch_size = check_positive_int("inference_batch_size", inference_batch_size)
     adapter = TorchAdapter(layers=layers, device=device)
     options = dict(options, mode=mode, learning_rate=learning_rate)
     if weight_amplitude == "layer":
@@ -113,25 +121,16 @@ def _measure(
     else:
         w = check_positive_float("weight_amplitude", weight_amplitude, allow_zero=True)
     return measure_bundles(
-        adapter, model, subset, batch_size=batch_size, train_batch_size=train_batch_size,
-        weight_amplitude=w, progress=progress, **options,
+        adapter, model, subset, inference_batch_size=inference_batch_size,
+        batch_size=batch_size, weight_amplitude=w, progress=progress, **options,
     )
 
 
 #: keywords passed on to the core (see :func:`bundlelab.find_bundles`)
-_CORE_OPTIONS = frozenset({"gamma", "epsilon", "nonfinite"})
+CORE_OPTIONS = ("gamma", "epsilon", "nonfinite")
 
 
-def _check_options(options: dict, allowed: frozenset, where: str) -> None:
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise BundleLabError(
-            f"{where}() got unexpected keyword(s) {', '.join(unknown)}; accepted: "
-            f"{', '.join(sorted(allowed))}"
-        )
-
-
-def _training_hyperparameters(optimizer, train_loader, learning_rate, train_batch_size):
+def _training_hyperparameters(optimizer, train_loader, learning_rate, batch_size):
     """α and |B|: given, else read from the optimizer and the loader, else the defaults."""
     if learning_rate is None and optimizer is not None:
         groups = getattr(optimizer, "param_groups", None)
@@ -141,19 +140,19 @@ def _training_hyperparameters(optimizer, train_loader, learning_rate, train_batc
                 "param_groups[0]['lr']); pass learning_rate=..."
             )
         learning_rate = float(groups[0]["lr"])
-    if train_batch_size is None and train_loader is not None:
-        train_batch_size = getattr(train_loader, "batch_size", None)
-        if train_batch_size is None:
+    if batch_size is None and train_loader is not None:
+        batch_size = getattr(train_loader, "batch_size", None)
+        if batch_size is None:
             sampler = getattr(train_loader, "batch_sampler", None)
-            train_batch_size = getattr(sampler, "batch_size", None)
-        if train_batch_size is None:
+            batch_size = getattr(sampler, "batch_size", None)
+        if batch_size is None:
             raise BundleLabError(
                 f"cannot read the training batch size of {type(train_loader).__name__} (no "
-                "batch_size, e.g. a custom batch_sampler); pass train_batch_size=..."
+                "batch_size, e.g. a custom batch_sampler); pass batch_size=..."
             )
     learning_rate = _DEFAULTS.learning_rate if learning_rate is None else learning_rate
-    train_batch_size = _DEFAULTS.batch_size if train_batch_size is None else train_batch_size
+    batch_size = _DEFAULTS.batch_size if batch_size is None else batch_size
     return (
         check_positive_float("learning_rate", learning_rate),
-        check_positive_int("train_batch_size", train_batch_size),
+        check_positive_int("batch_size", batch_size),
     )

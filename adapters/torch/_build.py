@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..._errors import BundleLabError
+from ..._validation import check_seed, checked_keywords
 from ...spec import Spec, measured_layers
 
 _ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -48,6 +49,7 @@ _ACTIVATION_MODULES: dict[str, Callable[[], nn.Module]] = {
 _TRUNCATION_STD = 0.87962566103423978
 
 
+@checked_keywords
 def build_model(spec: Spec, *, seed: int | None = None) -> nn.Module:
     """A ``torch.nn.Module`` that computes ``spec``: input ``(batch, *spec.input_shape)``.
 
@@ -79,8 +81,7 @@ def build_model(spec: Spec, *, seed: int | None = None) -> nn.Module:
             f"The 'spec' parameter must be a bundlelab.spec.Spec. Got {type(spec).__name__} "
             "instead."
         )
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise BundleLabError(f"The 'seed' parameter must be an int or None. Got {seed!r} instead.")
+    seed = None if seed is None else check_seed("seed", seed)
     if seed is None:
         return SpecModule(spec)
     with torch.random.fork_rng(devices=[]):

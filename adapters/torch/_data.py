@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, default_collate
 
 from ..._errors import BundleLabError
-from ..._validation import check_positive_int
+from ..._validation import check_optional_int, check_seed
 
 
 @dataclass
@@ -88,8 +88,8 @@ def _as_data(inputs: Any, model: nn.Module) -> Any:
 
 def _training_subset(data, labels, *, n_samples, seed, model) -> Any:
     """The measured training samples: ``n_samples`` of ``data`` chosen with ``seed``."""
-    if n_samples is not None:
-        n_samples = check_positive_int("n_samples", n_samples)
+    n_samples = check_optional_int("n_samples", n_samples, low=1)
+    seed = check_seed("seed", seed)
     if isinstance(data, DataLoader) or isinstance(data, Dataset):
         if labels is not None:
             raise BundleLabError(

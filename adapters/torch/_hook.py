@@ -7,12 +7,12 @@ from typing import Any
 
 from torch import nn
 
-from ..._errors import BundleLabError
-from ..._validation import check_positive_int
+from ..._errors import BundleLabError, require
+from ..._validation import check_int, check_keywords, check_positive_int, checked_keywords
 from ...bundles import BundleOptions
 from ...report import BundleReport
 from ...tracker import BundleTracker
-from ._audit import _CORE_OPTIONS, _check_options, _measure
+from ._audit import CORE_OPTIONS, _measure
 from ._data import _training_subset
 from ._forward import _check_model
 
@@ -20,25 +20,32 @@ from ._forward import _check_model
 class BundleHook:
     """Record ``H^l(t)`` and the number of bundles per layer during a plain PyTorch loop.
 
-    Call it once per epoch (``hook(epoch)``) or per optimisation step
-    (``hook.step(global_step)``); it measures when the step is a multiple of ``every``, always
-    on the same training samples (chosen once, at construction).  The learning rate is read
-    from ``optimizer`` at every measurement, so schedules are followed.
+    Call it at the end of every epoch: ``hook()`` counts the epochs itself (t = 1, 2, ...),
+    ``hook(t)`` takes t, the number of epochs completed, explicitly (and goes on counting from
+    there).  It measures when t is a multiple of ``every`` (``every=2``: t = 2, 4, ...), as
+    :func:`bundlelab.training.fit` and the Keras callback do, always on the same training
+    samples (chosen once, at construction).  ``hook.step(global_step)`` measures per
+    optimisation step instead: t is then the step, a different unit (do not mix the two in one
+    hook).  The learning rate is read from ``optimizer`` at every measurement, so schedules are
+    followed.
 
     Parameters
     ----------
-    model, data, labels
-        As for :func:`audit`; the samples are drawn once, here.
+    model : torch.nn.Module
+    data : tensor, array, (inputs, labels), Dataset or DataLoader
+        The TRAINING set, as for :func:`audit`; the samples are drawn once, here.
+    labels : array-like of shape (N,), optional
+        As for :func:`audit`.
     every : int, default=1
-        Measure at steps 0, every, 2 * every, ...
-    layers, n_samples, seed, optimizer, train_loader, learning_rate, train_batch_size,
-    weight_amplitude, mode, batch_size, device
+        Measure when t is a multiple of ``every``.
+    layers, n_samples, seed, optimizer, train_loader, learning_rate, batch_size,
+    weight_amplitude, mode, inference_batch_size, device
         As for :func:`audit`.
     tensorboard : SummaryWriter or path, optional
         Also write the scalars ``{tag}/entropy/{layer}`` and ``{tag}/n_bundles/{layer}``
-        (``:`` in a layer name becomes ``_``): to a writer (any object with ``add_scalar``),
-        or to a new ``torch.utils.tensorboard.SummaryWriter`` on this log directory (needs
-        tensorboard).
+        (``:`` in a layer name becomes ``_``) under step t: to a writer (any object with
+        ``add_scalar``), or to a new ``torch.utils.tensorboard.SummaryWriter`` on this log
+        directory (needs tensorboard).
     tag : str, default='bundles'
     **options
         gamma, epsilon, nonfinite: see :func:`bundlelab.find_bundles`.
@@ -47,16 +54,19 @@ class BundleHook:
     ----------
     tracker : bundlelab.BundleTracker
         The history: ``time_averaged()`` is the paper's ``H^l``; ``to_json``/``to_csv`` export.
+    epochs : int
+        The last t (epochs completed) the hook was called with, 0 before the first call.
 
     Examples
     --------
     >>> hook = BundleHook(model, x, y, optimizer=opt, train_loader=loader)  # doctest: +SKIP
     >>> for epoch in range(epochs):                                      # doctest: +SKIP
     ...     train_one_epoch(model, loader, opt)
-    ...     hook(epoch)
+    ...     hook()                                  # t = epoch + 1
     >>> hook.tracker.time_averaged()                                     # doctest: +SKIP
     """
 
+    @checked_keywords
     def __init__(
         self,
         model: nn.Module,
@@ -70,49 +80,54 @@ class BundleHook:
         optimizer: Any = None,
         train_loader: Any = None,
         learning_rate: float | None = None,
-        train_batch_size: int | None = None,
+        batch_size: int | None = None,
         weight_amplitude: str | float = "model",
         mode: str = "resolution",
-        batch_size: int = 256,
+        inference_batch_size: int = 256,
         device: Any = None,
         tensorboard: Any = None,
         tag: str = "bundles",
         **options,
     ):
+        check_keywords("BundleHook()", options, CORE_OPTIONS)
         _check_model(model)
-        _check_options(options, _CORE_OPTIONS, "BundleHook")
         BundleOptions(mode=mode, **options)  # bad options fail here, not epochs later
         self.model = model
         self.every = check_positive_int("every", every)
         self.tag = str(tag)
+        self.epochs = 0
         self._measure_options = dict(
             layers=layers, optimizer=optimizer, train_loader=train_loader,
-            learning_rate=learning_rate, train_batch_size=train_batch_size,
+            learning_rate=learning_rate, batch_size=batch_size,
             weight_amplitude=weight_amplitude, mode=mode,
-            batch_size=check_positive_int("batch_size", batch_size), device=device,
-            progress=False, options=options,
+            inference_batch_size=check_positive_int("inference_batch_size", inference_batch_size),
+            device=device, progress=False, options=options,
         )
         self._subset = _training_subset(data, labels, n_samples=n_samples, seed=seed, model=model)
         self.tracker = BundleTracker()
         self._writer, self._owns_writer = _summary_writer(tensorboard)
 
-    def __call__(self, epoch: int) -> BundleReport | None:
-        """Measure at the end of ``epoch`` when it is a multiple of ``every``."""
-        return self.step(epoch)
+    def __call__(self, t: int | None = None) -> BundleReport | None:
+        """End of an epoch: measure when t (the epochs completed; default: one more than the
+        last call's) is a multiple of ``every``; the report, or None."""
+        self.epochs = self.epochs + 1 if t is None else check_int("t", t, low=0)
+        return self.step(self.epochs)
 
     def step(self, global_step: int) -> BundleReport | None:
         """Measure at ``global_step`` when it is a multiple of ``every``; the report or None."""
-        if int(global_step) % self.every:
+        global_step = check_int("global_step", global_step, low=0)
+        if global_step % self.every:
             return None
         return self.record(global_step)
 
     def record(self, step: int) -> BundleReport:
         """Measure now and record the report under ``step``."""
+        step = check_int("step", step, low=0)
         report = _measure(self.model, self._subset, **self._measure_options)
-        self.tracker.record(int(step), report)
+        self.tracker.record(step, report)
         if self._writer is not None:
             for tag, value in _scalars(report, self.tag).items():
-                self._writer.add_scalar(tag, value, int(step))
+                self._writer.add_scalar(tag, value, step)
             if hasattr(self._writer, "flush"):
                 self._writer.flush()
         return report
@@ -145,11 +160,7 @@ def _summary_writer(tensorboard: Any) -> tuple[Any, bool]:
             "The 'tensorboard' parameter must be a SummaryWriter or a log directory. "
             f"Got {type(tensorboard).__name__} instead."
         )
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise BundleLabError(
-            "BundleHook(tensorboard=...) requires tensorboard. You can install it with "
-            "`pip install tensorboard`"
-        ) from None
+    require("tensorboard", purpose="BundleHook(tensorboard=...)")
+    from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter(log_dir=os.fspath(tensorboard)), True

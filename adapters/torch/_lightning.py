@@ -6,7 +6,8 @@ from typing import Any
 
 from torch import nn
 
-from ..._validation import check_positive_int
+from ..._errors import require
+from ..._validation import check_positive_int, checked_keywords
 from ...tracker import BundleTracker
 from ._hook import BundleHook, _scalars
 
@@ -18,19 +19,32 @@ def _lightning_callback() -> type:
         try:
             from pytorch_lightning import Callback
         except ImportError:
-            raise AttributeError(
-                "BundleCallback requires Lightning. You can install it with `pip install lightning`"
-            ) from None
+            Callback = require(
+                "lightning.pytorch", purpose="BundleCallback", package="lightning"
+            ).Callback  # raises MissingDependencyError
 
     class BundleCallback(Callback):
         """Lightning callback: a :class:`BundleHook` run at the end of training epochs.
 
-        The hook is built on the LightningModule at the first epoch end; unless given, the
-        learning rate comes from the trainer's first optimizer and |B| from its train
-        dataloader (pass ``train_batch_size=`` when that loader has no ``batch_size``).  Only
-        the global-zero process measures; the scalars also go to ``trainer.logger``.
+        At the end of each training epoch t = ``trainer.current_epoch + 1`` (the epochs
+        completed), it measures when t is a multiple of ``every``, as the hook and
+        :func:`bundlelab.training.fit` do.  The hook is built on the LightningModule at the
+        first epoch end; unless given, the learning rate comes from the trainer's first
+        optimizer and |B| from its train dataloader (pass ``batch_size=`` when that loader has
+        no ``batch_size``).  Only the global-zero process measures; the scalars also go to
+        ``trainer.logger``, under step t.
+
+        Parameters
+        ----------
+        data : tensor, array, (inputs, labels), Dataset or DataLoader
+            The TRAINING set, as for :func:`audit`.
+        labels : array-like of shape (N,), optional
+        every : int, default=1
+        **hook_options
+            Keywords of :class:`BundleHook` (layers, n_samples, batch_size, ...).
         """
 
+        @checked_keywords
         def __init__(self, data: Any, labels: Any = None, *, every: int = 1, **hook_options):
             super().__init__()
             self.data, self.labels = data, labels
@@ -55,10 +69,11 @@ def _lightning_callback() -> type:
                 self.hook = BundleHook(
                     pl_module, self.data, self.labels, every=self.every, **options
                 )
-            report = self.hook(trainer.current_epoch)
+            t = int(trainer.current_epoch) + 1
+            report = self.hook(t)
             logger = getattr(trainer, "logger", None)
             if report is not None and logger is not None:
-                logger.log_metrics(_scalars(report, self.hook.tag), step=trainer.global_step)
+                logger.log_metrics(_scalars(report, self.hook.tag), step=t)
 
     BundleCallback.__module__ = __package__  # its public home: bundlelab.adapters.torch
     return BundleCallback

@@ -1,10 +1,12 @@
-"""Optimizers for training specs: the paper's Ranger (RAdam + Lookahead), Adam, SGD."""
+"""Optimizers for training specs: the paper's Ranger (RAdam + Lookahead), Adam, AdamW, SGD."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 import torch
+
+from ..._errors import BundleLabError
 
 #: Lookahead's defaults (Zhang et al. 2019, and the Ranger the paper trains with)
 LOOKAHEAD_STEPS = 6
@@ -57,7 +59,12 @@ class Lookahead(torch.optim.Optimizer):
 
 
 def make_optimizer(name: str, parameters, *, learning_rate: float, weight_decay: float):
-    """The optimizer ``name`` of :data:`bundlelab.training.OPTIMIZERS` over ``parameters``."""
+    """The optimizer ``name`` of :data:`bundlelab.training.OPTIMIZERS` over ``parameters``.
+
+    ``"ranger"``: RAdam (eps 1e-6, decoupled weight decay) inside :class:`Lookahead`;
+    ``"adam"``: ``torch.optim.Adam`` (weight decay added to the gradient, L2);
+    ``"adamw"``: ``torch.optim.AdamW`` (decoupled weight decay); ``"sgd"``: momentum 0.9, L2.
+    """
     parameters = list(parameters)
     if name == "ranger":
         # RAdam with decoupled weight decay and eps 1e-6, as the authors' TensorFlow setup.
@@ -66,10 +73,15 @@ def make_optimizer(name: str, parameters, *, learning_rate: float, weight_decay:
             decoupled_weight_decay=True,
         )
         return Lookahead(radam)
-    if name == "adam":
+    if name == "adam":  # weight decay as an L2 term of the gradient, as torch's Adam does
+        return torch.optim.Adam(parameters, lr=learning_rate, weight_decay=weight_decay)
+    if name == "adamw":
         return torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
     if name == "sgd":
         return torch.optim.SGD(
             parameters, lr=learning_rate, momentum=0.9, weight_decay=weight_decay
         )
-    raise ValueError(name)  # TrainConfig validated the name
+    raise BundleLabError(
+        f"The 'optimizer' parameter must be one of 'ranger', 'adam', 'adamw', 'sgd'. Got "
+        f"{name!r} instead."
+    )

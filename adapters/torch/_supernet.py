@@ -2,10 +2,10 @@
 
 The search itself (sampling architectures, finding each one's real architecture, its cost and
 penalty) is framework-free and lives in the core; this backend does what needs torch.  Each
-example ``b`` of a batch comes with ``edge_on[b]``, the state of every gate (optional edge of an
-``add`` node), and ``alive[b]``, the nodes of its real architecture (those on an input-to-output
-path of switched-on edges).  The forward pass then computes, for each example, exactly the
-sub-network it describes, avoiding two mistakes of the authors' released code:
+example ``b`` of a batch comes with ``switches[b]``, the on/off state of every gate (optional
+edge of an ``add`` node), and ``alive[b]``, the nodes of its real architecture (those on an
+input-to-output path of switched-on edges).  The forward pass then computes, for each
+example, exactly the sub-network it describes, avoiding two mistakes of the authors' released code:
 
 * a node outside the real architecture outputs exactly zero: its module runs only on the
   examples where it is alive (rows gathered, run, scattered back into zeros), so a conv + batch
@@ -18,10 +18,6 @@ Gates are learnt by REINFORCE with a batch-mean baseline, one Bernoulli logit pe
 from __future__ import annotations
 
 import contextlib
-import math
-import numbers
-import statistics
-import time
 
 import numpy as np
 import torch
@@ -29,11 +25,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..._errors import BundleLabError
-from ..._validation import check_choice, check_positive_float, check_positive_int
+from ..._validation import (
+    check_choice,
+    check_float,
+    check_positive_float,
+    check_positive_int,
+    checked_keywords,
+)
 from ...spec import Spec
 from ._build import SpecModule
 from ._optim import make_optimizer
-from ._train import evaluate_in_batches, read_checkpoint, resolve_device
+from ._runtime import (
+    evaluate_in_batches,
+    median_seconds,
+    read_checkpoint,
+    resolve_device,
+    to_tensors,
+)
 
 SUPERNET_FORMAT = "bundlelab.torch-supernet/1"
 GATE_OPTIMIZERS = ("adam", "sgd")
@@ -54,10 +62,10 @@ class SuperNetModule(SpecModule):
     """A :class:`SpecModule` whose forward pass switches optional edges per example.
 
     ``forward(x)`` computes the whole super-network (every edge on), as the plain module;
-    ``forward(x, edge_on, alive)`` computes each example's own sub-network:
+    ``forward(x, switches, alive)`` computes each example's own sub-network:
 
     * an in-edge ``u -> v`` carries ``out_u * live`` with ``live[b] = alive[b, u] & alive[b, v]
-      & edge_on[b, j]`` (the last factor for an optional edge ``j`` only): ``out_u`` is already
+      & switches[b, j]`` (the last factor for an optional edge ``j`` only): ``out_u`` is already
       zero where ``u`` is dead and rows where ``v`` is dead are never computed, so only the
       gate is applied, to the examples where it is off;
     * node ``v``'s module (and its measured tap) runs on the examples where ``alive[:, v]``;
@@ -83,17 +91,17 @@ class SuperNetModule(SpecModule):
             for node in spec.nodes
         ]
 
-    def forward(self, x: torch.Tensor, edge_on: torch.Tensor | None = None,
+    def forward(self, x: torch.Tensor, switches: torch.Tensor | None = None,
                 alive: torch.Tensor | None = None) -> torch.Tensor:
-        if edge_on is None and alive is None:
+        if switches is None and alive is None:
             return super().forward(x)
-        if edge_on is None or alive is None:
-            raise BundleLabError("SuperNetModule needs both 'edge_on' and 'alive', or neither")
+        if switches is None or alive is None:
+            raise BundleLabError("SuperNetModule needs both 'switches' and 'alive', or neither")
         batch = x.shape[0]
         # One host copy of the masks: the per-node decisions below then cost no device sync.
         alive_host = alive.detach().to("cpu", torch.bool)
-        edge_host = edge_on.detach().to("cpu", torch.bool)
-        edge_on = edge_on.to(x.device, torch.bool)
+        edge_host = switches.detach().to("cpu", torch.bool)
+        switches = switches.to(x.device, torch.bool)
         counts = alive_host.sum(0).tolist()
         outputs: dict[str, torch.Tensor] = {}
         for v, node in enumerate(self.spec.nodes):
@@ -109,16 +117,17 @@ class SuperNetModule(SpecModule):
             for k, j in self._gated_inputs[v]:
                 if bool(edge_host[rows_host, j].all()):
                     continue
-                on = edge_on[:, j] if rows is None else edge_on.index_select(0, rows)[:, j]
+                on = switches[:, j] if rows is None else switches.index_select(0, rows)[:, j]
                 args[k] = torch.where(on.view(-1, *[1] * (args[k].dim() - 1)), args[k], 0.0)
             with self._batch_statistics(v, counts[v]):
-                out = self._node_forward(node, args)
+                out = self.node_forward(node, args)
             if rows is not None:
                 out = out.new_zeros((batch, *out.shape[1:])).index_copy(0, rows, out)
             outputs[node.id] = out
         return outputs[self.spec.output]
 
-    def _node_forward(self, node, args: list) -> torch.Tensor:
+    def node_forward(self, node, args: list) -> torch.Tensor:
+        """Node ``node``'s module (and its measured tap) on ``args``, for every row."""
         out = self.nodes[self.node_keys[node.id]](*args)
         if node.id in self.layer_names:
             out = getattr(self, self.layer_names[node.id])(out)
@@ -160,11 +169,12 @@ class TorchSuperTrainee:
     ----------
     gates : list of (str, str)
         ``(source_id, target_id)`` of every optional edge, in canonical order (nodes in spec
-        order, then each node's inputs in order); gate ``j`` is column ``j`` of ``edge_on``.
+        order, then each node's inputs in order); gate ``j`` is column ``j`` of ``switches``.
     gate_logits : torch.nn.Parameter, shape (E,)
     model : SuperNetModule
     """
 
+    @checked_keywords
     def __init__(self, spec: Spec, config, *, gate_init: float = 3.0,
                  gate_optimizer: str = "adam", gate_learning_rate: float = 0.01) -> None:
         if not isinstance(spec, Spec):
@@ -172,12 +182,9 @@ class TorchSuperTrainee:
                 f"The 'spec' parameter must be a bundlelab.spec.Spec. Got {type(spec).__name__} "
                 "instead."
             )
-        if (isinstance(gate_init, bool) or not isinstance(gate_init, numbers.Real)
-                or not math.isfinite(gate_init)):
-            raise BundleLabError(f"The 'gate_init' parameter must be a finite float. Got "
-                                 f"{gate_init!r} instead.")
-        check_choice("gate_optimizer", gate_optimizer, GATE_OPTIMIZERS)
-        check_positive_float("gate_learning_rate", gate_learning_rate)
+        gate_init = check_float("gate_init", gate_init)
+        gate_optimizer = check_choice("gate_optimizer", gate_optimizer, GATE_OPTIMIZERS)
+        gate_learning_rate = check_positive_float("gate_learning_rate", gate_learning_rate)
         self.spec, self.config = spec, config
         self.gates = spec_gates(spec)
         self.device = resolve_device(config.device)
@@ -201,7 +208,7 @@ class TorchSuperTrainee:
         with torch.no_grad():
             return torch.sigmoid(self.gate_logits.detach().double()).cpu().numpy()
 
-    def train_step(self, x: np.ndarray, y: np.ndarray, edge_on: np.ndarray, alive: np.ndarray,
+    def train_step(self, x: np.ndarray, y: np.ndarray, switches: np.ndarray, alive: np.ndarray,
                    penalty: np.ndarray, *, reinforce: bool = True) -> dict:
         """One step of both optimizers on a batch of sampled architectures.
 
@@ -209,8 +216,8 @@ class TorchSuperTrainee:
         ----------
         x : ndarray, shape (B, *spec.input_shape), float32
         y : ndarray, shape (B,), int
-        edge_on : ndarray, shape (B, E), bool
-            The sampled gates ``h`` of each example.
+        switches : ndarray, shape (B, E), bool
+            The sampled on/off state ``h`` of every gate, for each example.
         alive : ndarray, shape (B, N), bool
             The nodes of each example's real architecture.
         penalty : ndarray, shape (B,), float
@@ -232,8 +239,8 @@ class TorchSuperTrainee:
         ``mean_b l_b - mean_b (r_b - mean(r)) log p_b``.
         """
         batch = len(y)
-        xt, yt = self._tensors(x, y)
-        edge_t, alive_t = self._masks(edge_on, alive, (batch,))
+        xt, yt = to_tensors(x, y, self.device)
+        edge_t, alive_t = self._masks(switches, alive, (batch,))
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         self.gate_optimizer.zero_grad(set_to_none=True)
@@ -254,17 +261,18 @@ class TorchSuperTrainee:
         return {"loss": float(losses.detach().mean()),
                 "correct": int((logits.detach().argmax(1) == yt).sum()), "n": batch}
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray, edge_on: np.ndarray, alive: np.ndarray, *,
-                 batch_size: int) -> dict[str, float]:
-        """Loss and accuracy of one architecture (``edge_on`` (E,), ``alive`` (N,)) in eval mode."""
-        check_positive_int("batch_size", batch_size)
-        edge_one, alive_one = (m[None] for m in self._masks(edge_on, alive, ()))
+    def evaluate(self, x: np.ndarray, y: np.ndarray, switches: np.ndarray, alive: np.ndarray, *,
+                 inference_batch_size: int) -> dict[str, float]:
+        """Loss and accuracy of one architecture (``switches`` (E,), ``alive`` (N,)), in eval
+        mode."""
+        batch_size = check_positive_int("inference_batch_size", inference_batch_size)
+        switches_one, alive_one = (m[None] for m in self._masks(switches, alive, ()))
 
         def logits_of(xt):
             n = len(xt)
-            return self.model(xt, edge_one.expand(n, -1), alive_one.expand(n, -1))
+            return self.model(xt, switches_one.expand(n, -1), alive_one.expand(n, -1))
 
-        return evaluate_in_batches(self.model, x, y, batch_size, self._tensors, logits_of)
+        return evaluate_in_batches(self.model, x, y, batch_size, self.device, logits_of)
 
     def save(self, path: str) -> None:
         torch.save({
@@ -302,8 +310,8 @@ class TorchSuperTrainee:
         every timing is synchronised.  The latency cost of an architecture sums these over its
         alive nodes.
         """
-        check_positive_int("batch_size", batch_size)
-        check_positive_int("repeats", repeats)
+        batch_size = check_positive_int("batch_size", batch_size)
+        repeats = check_positive_int("repeats", repeats)
         generator = torch.Generator().manual_seed(self.config.seed)
         was_training = self.model.training
         self.model.eval()
@@ -317,34 +325,24 @@ class TorchSuperTrainee:
                     .to(self.device)
                     for s in node.inputs
                 ]
-                times = []
-                for k in range(repeats + 1):  # the first pass warms up (allocations, kernels)
-                    self._synchronize()
-                    start = time.perf_counter()
-                    self.model._node_forward(node, args)
-                    self._synchronize()
-                    if k:
-                        times.append(time.perf_counter() - start)
-                seconds[v] = statistics.median(times)
+                seconds[v] = median_seconds(
+                    lambda: self.model.node_forward(node, args), self.device, repeats=repeats
+                )
         finally:
             self.model.train(was_training)
         return seconds
 
-    def _tensors(self, x: np.ndarray, y: np.ndarray):
-        xt = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, non_blocking=True)
-        return xt, torch.from_numpy(np.asarray(y, dtype=np.int64)).to(self.device)
-
-    def _masks(self, edge_on: np.ndarray, alive: np.ndarray, lead: tuple):
-        """Bool tensors of ``edge_on`` (*lead, E) and ``alive`` (*lead, N), checked."""
-        edge_on, alive = np.asarray(edge_on), np.asarray(alive)
-        for name, value, width, axis in (("edge_on", edge_on, len(self.gates), "gates"),
+    def _masks(self, switches: np.ndarray, alive: np.ndarray, lead: tuple):
+        """Bool tensors of ``switches`` (*lead, E) and ``alive`` (*lead, N), checked."""
+        switches, alive = np.asarray(switches), np.asarray(alive)
+        for name, value, width, axis in (("switches", switches, len(self.gates), "gates"),
                                          ("alive", alive, len(self.spec.nodes), "nodes")):
             if value.shape != (*lead, width):
                 raise BundleLabError(
                     f"The {name!r} parameter must have shape {(*lead, width)} (one column per "
                     f"{axis[:-1]}: {width} {axis}). Got {value.shape} instead."
                 )
-        return (torch.from_numpy(edge_on.astype(bool)).to(self.device),
+        return (torch.from_numpy(switches.astype(bool)).to(self.device),
                 torch.from_numpy(alive.astype(bool)).to(self.device))
 
     def _penalty(self, penalty: np.ndarray, batch: int) -> torch.Tensor:
@@ -354,7 +352,3 @@ class TorchSuperTrainee:
                 f"The 'penalty' parameter must have shape {(batch,)}. Got {penalty.shape} instead."
             )
         return torch.from_numpy(penalty).to(self.device)
-
-    def _synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)

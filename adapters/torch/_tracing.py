@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..._errors import BundleLabError
+from ..._validation import checked_keywords
 from .. import select_layers
 from ._data import _as_data
 from ._forward import (
@@ -38,22 +39,45 @@ _TRACE_SAMPLES = 2
 
 @dataclass(frozen=True)
 class Tap:
-    """One call of one module whose output is a float tensor."""
+    """One call of one module whose output is a float tensor.
 
-    name: str  # "layer1.0.relu:2"
-    module: str  # "layer1.0.relu"
-    kind: type  # the module's class
-    shape: tuple[int, ...]  # output shape per sample
-    is_output: bool  # the output shares storage with the model's output (the logits)
-    source: str | None  # module whose parameters give the per-layer amplitude
+    Attributes
+    ----------
+    name : str
+        The tap's name: the module's, with ``:k`` for its k-th call (``"layer1.0.relu:2"``).
+    module : str
+        The module's name (``"layer1.0.relu"``).
+    kind : type
+        The module's class.
+    shape : tuple of int
+        The output shape per sample.
+    is_output : bool
+        The output shares storage with the model's output (the logits).
+    source : str or None
+        The module whose parameters give the per-layer weight amplitude.
+    """
+
+    name: str
+    module: str
+    kind: type
+    shape: tuple[int, ...]
+    is_output: bool
+    source: str | None
 
 
 @dataclass
 class Trace:
-    """Every tappable module call of one forward pass, in execution order."""
+    """Every tappable module call of one forward pass, in execution order.
+
+    Attributes
+    ----------
+    taps : list of Tap
+    untappable : dict of str to str
+        Module name -> what it outputs instead of a float tensor.
+    """
 
     taps: list[Tap]
-    untappable: dict[str, str]  # module name -> what it outputs instead of a float tensor
+    untappable: dict[str, str]
 
     @property
     def names(self) -> list[str]:
@@ -112,11 +136,28 @@ class Trace:
         return [t for t in self.taps if t.name in chosen]
 
 
+Tap.__init__ = checked_keywords(Tap.__init__)  # type: ignore[method-assign]
+Trace.__init__ = checked_keywords(Trace.__init__)  # type: ignore[method-assign]
+
+
+@checked_keywords
 def trace_model(model: nn.Module, inputs: Any, *, device: Any = None) -> Trace:
     """Run ``model`` on two samples of ``inputs`` and list its tappable module calls.
 
     Inputs that do not fit the model give a one-line :class:`BundleLabError` naming the module
     that rejected them, what it expects and what it got.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    inputs : tensor, array, (inputs, labels), Dataset or DataLoader
+        Only the first two samples are run.
+    device : torch.device or str, optional
+        Where the inputs are sent; default: the device of the model's parameters.
+
+    Returns
+    -------
+    Trace
     """
     _check_model(model)
     data = _as_data(inputs, model)

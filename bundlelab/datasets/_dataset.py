@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._errors import BundleLabError
+from .._validation import check_optional_int, check_seed, checked_keywords
 
 # One random stream per split, so the test subset does not depend on whether (or how large) a
 # training subset was drawn.
@@ -95,7 +96,8 @@ class Dataset:
         """Number of classes, ``len(classes)``."""
         return len(self.classes)
 
-    def subset(self, n_train: int | None = None, n_test: int | None = None,
+    @checked_keywords
+    def subset(self, n_train: int | None = None, n_test: int | None = None, *,
                seed: int = 0) -> Dataset:
         """A seeded random subset of each split, in the original sample order.
 
@@ -114,9 +116,9 @@ class Dataset:
             full training split); ``load_dataset(..., n_train=...)`` instead computes the
             statistics on the subset it keeps.
         """
-        check_count("n_train", n_train)
-        check_count("n_test", n_test)
-        check_seed(seed)
+        n_train = check_optional_int("n_train", n_train, low=1)
+        n_test = check_optional_int("n_test", n_test, low=1)
+        seed = check_seed("seed", seed)
         raw = RawSplits(self.x_train, self.y_train, self.x_test, self.y_test, self.classes)
         raw = raw.subset(self.name, n_train, n_test, seed)
         return Dataset(self.name, raw.x_train, raw.y_train, raw.x_test, raw.y_test,
@@ -129,23 +131,8 @@ class Dataset:
         )
 
 
-def check_count(parameter: str, value) -> None:
-    """``value`` must be None or an int >= 1."""
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1
-    ):
-        raise BundleLabError(
-            f"The {parameter!r} parameter must be None or an int in [1, inf). "
-            f"Got {value!r} instead."
-        )
-
-
-def check_seed(seed) -> None:
-    """``seed`` must be an int >= 0 (what numpy's generators accept)."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise BundleLabError(
-            f"The 'seed' parameter must be an int in [0, inf). Got {seed!r} instead."
-        )
+# a one-line BundleLabError for an unknown keyword, at the call (the dataclass writes __init__)
+Dataset.__init__ = checked_keywords(Dataset.__init__)  # type: ignore[method-assign]
 
 
 def pick_indices(n_total: int, n: int | None, seed: int, split: str,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._errors import BundleLabError
+from .._errors import BundleLabError, require
 from ._dataset import RawSplits, pick_indices
 
 EXTENSIONS = {".jpg", ".jpeg", ".png"}
@@ -69,12 +69,7 @@ def _read_image(name: str, path: Path, size: int, image_module) -> np.ndarray:
 
 
 def _read_images(name: str, files: list[Path], size: int) -> np.ndarray:
-    try:
-        from PIL import Image
-    except ImportError:
-        raise BundleLabError(
-            f"{name}: reading images requires Pillow; install it with `pip install pillow`"
-        ) from None
+    Image = require("PIL.Image", purpose=f"{name}: reading images", package="pillow")
     # Pillow releases the GIL while decoding, so threads overlap the per-image work.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         images = list(pool.map(lambda path: _read_image(name, path, size, Image), files))

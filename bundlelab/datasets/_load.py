@@ -8,7 +8,8 @@ from typing import Callable
 
 from .._errors import BundleLabError
 from . import _cifar, _folder, _idx, _svhn
-from ._dataset import Dataset, check_count, check_seed, standardize
+from .._validation import check_optional_int, check_seed, checked_keywords
+from ._dataset import Dataset, standardize
 from ._digits import load_digits_splits
 from ._files import data_folder
 
@@ -63,6 +64,7 @@ def _parse_name(name, root) -> tuple[str, object]:
     return key, root
 
 
+@checked_keywords
 def load_dataset(
     name: str,
     root: str | os.PathLike | None = None,
@@ -124,10 +126,10 @@ def load_dataset(
     """
     key, root = _parse_name(name, root)
     source = REGISTRY[key]
-    check_count("n_train", n_train)
-    check_count("n_test", n_test)
-    check_count("image_size", image_size)
-    check_seed(seed)
+    n_train = check_optional_int("n_train", n_train, low=1)
+    n_test = check_optional_int("n_test", n_test, low=1)
+    image_size = check_optional_int("image_size", image_size, low=1)
+    seed = check_seed("seed", seed)
     if source.holds is None:
         if root is not None:
             raise BundleLabError(f"{key} ships with scikit-learn and takes no folder; remove it")
@@ -136,7 +138,7 @@ def load_dataset(
         folder = data_folder(key, root, source.holds)
 
     if source.resizable:
-        size = DEFAULT_IMAGE_SIZE if image_size is None else int(image_size)
+        size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
         raw = source.load(folder, image_size=size, n_train=n_train, n_test=n_test, seed=seed,
                           name=key)
     else:

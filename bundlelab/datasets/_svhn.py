@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._errors import BundleLabError
+from .._errors import BundleLabError, require
 from ._dataset import RawSplits, check_labels
 
 FILES = ("train_32x32.mat", "test_32x32.mat")
@@ -20,12 +20,7 @@ CLASSES = tuple(str(digit) for digit in range(10))
 
 def load_svhn(folder: Path) -> RawSplits:
     """Both SVHN splits from ``folder`` (images (N, 3, 32, 32), labels 0..9)."""
-    try:
-        from scipy.io import loadmat
-    except ImportError:
-        raise BundleLabError(
-            "svhn: reading the .mat files requires SciPy; install it with `pip install scipy`"
-        ) from None
+    loadmat = require("scipy.io", purpose="svhn: reading the .mat files", package="scipy").loadmat
     splits = []
     for file_name in FILES:
         path = folder / file_name

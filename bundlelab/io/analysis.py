@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 
 from .._arrays import check_float_dtype
 from .._errors import BundleLabError
+from .._validation import check_optional_int, checked_keywords
 from ..bundles import BundleOptions, find_bundles
 from ..report import BundleReport
 from ..streaming import BundleStream
@@ -29,6 +30,7 @@ GIB = 1 << 30
 MAX_CHUNK_BYTES = 256 << 20
 
 
+@checked_keywords
 def default_memory_budget() -> int:
     """Bytes one layer may take in memory before it is streamed: RAM / 4, at most 4 GiB."""
     try:
@@ -48,6 +50,7 @@ def plan_chunk_rows(info: LayerInfo, *, chunk_rows: int | None, memory_budget: i
     return max(1, min(MAX_CHUNK_BYTES, memory_budget // 4) // max(row_bytes, 1))
 
 
+@checked_keywords
 def analyze_dump(
     dump: Dump | str | os.PathLike,
     *,
@@ -87,20 +90,18 @@ def analyze_dump(
     -------
     BundleReport
     """
+    own = ("layers", "labels_key", "chunk_rows", "memory_budget", "n_classes", "progress")
+    bundle_options = BundleOptions.from_keywords("analyze_dump()", options, also=own)
+    chunk_rows = check_optional_int("chunk_rows", chunk_rows, low=1)
+    memory_budget = check_optional_int("memory_budget", memory_budget, low=1)
+    n_classes = check_optional_int("n_classes", n_classes, low=1)
     if not isinstance(dump, Dump):
         with open_dump(dump, labels_key=labels_key) as opened:
             return analyze_dump(
                 opened, layers=layers, chunk_rows=chunk_rows, memory_budget=memory_budget,
                 n_classes=n_classes, progress=progress, **options,
             )
-    bundle_options = BundleOptions(**options)
-    if chunk_rows is not None and (
-        isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1
-    ):
-        raise BundleLabError(
-            f"The 'chunk_rows' parameter must be an int in [1, inf). Got {chunk_rows!r} instead."
-        )
-    budget = default_memory_budget() if memory_budget is None else int(memory_budget)
+    budget = default_memory_budget() if memory_budget is None else memory_budget
     names = select_layers(dump.layer_names, layers, where=dump.path.name)
     labels = dump.labels
     plans = {}

@@ -35,7 +35,7 @@ from .._arrays import to_host
 from .._atomic import atomic_open
 from .._errors import BundleLabError
 from .._selection import short_list, unknown_layer_error
-from .._validation import saved_label_vector
+from .._validation import check_bool, check_int, checked_keywords, saved_label_vector
 
 #: file extension (or "directory") -> (module, class) of its reader
 READERS = {
@@ -49,7 +49,19 @@ READERS = {
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """Shape and element type of one stored array, known without loading it."""
+    """Shape and element type of one stored array, known without loading it.
+
+    Parameters
+    ----------
+    name : str
+        The array's name in the dump.
+    shape : tuple of int
+        Its shape, samples first.
+    dtype : str
+        numpy's name of its element type in native byte order ('float32', 'bfloat16', ...).
+    itemsize : int
+        Bytes per element.
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -69,6 +81,10 @@ class LayerInfo:
         return int(np.prod(self.shape, dtype=np.int64)) * self.itemsize
 
 
+# a one-line BundleLabError for an unknown keyword, at the call (the dataclass writes __init__)
+LayerInfo.__init__ = checked_keywords(LayerInfo.__init__)  # type: ignore[method-assign]
+
+
 class Dump:
     """An opened activation dump: layer names in network order, labels, and lazy layer reads.
 
@@ -79,10 +95,18 @@ class Dump:
 
     Subclasses fill ``_infos`` (layers, in order, labels excluded) and ``_label_info`` and
     implement ``_read(name)``, ``_read_rows(name, start, stop)`` and ``_read_labels()``.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The dump's file or directory.
+    labels_key : str
+        Name of the array holding the labels.
     """
 
     format = "?"
 
+    @checked_keywords
     def __init__(self, path: Path, labels_key: str):
         self.path = path
         self.labels_key = labels_key
@@ -134,13 +158,9 @@ class Dump:
 
     def iter_chunks(self, name: str, chunk_rows: int) -> Iterator[np.ndarray]:
         """The layer ``chunk_rows`` samples at a time, in sample order (the last may be shorter)."""
+        chunk_rows = check_int("chunk_rows", chunk_rows, low=1)
         info = self.info(name)
         check_readable(info, self.path.name)
-        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
-            raise BundleLabError(
-                "The 'chunk_rows' parameter must be an int in [1, inf). "
-                f"Got {chunk_rows!r} instead."
-            )
         return (in_memory(chunk) for chunk in self._chunks(name, info, chunk_rows))
 
     def _chunks(self, name: str, info: LayerInfo, chunk_rows: int) -> Iterator[np.ndarray]:
@@ -205,6 +225,7 @@ class Dump:
 # -- opening and saving ------------------------------------------------------------------------
 
 
+@checked_keywords
 def open_dump(path: str | os.PathLike, *, labels_key: str = "labels") -> Dump:
     """Open an activation dump without loading its layers.
 
@@ -251,6 +272,7 @@ def open_dump(path: str | os.PathLike, *, labels_key: str = "labels") -> Dump:
     return reader(path, labels_key)
 
 
+@checked_keywords
 def save_dump(
     path: str | os.PathLike,
     layers: dict[str, Any],
@@ -274,6 +296,7 @@ def save_dump(
     compress : bool, default=False
         Deflate the members (smaller, slower to read).
     """
+    compress = check_bool("compress", compress)
     path = Path(path)
     if path.suffix.lower() != ".npz":
         raise BundleLabError(f"save_dump writes .npz files: got {str(path)!r}; name it *.npz")

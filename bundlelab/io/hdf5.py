@@ -12,18 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .._errors import BundleLabError
+from .._errors import BundleLabError, require
 from .dumps import Dump, LayerInfo, info_from_dtype, natural_key
 
 
 def _h5py():
-    try:
-        import h5py
-    except ImportError:
-        raise BundleLabError(
-            "reading HDF5 dumps requires h5py. You can install it with `pip install h5py`"
-        ) from None
-    return h5py
+    return require("h5py", purpose="reading HDF5 dumps", extra="io")
 
 
 class Hdf5Dump(Dump):

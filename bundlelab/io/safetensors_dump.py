@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._errors import BundleLabError
+from .._errors import BundleLabError, require
 from .dumps import Dump, LayerInfo, corrupt_error, natural_key
 
 #: safetensors dtype code -> (numpy name, item size)
@@ -34,14 +34,8 @@ DTYPES = {
 
 
 def _safe_open():
-    try:
-        from safetensors import SafetensorError, safe_open
-    except ImportError:
-        raise BundleLabError(
-            "reading .safetensors dumps requires safetensors. You can install it with "
-            "`pip install safetensors`"
-        ) from None
-    return safe_open, SafetensorError
+    safetensors = require("safetensors", purpose="reading .safetensors dumps", extra="io")
+    return safetensors.safe_open, safetensors.SafetensorError
 
 
 class SafetensorsDump(Dump):
@@ -92,10 +86,5 @@ class SafetensorsDump(Dump):
 
 
 def _import_ml_dtypes() -> None:
-    try:
-        import ml_dtypes  # noqa: F401 - registers numpy's 'bfloat16' dtype for safetensors
-    except ImportError:
-        raise BundleLabError(
-            "reading bfloat16 tensors requires ml_dtypes. You can install it with "
-            "`pip install ml_dtypes`"
-        ) from None
+    # importing ml_dtypes registers numpy's 'bfloat16' dtype, which safetensors needs
+    require("ml_dtypes", purpose="reading bfloat16 tensors", extra="io")

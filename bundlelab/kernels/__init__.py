@@ -1,8 +1,11 @@
 """One registry of compute backends: every array operation of bundlelab goes through it.
 
-A backend implements :class:`bundlelab.kernels.backends.KernelBackend` for one device.  It is
-looked up by name and built on first use, so ``import bundlelab`` compiles and imports nothing
-heavy, and the CUDA backend is never touched on a machine that does not ask for it.
+A backend implements :class:`KernelBackend` for one device: ``kernels/cpu.py`` holds the Numba
+CPU kernels and :class:`~bundlelab.kernels.cpu.CpuBackend`, ``kernels/cuda.py`` the CUDA ones.
+``_hashing.py`` (the row fingerprint) and ``_formats.py`` (rounding to narrow float formats) are
+plain Python compiled for both targets.  A backend is looked up by name and built on first use,
+so ``import bundlelab`` compiles and imports nothing heavy, and the CUDA backend is never
+touched on a machine that does not ask for it.
 """
 
 from __future__ import annotations
@@ -11,23 +14,19 @@ import functools
 import importlib
 
 from .._errors import BundleLabError
+from .._validation import check_choice, checked_keywords
+from ._protocol import KernelBackend, Transform
 
 #: device name -> (module, class) of its backend
 BACKENDS = {
-    "cpu": ("bundlelab.kernels.backends", "CpuBackend"),
+    "cpu": ("bundlelab.kernels.cpu", "CpuBackend"),
     "cuda": ("bundlelab.kernels.cuda", "CudaBackend"),
 }
 
 
 @functools.cache
-def get_backend(device: str):
-    """Return the (cached) backend instance for ``device`` ('cpu' or 'cuda')."""
-    try:
-        module_name, class_name = BACKENDS[device]
-    except KeyError:
-        raise BundleLabError(
-            f"unknown device {device!r}: expected one of {', '.join(BACKENDS)} or 'auto'"
-        ) from None
+def _kernel_backend(device: str) -> KernelBackend:
+    module_name, class_name = BACKENDS[device]
     try:
         module = importlib.import_module(module_name)
         return getattr(module, class_name)()
@@ -38,3 +37,29 @@ def get_backend(device: str):
         raise BundleLabError(
             f"the {device} backend is not available here ({reason}); use device='cpu'"
         ) from None
+
+
+@checked_keywords
+def get_kernel_backend(device: str) -> KernelBackend:
+    """The (cached) kernel backend of a device.
+
+    Parameters
+    ----------
+    device : {'cpu', 'cuda'}
+        The device whose kernels to return (``'auto'`` is resolved by the caller, from where
+        the activations live).
+
+    Returns
+    -------
+    KernelBackend
+        The backend instance, built on first use and shared afterwards.
+
+    Raises
+    ------
+    BundleLabError
+        For an unknown device, or a CUDA backend that cannot start here (no driver or GPU).
+    """
+    return _kernel_backend(check_choice("device", device, tuple(BACKENDS)))
+
+
+__all__ = ["BACKENDS", "KernelBackend", "Transform", "get_kernel_backend"]

@@ -1,9 +1,10 @@
-"""Numba CPU kernels: row fingerprints, exact row comparison, greedy threshold assignment.
+"""Numba CPU kernels (row fingerprints, exact row comparison, greedy threshold assignment) and
+:class:`CpuBackend`, the :class:`~bundlelab.kernels.KernelBackend` that drives them.
 
 Inputs are validated once in Python (``bundlelab/_validation.py``); the kernels contain no
 checks.  ``parallel=True`` with ``prange`` appears only in the driver loops over rows, and every
 kernel is cached on disk (``cache=True``) so the compile cost is paid once per machine, not once
-per run.
+per run; the cache lives in the user's cache folder, not the package (see ``_cache.py``).
 
 Layout contract (shared with ``kernels/cuda.py``):
 
@@ -19,7 +20,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .. import _formats, _hashing
+from . import _cache  # noqa: F401 - before any cache=True kernel: where the cache lives
+from . import _formats, _hashing
 
 _njit = numba.njit(cache=True, nogil=True)
 
@@ -253,33 +255,67 @@ def probe_columns(rows, count=16):
     return np.sort(np.argsort(-spread, kind="stable")[:count]).astype(np.int64)
 
 
-def warm_up() -> None:
-    """Compile (or load from the cache) every kernel for every dtype on a tiny input."""
-    for dtype in (np.float32, np.float64):
-        rows = np.zeros((2, 3), dtype=dtype)
-        one = dtype(1)
-        fingerprints_native(rows, one, one, one, np.empty((2, 2), np.uint64), np.empty(2, np.bool_))
-        pairs_equal_native(
-            rows, np.zeros(1, np.int64), np.ones(1, np.int64), one, one, one, np.empty(1, np.bool_)
+class CpuBackend:
+    """Numba kernels on the host; the reference every other backend must match bit for bit."""
+
+    name = "cpu"
+
+    def fingerprints(self, rows, fmt, transform):
+        n = rows.shape[0]
+        out = np.empty((n, 2), dtype=np.uint64)
+        nonfinite = np.empty(n, dtype=np.bool_)
+        if fmt.native:
+            cast = rows.dtype.type
+            fingerprints_native(
+                rows, cast(transform.weight_amplitude), cast(transform.learning_rate),
+                cast(transform.inverse_batch_size), out, nonfinite,
+            )
+        else:
+            fingerprints_emulated(
+                rows, transform.weight_amplitude, transform.learning_rate,
+                transform.inverse_batch_size, fmt.precision, fmt.emin, fmt.max_finite,
+                out, nonfinite,
+            )
+        return out, nonfinite
+
+    def pairs_equal(self, rows, first, second, fmt, transform):
+        out = np.empty(first.shape[0], dtype=np.bool_)
+        first = np.ascontiguousarray(first, dtype=np.int64)
+        second = np.ascontiguousarray(second, dtype=np.int64)
+        if fmt.native:
+            cast = rows.dtype.type
+            pairs_equal_native(
+                rows, first, second, cast(transform.weight_amplitude),
+                cast(transform.learning_rate), cast(transform.inverse_batch_size), out,
+            )
+        else:
+            pairs_equal_emulated(
+                rows, first, second, transform.weight_amplitude, transform.learning_rate,
+                transform.inverse_batch_size, fmt.precision, fmt.emin, fmt.max_finite, out,
+            )
+        return out
+
+    def row_means(self, rows):
+        n = rows.shape[0]
+        means = np.empty(n)
+        tolerances = np.empty(n)
+        nonfinite = np.empty(n, dtype=np.bool_)
+        row_means(rows, means, tolerances, nonfinite)
+        return means, tolerances, nonfinite
+
+    def threshold_assign(
+        self, rows, means, tolerances, first_new, leaders, n_leaders, scale, gamma
+    ):
+        assign = np.empty(rows.shape[0] - first_new, dtype=np.int64)
+        n_leaders = greedy_threshold(
+            rows, means, tolerances, probe_columns(rows), first_new, leaders, n_leaders, assign,
+            scale, gamma,
         )
-        means = np.empty(2)
-        tols = np.empty(2)
-        row_means(rows, means, tols, np.empty(2, np.bool_))
-        greedy_threshold(
-            rows, means, tols, np.zeros(1, np.int64), 0, np.empty(2, np.int64), 0,
-            np.empty(2, np.int64), 1.0, 1.0,
-        )
-    rows = np.zeros((2, 3), dtype=np.float32)
-    fingerprints_emulated(
-        rows, 1.0, 1.0, 1.0, 11, -14, 65504.0, np.empty((2, 2), np.uint64), np.empty(2, np.bool_)
-    )
-    pairs_equal_emulated(
-        rows, np.zeros(1, np.int64), np.ones(1, np.int64), 1.0, 1.0, 1.0, 11, -14, 65504.0,
-        np.empty(1, np.bool_),
-    )
+        return assign, int(n_leaders)
 
 
 __all__ = [
+    "CpuBackend",
     "fingerprints_native",
     "fingerprints_emulated",
     "pairs_equal_native",

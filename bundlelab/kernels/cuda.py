@@ -37,10 +37,15 @@ from numba import config, cuda, types
 from numba.core.extending import overload
 from numba.cuda import libdevice
 
-from .. import _formats, _hashing
+from . import _cache
+
+# numba-cuda keeps its own copy of the caching module; CPU's was set up by importing _cache.
+_cache.install("numba.cuda.core.caching")
+
+from . import _formats, _hashing
 from .._errors import BundleLabError
-from .._formats import FORMATS
-from .backends import Transform
+from ._formats import FORMATS
+from ._protocol import Transform
 
 _SIMULATOR = bool(config.ENABLE_CUDASIM)
 
@@ -507,7 +512,7 @@ def _probe_columns(rows, count: int = 16) -> np.ndarray:
 
 
 class CudaBackend:
-    """Numba CUDA kernels; results bit-identical to :class:`~bundlelab.kernels.backends.CpuBackend`.
+    """Numba CUDA kernels; results bit-identical to :class:`~bundlelab.kernels.cpu.CpuBackend`.
 
     One exception: the raw fingerprint of a row whose transformed values contain NaN.  NaN bit
     patterns are hardware-specific (a GPU returns the canonical NaN, x86 propagates the input's

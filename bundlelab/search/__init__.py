@@ -1,10 +1,11 @@
 """Budgeted super networks (Veniat & Denoyer, CVPR 2018) on the spec language.
 
 "Give me the most accurate network that costs at most C": a super-network (a spec whose
-``add`` nodes have optional edges) is trained with its gates sampled per example; REINFORCE
-learns which gates to keep so that the deterministic architecture (gates with
-``sigmoid(gamma) > 0.5``) is accurate and its cost stays under the budget.  The result is an
-ordinary spec to retrain, audit for conflicting bundles and ship.
+``add`` nodes have optional edges, its *gates*) is trained with the *switches* of its gates
+(on/off, one per gate) sampled per example; REINFORCE learns which gates to keep so that the
+deterministic architecture (the gates with ``sigmoid(gamma) > 0.5`` switched on) is accurate
+and its cost stays under the budget.  The result is an ordinary spec to retrain, audit for
+conflicting bundles and ship.
 
 Framework-free here: the super-networks (:func:`resnet_fabric`, :func:`conv_fabric`), the
 real architecture of each example (:class:`GatedGraph`), the costs (:func:`get_cost`: flops,
@@ -30,7 +31,7 @@ from ._costs import (
     cheapest_architecture,
     get_cost,
 )
-from ._extract import deterministic_gates, extract
+from ._extract import deterministic_switches, extract
 from ._fabrics import conv_fabric, resnet_fabric
 from ._graph import GatedGraph
 from ._search import (
@@ -60,7 +61,7 @@ __all__ = [
     "cheapest_architecture",
     "conv_fabric",
     "default_lambdas",
-    "deterministic_gates",
+    "deterministic_switches",
     "extract",
     "get_cost",
     "pareto_front",

@@ -20,9 +20,11 @@ import heapq
 
 import numpy as np
 
+from .._validation import check_positive_int, checked_keywords
 from ._graph import GatedGraph
 
 
+@checked_keywords
 def rounds(graph: GatedGraph, alive: np.ndarray, live: np.ndarray, machines: int) -> int:
     """Rounds to run one real architecture on ``machines`` machines.
 
@@ -45,6 +47,7 @@ def rounds(graph: GatedGraph, alive: np.ndarray, live: np.ndarray, machines: int
     spec order; a round's nodes release their successors when it ends.  O((nodes + edges) log
     nodes) per architecture.
     """
+    machines = check_positive_int("machines", machines)
     waiting = np.flatnonzero(alive)
     if not len(waiting):
         return 0

@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from .._errors import BundleLabError
+from .._validation import check_positive_int, checked_keywords
 from ._allocation import rounds
 from ._graph import GatedGraph
 
@@ -34,6 +35,10 @@ class Cost:
     name = "cost"
     unit = ""
     additive = True
+
+    @checked_keywords
+    def __init__(self) -> None:
+        """A cost without options."""
 
     def node_edge_costs(self, graph: GatedGraph) -> tuple[np.ndarray, np.ndarray]:
         """Per-node and per-edge costs whose sum over an architecture is its cost."""
@@ -73,13 +78,18 @@ class LatencyCost(Cost):
     node alone, inference mode, median of several runs, synchronised on GPUs).  Timings vary
     from run to run, which REINFORCE tolerates (the supplementary's stochastic costs); the
     search re-measures them at the start of every epoch.
+
+    Parameters
+    ----------
+    node_seconds : array of shape (n_nodes,), optional
+        Seconds of each node; None until the search has timed them.
     """
 
     name, unit = "latency", "s"
 
-    def __init__(self, node_seconds: np.ndarray | None = None, batch_size: int = 64) -> None:
+    @checked_keywords
+    def __init__(self, *, node_seconds: np.ndarray | None = None) -> None:
         self.node_seconds = node_seconds
-        self.batch_size = batch_size
 
     def node_edge_costs(self, graph):
         if self.node_seconds is None:
@@ -90,18 +100,21 @@ class LatencyCost(Cost):
 
 
 class ParallelCost(Cost):
-    """Synchronous rounds on ``machines`` parallel machines (the distributed cost)."""
+    """Synchronous rounds on ``machines`` parallel machines (the distributed cost).
+
+    Parameters
+    ----------
+    machines : int
+        At least 1 (:func:`bundlelab.search.rounds`).
+    """
 
     unit = "rounds"
     additive = False
 
+    @checked_keywords
     def __init__(self, machines: int) -> None:
-        if isinstance(machines, bool) or not isinstance(machines, int) or machines < 1:
-            raise BundleLabError(
-                f"The number of machines must be an int in [1, inf). Got {machines!r} instead."
-            )
-        self.machines = machines
-        self.name = f"parallel:{machines}"
+        self.machines = check_positive_int("machines", machines)
+        self.name = f"parallel:{self.machines}"
         self._cache: dict[bytes, int] = {}
 
     def __call__(self, graph, alive, live):
@@ -125,8 +138,19 @@ COSTS: dict[str, Callable[[], Cost]] = {
 }
 
 
+@checked_keywords
 def get_cost(cost: str | Cost) -> Cost:
-    """The cost named ``cost``: "flops", "params", "latency" or "parallel:N"."""
+    """The cost named ``cost``: "flops", "params", "latency" or "parallel:N".
+
+    Parameters
+    ----------
+    cost : str or Cost
+        A name, or a cost object (returned as it is).
+
+    Returns
+    -------
+    Cost
+    """
     if isinstance(cost, Cost):
         return cost
     if isinstance(cost, str):
@@ -140,13 +164,25 @@ def get_cost(cost: str | Cost) -> Cost:
     )
 
 
+@checked_keywords
 def cheapest_architecture(graph: GatedGraph, cost: Cost) -> tuple[np.ndarray, float]:
-    """The gates of the cheapest single input-to-output path, and that architecture's cost.
+    """The switches of the cheapest single input-to-output path, and that architecture's cost.
 
     Dynamic programming over the DAG on the cost's node weights (a computing node weighs 1 for
     the distributed cost): the cheapest path, with only its own gates on.  For additive costs
     on graphs whose path nodes have no always-on side inputs (both fabrics) it is the cheapest
     architecture there is; it bounds the budgets a search can meet.
+
+    Parameters
+    ----------
+    graph : GatedGraph
+    cost : Cost
+
+    Returns
+    -------
+    switches : bool ndarray of shape (n_gates,)
+        Only the gates of the path on.
+    cost : float
     """
     if cost.additive:
         node_cost, edge_cost = cost.node_edge_costs(graph)
@@ -162,12 +198,12 @@ def cheapest_architecture(graph: GatedGraph, cost: Cost) -> tuple[np.ndarray, fl
                 best[v], via[v] = candidate, e
     if not np.isfinite(best[graph.output]):
         raise BundleLabError(f"spec {graph.spec.name!r} has no path from its input to its output")
-    gates = np.zeros(graph.n_gates, dtype=bool)
+    switches = np.zeros(graph.n_gates, dtype=bool)
     v = graph.output
     while v != graph.input:
         e = via[v]
         if graph.edge_gate[e] >= 0:
-            gates[graph.edge_gate[e]] = True
+            switches[graph.edge_gate[e]] = True
         v = graph.sources[e]
-    alive, live = graph.real_architecture(gates[None])
-    return gates, float(cost(graph, alive, live)[0])
+    alive, live = graph.real_architecture(switches[None])
+    return switches, float(cost(graph, alive, live)[0])

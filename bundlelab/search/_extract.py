@@ -1,21 +1,35 @@
-"""From gates to an ordinary network: the real architecture as a plain spec."""
+"""From switches to an ordinary network: the real architecture as a plain spec."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from .._errors import BundleLabError
+from .._validation import check_instance, checked_keywords
 from ..spec import Spec
 from ._graph import GatedGraph
 
 
-def deterministic_gates(probabilities: np.ndarray) -> np.ndarray:
-    """The evaluation architecture: gate ``j`` is on iff ``sigmoid(gamma_j) > 0.5``."""
+@checked_keywords
+def deterministic_switches(probabilities: np.ndarray) -> np.ndarray:
+    """The switches of the evaluation architecture: gate ``j`` is on iff
+    ``sigmoid(gamma_j) > 0.5``.
+
+    Parameters
+    ----------
+    probabilities : array of shape (n_gates,)
+        The gate probabilities ``sigmoid(gamma)``.
+
+    Returns
+    -------
+    bool ndarray of shape (n_gates,)
+    """
     return np.asarray(probabilities) > 0.5
 
 
-def extract(spec: Spec, gates_on: np.ndarray, *, name: str | None = None) -> Spec:
-    """The real architecture of ``gates_on`` as an ordinary spec, without optional edges.
+@checked_keywords
+def extract(spec: Spec, switches: np.ndarray, *, name: str | None = None) -> Spec:
+    """The real architecture of ``switches`` as an ordinary spec, without optional edges.
 
     Nodes off every input-to-output path of on edges are removed with their edges; node ids,
     stages and measured flags are kept, so the adapters report the extracted network's layers
@@ -25,8 +39,8 @@ def extract(spec: Spec, gates_on: np.ndarray, *, name: str | None = None) -> Spe
     ----------
     spec : Spec
         The super-network.
-    gates_on : bool array of shape (n_gates,)
-        In the order of :attr:`GatedGraph.gates`.
+    switches : bool array of shape (n_gates,)
+        The on/off value of each gate, in the order of :attr:`GatedGraph.gates`.
     name : str, optional
         Default: ``"<spec name>-extracted"``.
 
@@ -35,11 +49,20 @@ def extract(spec: Spec, gates_on: np.ndarray, *, name: str | None = None) -> Spe
     BundleLabError
         If no path of on edges joins the input to the output.
     """
+    check_instance("spec", spec, Spec, "a bundlelab.spec.Spec")
+    if name is not None:
+        check_instance("name", name, str, "a str")
     graph = GatedGraph(spec)
-    alive, live = graph.real_architecture(np.asarray(gates_on, dtype=bool))
+    switches = np.asarray(switches, dtype=bool)
+    if switches.shape != (graph.n_gates,):
+        raise BundleLabError(
+            f"expected {graph.n_gates} switches (one per gate of {spec.name!r}), got shape "
+            f"{switches.shape}"
+        )
+    alive, live = graph.real_architecture(switches)
     if not alive[graph.output]:
         raise BundleLabError(
-            f"the gates leave no path from the input to the output of {spec.name!r}: the "
+            f"the switches leave no path from the input to the output of {spec.name!r}: the "
             "architecture is empty"
         )
     kept_inputs: dict[int, list[str]] = {v: [] for v in np.flatnonzero(alive)}

@@ -18,18 +18,27 @@ from __future__ import annotations
 import math
 
 from .._errors import BundleLabError
-from .._validation import check_positive_float, check_positive_int
+from .._validation import (
+    check_bool,
+    check_positive_float,
+    check_positive_int,
+    checked_keywords,
+    short_repr,
+)
 from ..spec import Node, Spec
 
 RESNET_FILTERS = (16, 32, 64)
 
 
 def _shape(input_shape) -> tuple:
-    shape = tuple(input_shape)
-    if len(shape) != 3 or not all(isinstance(d, int) and d >= 1 for d in shape):
+    try:
+        shape = tuple(check_positive_int("input_shape", d) for d in input_shape)
+    except (TypeError, BundleLabError):
+        shape = ()
+    if len(shape) != 3:
         raise BundleLabError(
-            f"The 'input_shape' parameter must be (channels, height, width). Got {input_shape!r} "
-            "instead."
+            "The 'input_shape' parameter must be (channels, height, width), three ints >= 1. "
+            f"Got {short_repr(input_shape)} instead."
         )
     return shape
 
@@ -38,6 +47,7 @@ def _scaled(width: int, multiplier: float) -> int:
     return max(1, round(width * multiplier))
 
 
+@checked_keywords
 def resnet_fabric(n: int, *, k: int = 3, filters: tuple = RESNET_FILTERS, extra: bool = True,
                   width_multiplier: float = 1.0, input_shape: tuple = (3, 32, 32),
                   n_classes: int = 10, name: str | None = None) -> Spec:
@@ -70,6 +80,7 @@ def resnet_fabric(n: int, *, k: int = 3, filters: tuple = RESNET_FILTERS, extra:
     width_multiplier : float, default=1.0
     input_shape : (channels, height, width), default=(3, 32, 32)
     n_classes : int, default=10
+    name : str, optional
 
     >>> from bundlelab.spec import layer_count
     >>> layer_count(resnet_fabric(3, extra=False))  # 19 convs in branches+stem, the head
@@ -77,9 +88,17 @@ def resnet_fabric(n: int, *, k: int = 3, filters: tuple = RESNET_FILTERS, extra:
     """
     n = check_positive_int("n", n)
     k = check_positive_int("k", k)
-    check_positive_float("width_multiplier", width_multiplier)
+    width_multiplier = check_positive_float("width_multiplier", width_multiplier)
+    extra = check_bool("extra", extra)
+    n_classes = check_positive_int("n_classes", n_classes)
+    try:
+        filters = tuple(check_positive_int("filters", f) for f in filters)
+    except (TypeError, BundleLabError):
+        filters = ()
     if len(filters) != k:
-        raise BundleLabError(f"The 'filters' parameter must hold k={k} ints. Got {filters!r} instead.")
+        raise BundleLabError(
+            f"The 'filters' parameter must hold k={k} ints >= 1. Got {short_repr(filters)} instead."
+        )
     input_shape = _shape(input_shape)
     widths = [_scaled(f, width_multiplier) for f in filters]
     nodes = [Node("input", "input"),
@@ -140,6 +159,7 @@ def resnet_fabric(n: int, *, k: int = 3, filters: tuple = RESNET_FILTERS, extra:
     return Spec(tuple(nodes), "head", input_shape, n_classes, name=name or default)
 
 
+@checked_keywords
 def conv_fabric(columns: int, *, channels: int = 128, scales: int | None = None,
                 input_shape: tuple = (3, 32, 32), n_classes: int = 10,
                 name: str | None = None) -> Spec:
@@ -160,12 +180,23 @@ def conv_fabric(columns: int, *, channels: int = 128, scales: int | None = None,
     Output: ``head`` on ``c{L-1}s{S-1}`` (a 1x1 map, so a 1x1 conv to the classes).  With 8
     columns and 6 scales: 48 aggregations, 122 transformations, 1 output = 171 nodes.
 
+    Parameters
+    ----------
+    columns : int
+    channels : int, default=128
+    scales : int, optional
+        Default: ``log2(width) + 1``.
+    input_shape : (channels, height, width), default=(3, 32, 32)
+    n_classes : int, default=10
+    name : str, optional
+
     >>> spec = conv_fabric(8, channels=4)
     >>> sum(len(n.optional) for n in spec.nodes), len(spec.nodes) - 1   # gates, nodes but input
     (122, 171)
     """
     columns = check_positive_int("columns", columns)
     channels = check_positive_int("channels", channels)
+    n_classes = check_positive_int("n_classes", n_classes)
     input_shape = _shape(input_shape)
     side = input_shape[2]
     full = int(math.log2(side)) + 1 if side & (side - 1) == 0 else None

@@ -2,7 +2,8 @@
 
 Nodes are indexed by their position in ``spec.nodes`` (a topological order) and edges by
 their position in the list of ``(source, target)`` pairs in node order.  The gates are the
-optional edges, in the same order (:attr:`GatedGraph.gates`).
+optional edges, in the same order (:attr:`GatedGraph.gates`); the *switches* of an
+architecture are its on/off values, one per gate.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from functools import cached_property
 import numpy as np
 
 from .._errors import BundleLabError
+from .._validation import check_instance, checked_keywords
 from ..spec import OPS, Spec
 
 #: ops that compute nothing: they take no capacity of a machine in the distributed cost
@@ -20,6 +22,11 @@ FREE_OPS = frozenset({"input", "flatten"})
 
 class GatedGraph:
     """Index of a spec's nodes, edges and gates, for vectorised architecture computations.
+
+    Parameters
+    ----------
+    spec : Spec
+        Any spec; its optional edges are the gates.
 
     Attributes
     ----------
@@ -32,13 +39,9 @@ class GatedGraph:
         The optional edges (source id, target id), in edge order.
     """
 
+    @checked_keywords
     def __init__(self, spec: Spec) -> None:
-        if not isinstance(spec, Spec):
-            raise BundleLabError(
-                f"The 'spec' parameter must be a bundlelab.spec.Spec. Got {type(spec).__name__} "
-                "instead."
-            )
-        self.spec = spec
+        self.spec = check_instance("spec", spec, Spec, "a bundlelab.spec.Spec")
         self.node_ids = [node.id for node in spec.nodes]
         self.index = {node_id: i for i, node_id in enumerate(self.node_ids)}
         sources, targets, gate_of, gates = [], [], [], []
@@ -81,8 +84,7 @@ class GatedGraph:
     @cached_property
     def node_macs(self) -> np.ndarray:
         """Multiply-accumulates per sample of each node with all of its inputs."""
-        return np.array([self._macs(node, len(node.inputs)) for node in self.spec.nodes],
-                        dtype=np.float64)
+        return np.array([self._macs(node) for node in self.spec.nodes], dtype=np.float64)
 
     @cached_property
     def edge_macs(self) -> np.ndarray:
@@ -105,7 +107,7 @@ class GatedGraph:
             for node in spec.nodes
         ], dtype=np.float64)
 
-    def _macs(self, node, n_inputs: int) -> float:
+    def _macs(self, node) -> float:
         if node.op == "input":
             return 0.0
         shapes = [self.spec.shape_of(s) for s in node.inputs]
@@ -116,16 +118,16 @@ class GatedGraph:
 
     # -- architectures --------------------------------------------------------------------
 
-    def edges_on(self, gates_on: np.ndarray) -> np.ndarray:
-        """Which edges are on, shape (batch, n_edges), from the gates (batch, n_gates)."""
-        gates_on = np.asarray(gates_on, dtype=bool)
-        batch = gates_on.shape[0]
+    def edges_on(self, switches: np.ndarray) -> np.ndarray:
+        """Which edges are on, shape (batch, n_edges), from the switches (batch, n_gates)."""
+        switches = np.asarray(switches, dtype=bool)
+        batch = switches.shape[0]
         on = np.ones((batch, self.n_edges), dtype=bool)
         gated = self.edge_gate >= 0
-        on[:, gated] = gates_on[:, self.edge_gate[gated]]
+        on[:, gated] = switches[:, self.edge_gate[gated]]
         return on
 
-    def real_architecture(self, gates_on: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def real_architecture(self, switches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each example's real architecture: the nodes and edges on an input-to-output path
         whose edges are all on.
 
@@ -135,7 +137,8 @@ class GatedGraph:
 
         Parameters
         ----------
-        gates_on : bool array of shape (batch, n_gates) or (n_gates,)
+        switches : bool array of shape (batch, n_gates) or (n_gates,)
+            Each architecture's on/off value of every gate.
 
         Returns
         -------
@@ -144,14 +147,15 @@ class GatedGraph:
         live : bool array of shape (batch, n_edges)
             Edges that are on and join two alive nodes.
         """
-        gates_on = np.asarray(gates_on, dtype=bool)
-        single = gates_on.ndim == 1
-        gates_on = gates_on.reshape(1, -1) if single else gates_on
-        if gates_on.shape[1] != self.n_gates:
+        switches = np.asarray(switches, dtype=bool)
+        single = switches.ndim == 1
+        switches = switches.reshape(1, -1) if single else switches
+        if switches.ndim != 2 or switches.shape[1] != self.n_gates:
             raise BundleLabError(
-                f"expected {self.n_gates} gate values per example, got {gates_on.shape[1]}"
+                f"expected {self.n_gates} switches (one per gate) per architecture, got shape "
+                f"{switches.shape}"
             )
-        on = self.edges_on(gates_on)
+        on = self.edges_on(switches)
         batch = on.shape[0]
         forward = np.zeros((batch, self.n_nodes), dtype=bool)
         forward[:, self.input] = True
@@ -170,5 +174,5 @@ class GatedGraph:
         return alive, live
 
     def all_on(self) -> np.ndarray:
-        """Gate values that switch every gate on, shape (n_gates,)."""
+        """The switches that turn every gate on, shape (n_gates,)."""
         return np.ones(self.n_gates, dtype=bool)

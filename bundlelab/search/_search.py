@@ -7,14 +7,21 @@ the reward ``r_b = -(loss_b + lambda * penalty(cost_b - C))``, where ``penalty``
 ``max(0, .)`` (default) or ``|.|``.  During the warm-up every gate is on and only the weights
 learn.  Evaluation is deterministic: gate ``j`` is on iff ``sigmoid(gamma_j) > 0.5``.
 
+Words: the *gates* are the super-network's optional edges (with their logits ``gamma`` and
+probabilities); the *switches* of one architecture are its on/off values, one per gate
+(sampled per example while searching, deterministic for the result).
+
 A search folder holds ``search.json`` (options, history of every epoch with the gate
 probabilities) and the checkpoint of the last finished epoch (weights, gate logits, both
-optimizers), committed like a training run's, so a killed search resumes from its last epoch
-with the same gate state.
+optimizers), committed like a training run's (:class:`bundlelab.training.RunFolder`: locked
+while the search works in it, and resumed under the same policy as a training run), so a
+killed search resumes from its last epoch with the same gate state.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -23,19 +30,34 @@ from typing import Any
 
 import numpy as np
 
+from .._atomic import atomic_write_text
 from .._errors import BundleLabError
-from .._validation import check_choice, check_positive_float, check_positive_int
-from ..spec import Spec, dump, from_dict, to_dict
+from .._validation import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_instance,
+    check_int,
+    check_keywords,
+    check_optional_float,
+    check_positive_float,
+    check_positive_int,
+    check_seed,
+    checked_keywords,
+)
+from ..spec import Spec, dump, to_dict
 from ..training import (
     Backend,
     RunFolder,
+    SuperNetBackend,
     TrainConfig,
     check_data,
     get_backend,
     training_batches,
 )
+from ..training._folder import draw_optional
 from ._costs import Cost, LatencyCost, cheapest_architecture, get_cost
-from ._extract import deterministic_gates, extract
+from ._extract import deterministic_switches, extract
 from ._graph import GatedGraph
 
 SEARCH_FORMAT = "bundlelab.search/1"
@@ -88,32 +110,28 @@ class SearchConfig:
     validation_fraction: float = 0.1
 
     def __post_init__(self) -> None:
+        # the checks convert (numpy scalars to Python ones), so the options are JSON-ready
+        check_instance("cost", self.cost, str,
+                       "a cost name: 'flops', 'params', 'latency' or 'parallel:N'")
         get_cost(self.cost)
-        check_positive_float("budget", self.budget)
-        if self.lam is not None and (
-            isinstance(self.lam, bool) or not isinstance(self.lam, (int, float))
-            or not math.isfinite(self.lam) or self.lam <= 0
-        ):
-            raise BundleLabError(
-                f"The 'lam' parameter (lambda) must be a float in (0, inf). Got {self.lam!r} "
-                "instead."
-            )
-        check_choice("penalty", self.penalty, PENALTIES)
-        if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) \
-                or self.warmup_epochs < 0:
-            raise BundleLabError(
-                f"The 'warmup_epochs' parameter must be an int in [0, inf). Got "
-                f"{self.warmup_epochs!r} instead."
-            )
-        check_positive_int("search_epochs", self.search_epochs)
-        check_choice("gate_optimizer", self.gate_optimizer, GATE_OPTIMIZERS)
-        check_positive_float("gate_learning_rate", self.gate_learning_rate)
-        check_positive_int("latency_batch_size", self.latency_batch_size)
-        if not 0 < self.validation_fraction < 1:
-            raise BundleLabError(
-                f"The 'validation_fraction' parameter must be a float in (0, 1). Got "
-                f"{self.validation_fraction!r} instead."
-            )
+        checked = {
+            "budget": check_positive_float("budget", self.budget),
+            "lam": check_optional_float("lam", self.lam, low=0, low_open=True),
+            "penalty": check_choice("penalty", self.penalty, PENALTIES),
+            "warmup_epochs": check_int("warmup_epochs", self.warmup_epochs, low=0),
+            "search_epochs": check_positive_int("search_epochs", self.search_epochs),
+            "gate_init": check_float("gate_init", self.gate_init),
+            "gate_optimizer": check_choice("gate_optimizer", self.gate_optimizer,
+                                           GATE_OPTIMIZERS),
+            "gate_learning_rate": check_positive_float("gate_learning_rate",
+                                                       self.gate_learning_rate),
+            "latency_batch_size": check_positive_int("latency_batch_size",
+                                                     self.latency_batch_size),
+            "validation_fraction": check_float("validation_fraction", self.validation_fraction,
+                                               low=0, high=1, low_open=True, high_open=True),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
     @property
     def epochs(self) -> int:
@@ -127,20 +145,40 @@ class SearchConfig:
         return 10.0 ** -math.floor(math.log10(self.budget))
 
     def to_dict(self) -> dict[str, Any]:
+        """The options as JSON-ready data (what a search folder records)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
-        return cls(**{k: v for k, v in data.items() if k in {f.name for f in fields(cls)}})
+        """The config of :meth:`to_dict`'s data; an unknown option is a one-line error."""
+        check_keywords("SearchConfig.from_dict()", data, [f.name for f in fields(cls)])
+        return cls(**data)
 
 
-def validation_split(data: Any, fraction: float, seed: int) -> Any:
+SearchConfig.__init__ = checked_keywords(SearchConfig.__init__)  # type: ignore[method-assign]
+
+
+@checked_keywords
+def validation_split(data: Any, *, fraction: float = 0.1, seed: int = 0) -> Any:
     """``data`` with a seeded ``fraction`` of its training set moved into its test slots.
 
     The search selects architectures on this validation set and never sees the test set.
-    """
-    import dataclasses
 
+    Parameters
+    ----------
+    data : bundlelab.datasets.Dataset
+    fraction : float
+        In (0, 1); at least one sample is held out.
+    seed : int
+
+    Returns
+    -------
+    bundlelab.datasets.Dataset
+        Named ``"<name>-validation"``.
+    """
+    fraction = check_float("fraction", fraction, low=0, high=1, low_open=True,
+                           high_open=True)
+    seed = check_seed("seed", seed)
     n = len(data.y_train)
     held = np.zeros(n, dtype=bool)
     held[np.random.default_rng([seed, 7]).choice(n, max(1, round(n * fraction)), replace=False)] = True
@@ -152,7 +190,29 @@ def validation_split(data: Any, fraction: float, seed: int) -> Any:
 
 @dataclass
 class SearchResult:
-    """A finished search: the deterministic architecture, as a spec, and its costs."""
+    """A finished search: the deterministic architecture, as a spec, and its costs.
+
+    Attributes
+    ----------
+    supernet : Spec
+    spec : Spec
+        The deterministic architecture, extracted (:func:`extract`).
+    gates : list of (str, str)
+        The super-network's gates (optional edges), as :attr:`GatedGraph.gates`.
+    probabilities : ndarray of shape (n_gates,)
+        ``sigmoid(gamma)`` of every gate at the end.
+    cost_name : str
+    cost : float
+        The architecture's cost.
+    budget : float
+    met_budget : bool
+    validation_accuracy : float
+        Of the deterministic architecture after the last epoch.
+    costs : dict
+        Every analytic cost of the architecture (:func:`architecture_costs`).
+    history : list of dict
+        One record per epoch.
+    """
 
     supernet: Spec
     spec: Spec
@@ -167,18 +227,36 @@ class SearchResult:
     history: list = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
+        """The headline figures as plain JSON-ready data."""
         return {
             "supernet": self.supernet.name, "spec": self.spec.name, "cost": self.cost_name,
             "budget": self.budget, "architecture_cost": self.cost,
             "met_budget": self.met_budget, "validation_accuracy": self.validation_accuracy,
-            "costs": self.costs, "gates_on": int(deterministic_gates(self.probabilities).sum()),
+            "costs": self.costs,
+            "gates_on": int(deterministic_switches(self.probabilities).sum()),
             "gates": len(self.gates),
         }
 
 
-def architecture_costs(spec: Spec, costs: tuple = ("flops", "params", "parallel:1",
-                                                    "parallel:2", "parallel:4")) -> dict:
-    """Every analytic cost of an ordinary spec (all of it runs), by cost name."""
+SearchResult.__init__ = checked_keywords(SearchResult.__init__)  # type: ignore[method-assign]
+
+
+@checked_keywords
+def architecture_costs(spec: Spec, *, costs: tuple = ("flops", "params", "parallel:1",
+                                                       "parallel:2", "parallel:4")) -> dict:
+    """Every analytic cost of an ordinary spec (all of it runs), by cost name.
+
+    Parameters
+    ----------
+    spec : bundlelab.spec.Spec
+    costs : tuple of str
+        Cost names (:func:`get_cost`).
+
+    Returns
+    -------
+    dict
+        Cost name -> cost of the whole spec.
+    """
     graph = GatedGraph(spec)
     alive, live = graph.real_architecture(graph.all_on()[None])
     return {name: float(get_cost(name)(graph, alive, live)[0]) for name in costs}
@@ -199,21 +277,23 @@ class BudgetedSearch:
         Weights' optimizer, batch size, augmentation, seed, device (``epochs`` is ignored:
         ``search.epochs`` counts).
     backend : str or Backend, default="torch"
-        Must offer ``build_supernet``.
+        A :class:`bundlelab.training.SuperNetBackend`.
     directory : path, optional
-        The search folder; one holding the same search resumes.
+        The search folder; one holding the same search resumes (only
+        :data:`bundlelab.training.RESUMABLE_OPTIONS` may change: ``search_epochs`` may grow,
+        ``device`` may change).  Locked from here until :meth:`close` (or the end of a
+        ``with`` block, or of the process).
     progress : bool, default=False
     """
 
+    @checked_keywords
     def __init__(self, supernet: Spec, data: Any, search: SearchConfig, *,
                  config: TrainConfig | None = None, backend: str | Backend = "torch",
                  directory: str | os.PathLike | None = None, progress: bool = False) -> None:
-        if not isinstance(search, SearchConfig):
-            raise BundleLabError(
-                f"The 'search' parameter must be a SearchConfig. Got {type(search).__name__} "
-                "instead."
-            )
+        check_instance("supernet", supernet, Spec, "a bundlelab.spec.Spec")
+        check_instance("search", search, SearchConfig, "a SearchConfig")
         config = TrainConfig() if config is None else config
+        check_instance("config", config, TrainConfig, "a TrainConfig")
         check_data(supernet, data)
         self.graph = GatedGraph(supernet)
         if not self.graph.n_gates:
@@ -221,29 +301,53 @@ class BudgetedSearch:
                 f"spec {supernet.name!r} has no optional edges, so there is nothing to search; "
                 "mark the edges the search may drop as 'optional' on their add nodes"
             )
-        self.supernet, self.search, self.config, self.progress = supernet, search, config, progress
+        self.supernet, self.search, self.config = supernet, search, config
+        self.progress = check_bool("progress", progress)
         self.cost: Cost = get_cost(search.cost)
         self.backend = get_backend(backend)
-        if not hasattr(self.backend, "build_supernet"):
+        if not isinstance(self.backend, SuperNetBackend):
             raise BundleLabError(f"the {self.backend.name!r} backend cannot train super-networks")
-        self.data = validation_split(data, search.validation_fraction, config.seed)
-        self.trainee = self.backend.build_supernet(
-            supernet, config, gate_init=search.gate_init, gate_optimizer=search.gate_optimizer,
-            gate_learning_rate=search.gate_learning_rate,
-        )
-        if isinstance(self.cost, LatencyCost):
-            self._time_nodes()
-        cheapest_gates, self.minimum_cost = cheapest_architecture(self.graph, self.cost)
-        if search.budget < self.minimum_cost:
-            raise BundleLabError(
-                f"budget {search.budget:g} is below the cheapest architecture of "
-                f"{supernet.name!r}, which costs {self.minimum_cost:g} ({self.cost.name}); "
-                f"raise the budget to at least {self.minimum_cost:g}"
-            )
+        measured = isinstance(self.cost, LatencyCost)
+        if not measured:  # a measured cost is checked once the nodes are timed
+            self._check_budget()
+        self.data = validation_split(data, fraction=search.validation_fraction, seed=config.seed)
         self.history: list[dict[str, Any]] = []
         self.directory = None if directory is None else Path(directory)
-        self._folder = None if directory is None else RunFolder(directory, STATE_FILE, SEARCH_FORMAT)
-        self._resume()
+        self._folder = None
+        if directory is not None:
+            self._folder = RunFolder(directory, STATE_FILE, SEARCH_FORMAT, kind="search").lock()
+        try:
+            self.trainee = self.backend.build_supernet(
+                supernet, config, gate_init=search.gate_init,
+                gate_optimizer=search.gate_optimizer, gate_learning_rate=search.gate_learning_rate,
+            )
+            if measured:
+                self._time_nodes()
+                self._check_budget()
+            self._resume()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the search folder's lock (the search can be resumed later by any process)."""
+        if self._folder is not None:
+            self._folder.unlock()
+
+    def __enter__(self) -> BudgetedSearch:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _check_budget(self) -> None:
+        _, self.minimum_cost = cheapest_architecture(self.graph, self.cost)
+        if self.search.budget < self.minimum_cost:
+            raise BundleLabError(
+                f"budget {self.search.budget:g} is below the cheapest architecture of "
+                f"{self.supernet.name!r}, which costs {self.minimum_cost:g} ({self.cost.name}); "
+                f"raise the budget to at least {self.minimum_cost:g}"
+            )
 
     # -- one epoch ------------------------------------------------------------------------
 
@@ -271,35 +375,35 @@ class BudgetedSearch:
         if not warm and isinstance(self.cost, LatencyCost):
             self._time_nodes()  # a measured cost: re-measured every epoch
         rng = np.random.default_rng([self.config.seed, epoch, 1])
-        all_alive, all_live = self.graph.real_architecture(self.graph.all_on())
+        all_alive, _ = self.graph.real_architecture(self.graph.all_on())
         lam = self.search.lam_value
         loss_sum = correct = seen = 0
         sampled_costs = []
         for x, y in self._batches(epoch, warm):
             n = len(y)
             if warm:
-                gates = np.ones((n, self.graph.n_gates), dtype=bool)
-                alive, live = np.broadcast_to(all_alive, (n, all_alive.size)), None
+                switches = np.ones((n, self.graph.n_gates), dtype=bool)
+                alive = np.broadcast_to(all_alive, (n, all_alive.size))
                 penalty = np.zeros(n)
             else:
                 p = self.trainee.gate_probabilities()
-                gates = rng.random((n, p.size)) < p
-                alive, live = self.graph.real_architecture(gates)
+                switches = rng.random((n, p.size)) < p
+                alive, live = self.graph.real_architecture(switches)
                 cost = self.cost(self.graph, alive, live)
                 sampled_costs.append(cost)
                 penalty = lam * self._penalty(cost)
-            step = self.trainee.train_step(x, y, gates, np.ascontiguousarray(alive),
+            step = self.trainee.train_step(x, y, switches, np.ascontiguousarray(alive),
                                            penalty.astype(np.float32), reinforce=not warm)
             loss_sum += step["loss"] * step["n"]
             correct += step["correct"]
             seen += step["n"]
         probabilities = self.trainee.gate_probabilities()
-        gates = deterministic_gates(probabilities)
-        alive, live = self.graph.real_architecture(gates)
+        switches = deterministic_switches(probabilities)
+        alive, live = self.graph.real_architecture(switches)
         consistent = bool(alive[self.graph.output])
         evaluation = self.trainee.evaluate(
-            self.data.x_test, self.data.y_test, gates, alive,
-            batch_size=max(256, self.config.batch_size),
+            self.data.x_test, self.data.y_test, switches, alive,
+            inference_batch_size=max(256, self.config.batch_size),
         )
         record = {
             "epoch": epoch, "warmup": warm, "train_loss": loss_sum / seen,
@@ -307,7 +411,7 @@ class BudgetedSearch:
             "validation_loss": evaluation["loss"],
             "cost": float(self.cost(self.graph, alive[None], live[None])[0]) if consistent else None,
             "sampled_cost_mean": float(np.concatenate(sampled_costs).mean()) if sampled_costs else None,
-            "gates_on": int(gates.sum()), "probabilities": probabilities.tolist(),
+            "gates_on": int(switches.sum()), "probabilities": probabilities.tolist(),
         }
         self.history.append(record)
         self._commit()
@@ -333,15 +437,19 @@ class BudgetedSearch:
         return self.result()
 
     def result(self) -> SearchResult:
+        """The deterministic architecture of the gates now, its costs and the history; when the
+        search is finished and has a folder, also written there (``architecture.yaml``,
+        ``result.json``, and the figures ``gates.png``, ``search-log.png`` when matplotlib is
+        installed)."""
         probabilities = self.trainee.gate_probabilities()
-        gates = deterministic_gates(probabilities)
-        alive, live = self.graph.real_architecture(gates)
+        switches = deterministic_switches(probabilities)
+        alive, live = self.graph.real_architecture(switches)
         if not alive[self.graph.output]:
             raise BundleLabError(
                 "the search ended on an empty architecture (no path of gates with p > 0.5 "
                 "joins input and output); lower lambda or raise the budget"
             )
-        spec = extract(self.supernet, gates,
+        spec = extract(self.supernet, switches,
                        name=f"{self.supernet.name}-{self.cost.name}-{self.search.budget:g}")
         cost = float(self.cost(self.graph, alive[None], live[None])[0])
         result = SearchResult(
@@ -352,50 +460,36 @@ class BudgetedSearch:
             costs=architecture_costs(spec), history=list(self.history),
         )
         if self.directory is not None and self.finished:
-            import json
-
-            from .._atomic import atomic_write_text
+            from ._plots import plot_gates, plot_search_log
 
             dump(spec, self.directory / "architecture.yaml")
             atomic_write_text(self.directory / "result.json",
                               json.dumps(result.summary(), indent=2) + "\n")
-            from ._plots import plot_gates, plot_search_log
-
-            if _have_matplotlib():
-                plot_gates(self.graph, probabilities, self.directory / "gates.png")
-                plot_search_log(self.history, self.search, self.directory / "search-log.png")
+            draw_optional(lambda: (
+                plot_gates(self.graph, probabilities, self.directory / "gates.png"),
+                plot_search_log(self.history, self.search, self.directory / "search-log.png"),
+            ), f"the figures of {self.directory}")
         return result
 
     # -- folder ---------------------------------------------------------------------------
 
-    def _state(self) -> dict[str, Any]:
+    def _options(self) -> dict[str, Any]:
+        """What makes the search, as its folder records it (see :meth:`RunFolder.resume`)."""
         return {"backend": self.backend.name, "spec": to_dict(self.supernet),
-                "config": self.config.to_dict(), "search": self.search.to_dict(),
-                "history": self.history}
+                "config": self.config.to_dict(), "search": self.search.to_dict()}
 
     def _commit(self) -> None:
         if self._folder is not None:
             self._folder.commit(self.epochs_done, self.backend.checkpoint_suffix,
-                                self.trainee.save, self._state())
+                                self.trainee.save, {**self._options(),
+                                                    "epochs_done": self.epochs_done,
+                                                    "history": self.history})
 
     def _resume(self) -> None:
-        if self._folder is None:
-            return
-        state = self._folder.read()
+        state = None if self._folder is None else self._folder.resume(
+            self._options(), length=self.search.epochs)
         if state is None:
             return
-        if state.get("backend") != self.backend.name or from_dict(state["spec"]) != self.supernet:
-            raise BundleLabError(
-                f"{self.directory} holds a search of another super-network or backend; use "
-                "another folder"
-            )
-        saved = (TrainConfig.from_dict(state["config"]), SearchConfig.from_dict(state["search"]))
-        if saved[0].replace(device=self.config.device, epochs=self.config.epochs) != self.config \
-                or saved[1] != self.search:
-            raise BundleLabError(
-                f"{self.directory} holds a search with other options; use the same options or "
-                "another folder"
-            )
         if self._folder.checkpoint_path():
             self.trainee.load(self._folder.checkpoint_path())
         self.history = state["history"]
@@ -413,17 +507,27 @@ class BudgetedSearch:
         )
 
 
-def _have_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
+@checked_keywords
 def search(supernet: Spec, data: Any, search: SearchConfig, *,
            config: TrainConfig | None = None, backend: str | Backend = "torch",
            directory: str | os.PathLike | None = None, progress: bool = False) -> SearchResult:
-    """Run a budgeted search (see :class:`BudgetedSearch`) and return its architecture."""
-    return BudgetedSearch(supernet, data, search, config=config, backend=backend,
-                          directory=directory, progress=progress).run()
+    """Run a budgeted search (see :class:`BudgetedSearch`) and return its architecture.
+
+    Parameters
+    ----------
+    supernet : bundlelab.spec.Spec
+    data : bundlelab.datasets.Dataset
+    search : SearchConfig
+    config : TrainConfig, optional
+    backend : str or Backend, default="torch"
+    directory : path, optional
+        The search folder, locked while the search runs.
+    progress : bool, default=False
+
+    Returns
+    -------
+    SearchResult
+    """
+    with BudgetedSearch(supernet, data, search, config=config, backend=backend,
+                        directory=directory, progress=progress) as run:
+        return run.run()

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import BundleLabError
+from .._validation import check_bool, check_int, checked_keywords
 from ._ops import OPS, ShapeError
 
 SPEC_VERSION = 1
@@ -124,6 +125,7 @@ class Spec:
         object.__setattr__(self, "nodes", tuple(self.nodes))
         if isinstance(self.input_shape, list):
             object.__setattr__(self, "input_shape", tuple(self.input_shape))
+        _convert_header(self)
         nodes, shapes = _validate(self)
         object.__setattr__(self, "nodes", nodes)
         object.__setattr__(self, "_shapes", shapes)
@@ -144,12 +146,33 @@ class Spec:
         return Spec(**{**fields, **changes})
 
 
+# a one-line BundleLabError for an unknown keyword, at the call (the dataclasses write __init__)
+Node.__init__ = checked_keywords(Node.__init__)  # type: ignore[method-assign]
+Spec.__init__ = checked_keywords(Spec.__init__)  # type: ignore[method-assign]
+
+
 def _fail(what: str, where: str, expected: str, got: Any) -> BundleLabError:
     return BundleLabError(f"The {what!r} field{where} must be {expected}. Got {got!r} instead.")
 
 
-def _is_int(value: Any, low: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+def _convert_header(spec: Spec) -> None:
+    """Check the spec's own fields, storing ints as Python ints (numpy ints from a data
+    pipeline would otherwise reach the JSON and YAML writers)."""
+    shape = spec.input_shape
+    try:
+        if not (isinstance(shape, tuple) and len(shape) in (1, 3)):
+            raise BundleLabError("input_shape")
+        shape = tuple(check_int("input_shape", d, low=1) for d in shape)
+    except BundleLabError:
+        raise _fail(
+            "input_shape", "", "(features,) or (channels, height, width) of ints >= 1", shape
+        ) from None
+    try:
+        n_classes = check_int("n_classes", spec.n_classes, low=1)
+    except BundleLabError:
+        raise _fail("n_classes", "", "an int in [1, inf)", spec.n_classes) from None
+    object.__setattr__(spec, "input_shape", shape)
+    object.__setattr__(spec, "n_classes", n_classes)
 
 
 def _validate(spec: Spec) -> tuple[tuple, dict]:
@@ -159,15 +182,6 @@ def _validate(spec: Spec) -> tuple[tuple, dict]:
         raise _fail("name", "", "a str", spec.name)
     if spec.init not in INITS:
         raise _fail("init", "", "one of " + ", ".join(map(repr, INITS)), spec.init)
-    shape = spec.input_shape
-    if not (
-        isinstance(shape, tuple) and len(shape) in (1, 3) and all(_is_int(d, 1) for d in shape)
-    ):
-        raise _fail(
-            "input_shape", "", "(features,) or (channels, height, width) of ints >= 1", shape
-        )
-    if not _is_int(spec.n_classes, 1):
-        raise _fail("n_classes", "", "an int in [1, inf)", spec.n_classes)
     if not spec.nodes:
         raise _fail("nodes", "", "a non-empty list of nodes", [])
 
@@ -242,9 +256,10 @@ def _validate_node(node: Any, i: int, index: dict, spec: Spec) -> Node:
                 f"The 'params.{key}' field{where} is required for {node.op!r}: {param.expected()}."
             )
         value = node.params.get(key, param.default)
-        if not param.accepts(value):
-            raise _fail(f"params.{key}", where, param.expected(), value)
-        params[key] = value
+        try:
+            params[key] = param.convert(key, value)
+        except BundleLabError:
+            raise _fail(f"params.{key}", where, param.expected(), value) from None
 
     inputs = node.inputs
     if not isinstance(inputs, tuple) or not all(isinstance(s, str) for s in inputs):
@@ -285,13 +300,15 @@ def _validate_node(node: Any, i: int, index: dict, spec: Spec) -> Node:
             "empty for op " + repr(node.op) + " (only 'add' has optional edges)",
             list(node.optional),
         )
-    if not isinstance(node.measured, bool):
-        raise _fail("measured", where, "a bool (true or false)", node.measured)
+    try:
+        measured = check_bool("measured", node.measured)
+    except BundleLabError:
+        raise _fail("measured", where, "a bool (true or false)", node.measured) from None
     if node.stage is not None and not (isinstance(node.stage, str) and _ID.match(node.stage)):
         raise _fail("stage", where, "None or a name of letters, digits, '_', '.', '-'", node.stage)
     # Canonical order of optional edges follows inputs, so equal graphs compare equal.
     optional = tuple(s for s in inputs if s in node.optional)
-    return Node(node.id, node.op, params, inputs, optional, node.measured, node.stage)
+    return Node(node.id, node.op, params, inputs, optional, measured, node.stage)
 
 
 def _find_cycle(nodes: tuple, start: str) -> list[str] | None:
@@ -330,18 +347,39 @@ def _ancestors(nodes: list, index: dict, target: str) -> set[str]:
     return seen
 
 
+@checked_keywords
 def measured_layers(spec: Spec) -> list[str]:
     """The measured layer names, in order: the numbering that reports and rewrites share.
 
     For the presets: every hidden ``dense`` node of a fully connected net (output after its
     activation), every ``basic_block`` of a conv net (output after its final ReLU); never the
     stem or the classifier.  Position ``k`` in this list is layer index ``k``.
+
+    Parameters
+    ----------
+    spec : Spec
+        The network.
+
+    Returns
+    -------
+    list of str
     """
     return [node.id for node in spec.nodes if node.measured]
 
 
+@checked_keywords
 def stage_nodes(spec: Spec) -> dict[str, list[str]]:
-    """The node ids of each stage, stages in order of first appearance."""
+    """The node ids of each stage, stages in order of first appearance.
+
+    Parameters
+    ----------
+    spec : Spec
+        The network.
+
+    Returns
+    -------
+    dict of str -> list of str
+    """
     stages: dict[str, list[str]] = {}
     for node in spec.nodes:
         if node.stage is not None:
@@ -349,17 +387,32 @@ def stage_nodes(spec: Spec) -> dict[str, list[str]]:
     return stages
 
 
-def stage_depths(spec: Spec, stages: tuple = ()) -> dict[str, int]:
+@checked_keywords
+def stage_depths(spec: Spec, *, stages: tuple = ()) -> dict[str, int]:
     """Nodes per stage; stages named in ``stages`` but absent from the spec count 0.
 
+    Parameters
+    ----------
+    spec : Spec
+        The network.
+    stages : tuple of str, default=()
+        Stages to list first (with 0 when the spec has none of their nodes).
+
+    Returns
+    -------
+    dict of str -> int
+
+    Examples
+    --------
     >>> from bundlelab.spec import conv_net
-    >>> stage_depths(conv_net(4), ("a", "b", "c", "d"))
+    >>> stage_depths(conv_net(4), stages=("a", "b", "c", "d"))
     {'a': 1, 'b': 0, 'c': 0, 'd': 0}
     """
     found = {name: len(ids) for name, ids in stage_nodes(spec).items()}
     return {**{name: found.get(name, 0) for name in stages}, **found}
 
 
+@checked_keywords
 def layer_count(spec: Spec) -> int:
     """Weighted layers on the main path, as the paper counts them.
 
@@ -368,6 +421,15 @@ def layer_count(spec: Spec) -> int:
     not counted, as in He et al.), so a conv preset has ``2 * blocks + 2`` layers (stem conv and
     classifier), a fully connected net ``depth + 1``, and the ResNet fabric without its extra
     connections ``6n + 2``.
+
+    Parameters
+    ----------
+    spec : Spec
+        The network.
+
+    Returns
+    -------
+    int
     """
     weights = {"conv": 1, "dense": 1, "classifier": 1, "basic_block": 2, "branch": 2}
 
@@ -379,6 +441,7 @@ def layer_count(spec: Spec) -> int:
     return sum(weight(node) for node in spec.nodes)
 
 
+@checked_keywords
 def parameter_count(spec: Spec) -> int:
     """Trainable parameters: what ``sum(p.numel() for p in model.parameters())`` gives in PyTorch.
 
@@ -386,6 +449,15 @@ def parameter_count(spec: Spec) -> int:
     biases, batch-norm scale and offset (2 per channel), and the basic block's projection
     shortcut (1x1 conv without bias, and batch norm) where a residual block changes the shape.
     Batch-norm running statistics are buffers (Keras: non-trainable weights) and not counted.
+
+    Parameters
+    ----------
+    spec : Spec
+        The network.
+
+    Returns
+    -------
+    int
     """
     total = 0
     for node in spec.nodes:

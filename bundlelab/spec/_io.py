@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from .._atomic import atomic_write_text
-from .._errors import BundleLabError
+from .._errors import BundleLabError, require
+from .._validation import check_choice, checked_keywords
 from ._graph import Node, Spec
 
 FORMATS = ("yaml", "json")
@@ -18,10 +19,20 @@ _NODE_KEYS = ("id", "op", "params", "inputs", "optional", "measured", "stage")
 _SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".json": "json"}
 
 
+@checked_keywords
 def to_dict(spec: Spec) -> dict:
     """Plain data (dicts, lists, str, int, bool) that :func:`from_dict` turns back into ``spec``.
 
     Node fields at their defaults (no optional edges, not measured, no stage) are left out.
+
+    Parameters
+    ----------
+    spec : Spec
+        The network.
+
+    Returns
+    -------
+    dict
     """
     nodes = []
     for node in spec.nodes:
@@ -58,8 +69,19 @@ def _unknown_key(data: dict, allowed: tuple, where: str) -> None:
         )
 
 
+@checked_keywords
 def from_dict(data: Any) -> Spec:
-    """Build and validate a :class:`Spec` from plain data (the output of :func:`to_dict`)."""
+    """Build and validate a :class:`Spec` from plain data (the output of :func:`to_dict`).
+
+    Parameters
+    ----------
+    data : dict
+        The spec's fields; unknown keys are refused.
+
+    Returns
+    -------
+    Spec
+    """
     if not isinstance(data, dict):
         raise BundleLabError(
             f"A spec must be a mapping of {', '.join(_SPEC_KEYS)}; got {type(data).__name__}."
@@ -116,34 +138,50 @@ def from_dict(data: Any) -> Spec:
 
 
 def _yaml():
-    try:
-        import yaml
-    except ImportError:
-        raise BundleLabError(
-            "Reading and writing YAML specs requires PyYAML. You can install it with "
-            "`pip install pyyaml`, or use JSON."
-        ) from None
-    return yaml
+    return require("yaml", purpose="reading and writing YAML specs (or use JSON)",
+                   package="pyyaml")
 
 
 def _check_format(fmt: str) -> str:
-    if fmt not in FORMATS:
-        raise BundleLabError(
-            f"The 'format' parameter must be one of 'yaml', 'json'. Got {fmt!r} instead."
-        )
-    return fmt
+    return check_choice("format", fmt, FORMATS)
 
 
-def dumps(spec: Spec, format: str = "yaml") -> str:
-    """The spec as YAML or JSON text."""
+@checked_keywords
+def dumps(spec: Spec, *, format: str = "yaml") -> str:
+    """The spec as YAML or JSON text.
+
+    Parameters
+    ----------
+    spec : Spec
+        The network.
+    format : {'yaml', 'json'}, default='yaml'
+        The text format.
+
+    Returns
+    -------
+    str
+    """
     data = to_dict(spec)
     if _check_format(format) == "json":
         return json.dumps(data, indent=2) + "\n"
     return _yaml().safe_dump(data, sort_keys=False, default_flow_style=None)
 
 
-def loads(text: str, format: str = "yaml") -> Spec:
-    """A validated spec from YAML or JSON text."""
+@checked_keywords
+def loads(text: str, *, format: str = "yaml") -> Spec:
+    """A validated spec from YAML or JSON text.
+
+    Parameters
+    ----------
+    text : str
+        The spec as :func:`dumps` writes it.
+    format : {'yaml', 'json'}, default='yaml'
+        The text format.
+
+    Returns
+    -------
+    Spec
+    """
     try:
         if _check_format(format) == "json":
             data = json.loads(text)
@@ -169,18 +207,38 @@ def _format_of(path: Path) -> str:
     return fmt
 
 
+@checked_keywords
 def dump(spec: Spec, path: str | os.PathLike) -> None:
-    """Write the spec atomically; the suffix (.yaml, .yml, .json) picks the format."""
+    """Write the spec atomically; the suffix (.yaml, .yml, .json) picks the format.
+
+    Parameters
+    ----------
+    spec : Spec
+        The network.
+    path : path-like
+        The file to write, ending in ``.yaml``, ``.yml`` or ``.json``.
+    """
     path = Path(path)
-    atomic_write_text(path, dumps(spec, _format_of(path)))
+    atomic_write_text(path, dumps(spec, format=_format_of(path)))
 
 
+@checked_keywords
 def load(path: str | os.PathLike) -> Spec:
-    """Read and validate a spec; the suffix (.yaml, .yml, .json) picks the format."""
+    """Read and validate a spec; the suffix (.yaml, .yml, .json) picks the format.
+
+    Parameters
+    ----------
+    path : path-like
+        A file ending in ``.yaml``, ``.yml`` or ``.json``.
+
+    Returns
+    -------
+    Spec
+    """
     path = Path(path)
     fmt = _format_of(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise BundleLabError(f"Cannot read the spec {str(path)!r}: {exc.strerror}.") from None
-    return loads(text, fmt)
+    return loads(text, format=fmt)

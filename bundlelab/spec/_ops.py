@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._validation import check_bool, check_choice, check_int
+
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "gelu", "linear")
 
 _REQUIRED = object()
@@ -37,12 +39,14 @@ class Param:
     def required(self) -> bool:
         return self.default is _REQUIRED
 
-    def accepts(self, value: Any) -> bool:
+    def convert(self, name: str, value: Any) -> Any:
+        """``value`` as a plain Python value (a numpy int becomes an int), or a
+        :class:`bundlelab.BundleLabError` when this parameter does not accept it."""
         if self.kind == "int":
-            return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            return check_int(name, value, low=1)
         if self.kind == "bool":
-            return isinstance(value, bool)
-        return isinstance(value, str) and value in self.choices
+            return check_bool(name, value)
+        return check_choice(name, value if isinstance(value, str) else repr(value), self.choices)
 
     def expected(self) -> str:
         if self.kind == "int":
@@ -64,7 +68,6 @@ class OpDef:
     weights: Callable[[dict, list], int] = lambda p, s: 0
     #: multiply-accumulates of one sample: (params, input shapes, output shape) -> int
     macs: Callable[[dict, list, Shape], int] = lambda p, s, out: 0
-    doc: str = ""
 
 
 def _image(shape: Shape, op: str) -> Shape:
@@ -142,14 +145,14 @@ def _batchnorm_shape(p: dict, shapes: list) -> Shape:
 OPS: dict[str, OpDef] = {
     op.name: op
     for op in (
-        OpDef(
-            "input", min_inputs=0, max_inputs=0, doc="the network's input; shape from input_shape"
-        ),
+        # the network's input; shape from input_shape
+        OpDef("input", min_inputs=0, max_inputs=0),
+        # reshape to (features,)
         OpDef(
             "flatten",
             shape=lambda p, s: (math.prod(s[0]),),
-            doc="reshape to (features,)",
         ),
+        # fully connected layer, its activation applied after it
         OpDef(
             "dense",
             {
@@ -160,8 +163,8 @@ OPS: dict[str, OpDef] = {
             shape=lambda p, s: (_flat(s[0], "dense"), (p["units"],))[1],
             weights=lambda p, s: s[0][0] * p["units"] + (p["units"] if p["use_bias"] else 0),
             macs=lambda p, s, out: s[0][0] * p["units"],
-            doc="fully connected layer, its activation applied after it",
         ),
+        # 2-D convolution, square kernel, 'same' padding
         OpDef(
             "conv",
             {
@@ -176,30 +179,31 @@ OPS: dict[str, OpDef] = {
                 + (p["filters"] if p["use_bias"] else 0)
             ),
             macs=lambda p, s, out: _conv_macs(s[0][0], out, p["kernel_size"]),
-            doc="2-D convolution, square kernel, 'same' padding",
         ),
+        # batch normalisation over channels (scale and offset are trainable)
         OpDef(
             "batchnorm",
             shape=_batchnorm_shape,
             weights=lambda p, s: 2 * s[0][0],
-            doc="batch normalisation over channels (scale and offset are trainable)",
         ),
+        # element-wise activation
         OpDef(
             "activation",
             {"function": Param("choice", choices=ACTIVATIONS)},
-            doc="element-wise activation",
         ),
+        # max-pooling, 'same' padding
         OpDef(
             "maxpool",
             {"pool_size": Param("int", 3), "stride": Param("int", 2)},
             shape=lambda p, s: _strided(s[0], _image(s[0], "maxpool")[0], p["stride"], "maxpool"),
-            doc="max-pooling, 'same' padding",
         ),
+        # mean over height and width
         OpDef(
             "global_avg_pool",
             shape=lambda p, s: (_image(s[0], "global_avg_pool")[0],),
-            doc="mean over height and width",
         ),
+        # element-wise sum, then its activation (a fabric's aggregation: ReLU of the sum); the only
+        # op whose inputs may be optional (stochastic) edges
         OpDef(
             "add",
             {"activation": Param("choice", "linear", ACTIVATIONS)},
@@ -207,11 +211,9 @@ OPS: dict[str, OpDef] = {
             max_inputs=None,
             shape=_same_shapes,
             macs=lambda p, s, out: math.prod(out) * (len(s) - 1),
-            doc=(
-                "element-wise sum, then its activation (a fabric's aggregation: ReLU of the sum); "
-                "the only op whose inputs may be optional (stochastic) edges"
-            ),
         ),
+        # [nearest-neighbour x upsample,] conv without bias ('same' padding, stride), batch norm,
+        # then its activation: a fabric's transformation, a projection shortcut
         OpDef(
             "conv_bn",
             {
@@ -224,11 +226,9 @@ OPS: dict[str, OpDef] = {
             shape=_conv_bn_shape,
             weights=lambda p, s: p["kernel_size"] ** 2 * s[0][0] * p["filters"] + 2 * p["filters"],
             macs=lambda p, s, out: _conv_macs(s[0][0], out, p["kernel_size"]),
-            doc=(
-                "[nearest-neighbour x upsample,] conv without bias ('same' padding, stride), batch "
-                "norm, then its activation: a fabric's transformation, a projection shortcut"
-            ),
         ),
+        # the residual branch of a basic block: 3x3 conv (stride), BN, ReLU, 3x3 conv, BN; no
+        # shortcut and no final activation (an 'add' joins it to its shortcut)
         OpDef(
             "branch",
             {"filters": Param("int"), "stride": Param("int", 1)},
@@ -237,19 +237,18 @@ OPS: dict[str, OpDef] = {
                 9 * s[0][0] * p["filters"] + 9 * p["filters"] ** 2 + 4 * p["filters"]
             ),
             macs=_branch_macs,
-            doc=(
-                "the residual branch of a basic block: 3x3 conv (stride), BN, ReLU, 3x3 conv, BN; "
-                "no shortcut and no final activation (an 'add' joins it to its shortcut)"
-            ),
         ),
+        # global average pooling (of an image input) and a dense layer with bias: logits
         OpDef(
             "classifier",
             {"units": Param("int")},
             shape=_classifier_shape,
             weights=lambda p, s: s[0][0] * p["units"] + p["units"],
             macs=lambda p, s, out: s[0][0] * p["units"],
-            doc="global average pooling (of an image input) and a dense layer with bias: logits",
         ),
+        # He et al.'s basic block: 3x3 conv (stride), BN, ReLU, 3x3 conv, BN, [+ shortcut], ReLU;
+        # the shortcut is the identity, or a 1x1 conv (stride) with BN where the shape changes;
+        # convs have no bias
         OpDef(
             "basic_block",
             {
@@ -260,11 +259,6 @@ OPS: dict[str, OpDef] = {
             shape=lambda p, s: _strided(s[0], p["filters"], p["stride"], "basic_block"),
             weights=_basic_block_weights,
             macs=_basic_block_macs,
-            doc=(
-                "He et al.'s basic block: 3x3 conv (stride), BN, ReLU, 3x3 conv, BN, [+ shortcut], "
-                "ReLU; the shortcut is the identity, or a 1x1 conv (stride) with BN where the "
-                "shape changes; convs have no bias"
-            ),
         ),
     )
 }

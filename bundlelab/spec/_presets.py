@@ -6,6 +6,15 @@ import re
 from typing import Any
 
 from .._errors import BundleLabError
+from .._validation import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_positive_float,
+    check_positive_int,
+    checked_keywords,
+    short_repr,
+)
 from ._graph import Node, Spec
 from ._ops import ACTIVATIONS
 
@@ -27,29 +36,32 @@ PRESETS: dict[int, tuple[int, int, int, int]] = {
 }
 
 
-def _bad(name: str, expected: str, value: Any) -> BundleLabError:
-    return BundleLabError(f"The {name!r} parameter must be {expected}. Got {value!r} instead.")
+def _shape(value: Any, *, n_axes: int | None = None) -> tuple[int, ...]:
+    """``input_shape`` as a tuple of Python ints >= 1 (of ``n_axes`` axes when given)."""
+    expected = "(channels, height, width)" if n_axes == 3 else "a tuple of ints >= 1"
+    try:
+        if not isinstance(value, (list, tuple)) or (n_axes and len(value) != n_axes):
+            raise BundleLabError(expected)
+        return tuple(check_int("input_shape", d, low=1) for d in value)
+    except BundleLabError:
+        raise BundleLabError(
+            f"The 'input_shape' parameter must be {expected}. Got {short_repr(value)} instead."
+        ) from None
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _bad(name, "an int in [1, inf)", value)
+def _name(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise BundleLabError(
+            f"The 'name' parameter must be None or a str. Got {short_repr(value)} instead."
+        )
     return value
-
-
-def _shape(value: Any) -> tuple:
-    shape = tuple(value) if isinstance(value, (list, tuple)) else value
-    if not isinstance(shape, tuple) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape
-    ):
-        raise _bad("input_shape", "a tuple of ints >= 1", value)
-    return shape
 
 
 def _scaled(width: int, multiplier: float) -> int:
     return max(1, round(width * multiplier))
 
 
+@checked_keywords
 def fully_connected(
     width: int,
     depth: int,
@@ -64,16 +76,38 @@ def fully_connected(
     Hidden layers are ``dense1 .. dense{depth}`` in stage ``"hidden"``, each measured after its
     activation; inputs with more than one axis are flattened first.
 
+    Parameters
+    ----------
+    width : int
+        Units of every hidden layer.
+    depth : int
+        Number of hidden layers.
+    activation : str, default='relu'
+        One of :data:`ACTIVATIONS`.
+    input_shape : tuple of int, default=(784,)
+        Per-sample input shape, channels-first.
+    n_classes : int, default=10
+        Units of the linear head.
+    name : str, optional
+        The spec's name (default ``fc-{depth}x{width}-{activation}``).
+
+    Returns
+    -------
+    Spec
+
+    Examples
+    --------
     >>> spec = fully_connected(32, 3, input_shape=(1, 8, 8))
     >>> from bundlelab.spec import measured_layers, layer_count
     >>> measured_layers(spec), layer_count(spec)
     (['dense1', 'dense2', 'dense3'], 4)
     """
-    width = _positive_int("width", width)
-    depth = _positive_int("depth", depth)
-    if activation not in ACTIVATIONS:
-        raise _bad("activation", "one of " + ", ".join(map(repr, ACTIVATIONS)), activation)
+    width = check_positive_int("width", width)
+    depth = check_positive_int("depth", depth)
+    activation = check_choice("activation", activation, ACTIVATIONS)
     input_shape = _shape(input_shape)
+    n_classes = check_positive_int("n_classes", n_classes)
+    name = _name(name)
     nodes = [Node("input", "input")]
     if len(input_shape) > 1:
         nodes.append(Node("flatten", "flatten", inputs=("input",)))
@@ -87,8 +121,9 @@ def fully_connected(
     return Spec(tuple(nodes), "head", input_shape, n_classes, name=name or default)
 
 
+@checked_keywords
 def conv_net(
-    layers: int | None = None,
+    depth: int | None = None,
     *,
     blocks: tuple | list | None = None,
     residual: bool = False,
@@ -97,7 +132,7 @@ def conv_net(
     n_classes: int = 10,
     name: str | None = None,
 ) -> Spec:
-    """The paper's conv family after He et al.; give a preset depth ``layers`` or ``blocks``.
+    """The paper's conv family after He et al.; give a preset ``depth`` or ``blocks``.
 
     Stem: 7x7 conv (64 filters, stride 2), batch norm, ReLU, and a 3x3/2 max-pool only for
     inputs wider than 50 px.  Stages a, b, c, d of basic blocks with 64/128/256/512 filters
@@ -107,8 +142,8 @@ def conv_net(
 
     Parameters
     ----------
-    layers : {4, 10, 20, 30, 50, 76, 100, 120}, optional
-        A preset of :data:`PRESETS`; its layer count is ``2 * blocks + 2``.
+    depth : {4, 10, 20, 30, 50, 76, 100, 120}, optional
+        A preset of :data:`PRESETS`: the number of weighted layers, ``2 * blocks + 2``.
     blocks : sequence of 4 ints, optional
         Blocks per stage instead of a preset.  Only trailing stages may be empty (as in the
         4-layer preset); to remove an inner stage use :func:`set_stage_depth`.
@@ -117,24 +152,28 @@ def conv_net(
     width_multiplier : float, default 1.0
         Scales every filter count, so the family runs small on a CPU.
     input_shape : (channels, height, width), default (3, 32, 32)
+        Per-sample input shape.
     n_classes : int, default 10
+        Units of the linear head.
+    name : str, optional
+        The spec's name (default ``plain-{depth}`` or ``resnet-{depth}``, with ``-x{multiplier}``).
 
+    Returns
+    -------
+    Spec
+
+    Examples
+    --------
     >>> from bundlelab.spec import layer_count
     >>> layer_count(conv_net(50)), layer_count(conv_net(blocks=[2, 1, 0, 0]))
     (50, 8)
     """
-    blocks = _blocks(layers, blocks)
-    if not isinstance(residual, bool):
-        raise _bad("residual", "a bool", residual)
-    if (
-        isinstance(width_multiplier, bool)
-        or not isinstance(width_multiplier, (int, float))
-        or not (0 < width_multiplier < float("inf"))
-    ):
-        raise _bad("width_multiplier", "a float in (0, inf)", width_multiplier)
-    input_shape = _shape(input_shape)
-    if len(input_shape) != 3:
-        raise _bad("input_shape", "(channels, height, width)", input_shape)
+    blocks = _blocks(depth, blocks)
+    residual = check_bool("residual", residual)
+    width_multiplier = check_positive_float("width_multiplier", width_multiplier)
+    input_shape = _shape(input_shape, n_axes=3)
+    n_classes = check_positive_int("n_classes", n_classes)
+    name = _name(name)
 
     nodes = [
         Node("input", "input"),
@@ -175,24 +214,33 @@ def conv_net(
     return Spec(tuple(nodes), "head", input_shape, n_classes, name=name or default)
 
 
-def _blocks(layers: Any, blocks: Any) -> tuple:
-    if (layers is None) == (blocks is None):
+def _blocks(depth: Any, blocks: Any) -> tuple[int, ...]:
+    if (depth is None) == (blocks is None):
         raise BundleLabError(
-            "conv_net needs exactly one of 'layers' (a preset depth) or 'blocks' (per stage); "
-            f"got layers={layers!r}, blocks={blocks!r}."
+            "conv_net needs exactly one of 'depth' (a preset) or 'blocks' (per stage); "
+            f"got depth={short_repr(depth)}, blocks={short_repr(blocks)}."
         )
-    if layers is not None:
-        if layers not in PRESETS or isinstance(layers, bool):
-            raise _bad("layers", "one of " + ", ".join(map(str, PRESETS)), layers)
-        return PRESETS[layers]
+    if depth is not None:
+        try:
+            depth = check_int("depth", depth)
+        except BundleLabError:
+            pass  # the choice below names the presets
+        return PRESETS[check_choice("depth", depth, tuple(PRESETS))]
     if not isinstance(blocks, (list, tuple)) or len(blocks) != len(STAGES):
-        raise _bad("blocks", f"a list of {len(STAGES)} ints (blocks per stage a, b, c, d)", blocks)
+        raise BundleLabError(
+            f"The 'blocks' parameter must be a list of {len(STAGES)} ints (blocks per stage a, "
+            f"b, c, d). Got {short_repr(blocks)} instead."
+        )
+    counts = []
     for s, count in enumerate(blocks):
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        try:
+            counts.append(check_int("blocks", count, low=0))
+        except BundleLabError:
             raise BundleLabError(
                 f"The 'blocks' field of stages[{s}] (stage {STAGES[s]!r}) must be an int in "
-                f"[0, inf). Got {count!r} instead."
-            )
+                f"[0, inf). Got {short_repr(count)} instead."
+            ) from None
+    blocks = counts
     for s, count in enumerate(blocks):
         if count == 0 and any(blocks[s + 1 :]):
             raise BundleLabError(
@@ -210,14 +258,32 @@ def _blocks(layers: Any, blocks: Any) -> tuple:
 _NAMED = re.compile(r"^(?:(plain|resnet)-(\d+)|fc-(\d+)x(\d+))$")
 
 
+@checked_keywords
 def preset(name: str, *, input_shape: tuple, n_classes: int, width_multiplier: float = 1.0) -> Spec:
     """A preset by name, for data of ``input_shape`` and ``n_classes``: the CLI's spec names.
 
-    ``"plain-N"`` and ``"resnet-N"`` are :func:`conv_net` of ``N`` layers (a key of
+    ``"plain-N"`` and ``"resnet-N"`` are :func:`conv_net` of depth ``N`` (a key of
     :data:`PRESETS`) without and with residual connections; ``"fc-DxW"`` is
     :func:`fully_connected` with ``D`` hidden layers of ``W`` units (times the multiplier), named
     like the specs it makes.
 
+    Parameters
+    ----------
+    name : str
+        ``"plain-N"``, ``"resnet-N"`` or ``"fc-DEPTHxWIDTH"``.
+    input_shape : tuple of int
+        Per-sample input shape of the data, channels-first.
+    n_classes : int
+        Number of classes of the data.
+    width_multiplier : float, default=1.0
+        Scales every filter count (conv) or the width (fully connected).
+
+    Returns
+    -------
+    Spec
+
+    Examples
+    --------
     >>> preset("plain-20", input_shape=(1, 8, 8), n_classes=10, width_multiplier=0.25).name
     'plain-20-x0.25'
     >>> preset("fc-3x16", input_shape=(1, 8, 8), n_classes=10).name
@@ -229,9 +295,11 @@ def preset(name: str, *, input_shape: tuple, n_classes: int, width_multiplier: f
             f"unknown preset {name!r}: use plain-N or resnet-N (N in "
             f"{', '.join(map(str, PRESETS))}) or fc-DEPTHxWIDTH, or give a spec file (.yaml, .json)"
         )
-    kind, layers, depth, width = match.groups()
+    kind, conv_depth, fc_depth, width = match.groups()
+    width_multiplier = check_positive_float("width_multiplier", width_multiplier)
     if kind:
-        return conv_net(int(layers), residual=kind == "resnet", width_multiplier=width_multiplier,
-                        input_shape=tuple(input_shape), n_classes=n_classes)
-    return fully_connected(_scaled(int(width), width_multiplier), int(depth),
-                           input_shape=tuple(input_shape), n_classes=n_classes)
+        return conv_net(int(conv_depth), residual=kind == "resnet",
+                        width_multiplier=width_multiplier, input_shape=input_shape,
+                        n_classes=n_classes)
+    return fully_connected(_scaled(int(width), width_multiplier), int(fc_depth),
+                           input_shape=input_shape, n_classes=n_classes)

@@ -13,7 +13,12 @@ import re
 from typing import Any
 
 from .._errors import BundleLabError
+from .._validation import check_bool, check_int, check_positive_float, checked_keywords
 from ._graph import Spec, measured_layers, stage_nodes
+from ._ops import OPS
+
+#: the parameters that set a node's width, in the order looked up
+WIDTH_PARAMS = ("filters", "units")
 
 
 def _stage_chain(spec: Spec, stage: Any) -> list[str]:
@@ -52,24 +57,33 @@ def _remove(spec: Spec, removed: list[str], replacement: str) -> Spec:
     return spec.replace(nodes=tuple(nodes), output=output)
 
 
+@checked_keywords
 def truncate_stage_from(spec: Spec, layer: str | int) -> Spec:
     """Remove ``layer`` and every later node of its stage (the paper's auto-tune rewrite).
 
+    If the stage becomes empty it is dropped and its consumer is wired to the stage's input.
+
     Parameters
     ----------
+    spec : Spec
+        The network to rewrite.
     layer : str or int
         A measured layer name, or its index in :func:`measured_layers` (the report's numbering).
 
-    If the stage becomes empty it is dropped and its consumer is wired to the stage's input.
+    Returns
+    -------
+    Spec
     """
     names = measured_layers(spec)
-    if isinstance(layer, int) and not isinstance(layer, bool):
-        if not -len(names) <= layer < len(names):
+    if not isinstance(layer, str):
+        try:
+            index = check_int("layer", layer, low=-len(names), high=len(names) - 1)
+        except BundleLabError:
             raise BundleLabError(
                 f"The 'layer' parameter must be an int in [0, {len(names) - 1}] (an index of "
-                f"measured_layers). Got {layer!r} instead."
-            )
-        layer = names[layer]
+                f"measured_layers) or a measured layer name. Got {layer!r} instead."
+            ) from None
+        layer = names[index]
     if layer not in names:
         shown = ", ".join(map(repr, names[:6])) + (", ..." if len(names) > 6 else "")
         raise BundleLabError(
@@ -85,17 +99,28 @@ def truncate_stage_from(spec: Spec, layer: str | int) -> Spec:
     return set_stage_depth(spec, stage, cut)
 
 
+@checked_keywords
 def set_stage_depth(spec: Spec, stage: str, depth: int) -> Spec:
     """Give ``stage`` exactly ``depth`` nodes.
 
     Shrinking keeps the first ``depth`` nodes (``depth=0`` drops the stage).  Growing appends
     copies of the stage's last node with stride 1, numbered on from its id (``b3`` -> ``b4``,
     ``dense2`` -> ``dense3``; ``{stage}{k}`` if the id ends in no number).
+
+    Parameters
+    ----------
+    spec : Spec
+        The network to rewrite.
+    stage : str
+        A stage of the spec (see :func:`stage_nodes`).
+    depth : int
+        The stage's new number of nodes (0 removes it).
+
+    Returns
+    -------
+    Spec
     """
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
-        raise BundleLabError(
-            f"The 'depth' parameter must be an int in [0, inf). Got {depth!r} instead."
-        )
+    depth = check_int("depth", depth, low=0)
     chain = _stage_chain(spec, stage)
     if depth < len(chain):
         replacement = chain[depth - 1] if depth else spec[chain[0]].inputs[0]
@@ -128,10 +153,24 @@ def set_stage_depth(spec: Spec, stage: str, depth: int) -> Spec:
     return spec.replace(nodes=tuple(nodes), output=output)
 
 
+@checked_keywords
 def set_residual(spec: Spec, residual: bool, *, stage: str | None = None) -> Spec:
-    """Turn the shortcut of every ``basic_block`` (of one ``stage``, if given) on or off."""
-    if not isinstance(residual, bool):
-        raise BundleLabError(f"The 'residual' parameter must be a bool. Got {residual!r} instead.")
+    """Turn the shortcut of every ``basic_block`` (of one ``stage``, if given) on or off.
+
+    Parameters
+    ----------
+    spec : Spec
+        The network to rewrite.
+    residual : bool
+        Whether the blocks get their shortcut.
+    stage : str, optional
+        Only the blocks of this stage; every block when omitted.
+
+    Returns
+    -------
+    Spec
+    """
+    residual = check_bool("residual", residual)
     if stage is not None:
         _stage_chain(spec, stage)
     nodes = tuple(
@@ -143,24 +182,30 @@ def set_residual(spec: Spec, residual: bool, *, stage: str | None = None) -> Spe
     return spec.replace(nodes=nodes)
 
 
+@checked_keywords
 def scale_width(spec: Spec, factor: float) -> Spec:
-    """Multiply the filters of convs and blocks and the units of dense layers by ``factor``.
+    """Multiply the width of every node by ``factor``: the ``filters`` of every op that has them
+    (conv, conv_bn, branch, basic_block) and the ``units`` of dense layers.
 
-    Counts are rounded and at least 1.  The output node keeps its ``n_classes`` units.
+    Counts are rounded and at least 1; equal widths stay equal, so the inputs of an ``add``
+    keep one shape.  The output node keeps its ``n_classes`` units.
+
+    Parameters
+    ----------
+    spec : Spec
+        The network to rewrite.
+    factor : float
+        The width multiplier, in (0, inf).
+
+    Returns
+    -------
+    Spec
     """
-    if (
-        isinstance(factor, bool)
-        or not isinstance(factor, (int, float))
-        or not 0 < factor < float("inf")
-    ):
-        raise BundleLabError(
-            f"The 'factor' parameter must be a float in (0, inf). Got {factor!r} instead."
-        )
-    key = {"conv": "filters", "basic_block": "filters", "dense": "units"}
+    factor = check_positive_float("factor", factor)
     nodes = []
     for node in spec.nodes:
-        if node.op in key and node.id != spec.output:
-            width = node.params[key[node.op]]
-            node = node.replace(params={key[node.op]: max(1, round(width * factor))})
+        key = next((k for k in WIDTH_PARAMS if k in OPS[node.op].params), None)
+        if key is not None and node.id != spec.output:
+            node = node.replace(params={key: max(1, round(node.params[key] * factor))})
         nodes.append(node)
     return spec.replace(nodes=tuple(nodes))

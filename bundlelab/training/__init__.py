@@ -1,7 +1,8 @@
 """Training specs through a framework backend, framework-free.
 
 The loop here shuffles, augments (:func:`augment_batch`), evaluates, records ``H^l(t)`` on a
-fixed training subset, checkpoints every epoch and resumes after a crash; a backend
+fixed training subset, checkpoints every epoch and resumes after a crash (:class:`RunFolder`,
+shared with the auto-tune and the search); a backend
 (:class:`Backend`, ``"torch"`` or ``"keras"``) does only what needs the framework.
 
 >>> from bundlelab.training import TrainConfig, fit                      # doctest: +SKIP
@@ -14,24 +15,35 @@ fixed training subset, checkpoints every epoch and resumes after a crash; a back
 """
 
 from ._augment import augment_batch
-from ._backend import Backend, Trainee, available_backends, get_backend, register_backend
+from ._backend import (
+    Backend,
+    SuperNetBackend,
+    SuperTrainee,
+    Trainee,
+    available_backends,
+    get_backend,
+    register_backend,
+)
 from ._config import OPTIMIZERS, TrainConfig
-from ._folder import RunFolder
+from ._folder import RESUMABLE_OPTIONS, FolderLock, RunFolder
 from ._run import (
     EpochRecord,
     Training,
     TrainingResult,
     check_data,
-    check_same_run,
     fit,
     training_batches,
 )
 
 __all__ = [
     "OPTIMIZERS",
+    "RESUMABLE_OPTIONS",
+    "FolderLock",
     "RunFolder",
     "Backend",
     "EpochRecord",
+    "SuperNetBackend",
+    "SuperTrainee",
     "TrainConfig",
     "Trainee",
     "Training",
@@ -39,7 +51,6 @@ __all__ = [
     "augment_batch",
     "available_backends",
     "check_data",
-    "check_same_run",
     "fit",
     "get_backend",
     "register_backend",

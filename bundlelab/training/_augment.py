@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._validation import check_bool, check_int, check_positive_float, checked_keywords
 
+
+@checked_keywords
 def augment_batch(
     x: np.ndarray,
     rng: np.random.Generator,
@@ -33,6 +36,9 @@ def augment_batch(
     ndarray, same shape and dtype as ``x``
         Flat inputs (2-D) are returned unchanged.
     """
+    crop_padding = check_int("crop_padding", crop_padding, low=0)
+    flip = check_bool("flip", flip)
+    brightness = check_positive_float("brightness", brightness, allow_zero=True)
     if x.ndim != 4 or not (crop_padding or flip or brightness):
         return x
     n, _, height, width = x.shape

@@ -12,6 +12,12 @@ are registered by name and imported only when asked for, so the core stays frame
             ...
 
     register_backend("myframework", MyBackend)   # or "package.module:MyBackend"
+
+bundlelab's own backends (``"torch"``, ``"keras"``) are registered by
+:mod:`bundlelab.adapters`, next to their adapters; :func:`get_backend` imports that package
+(which imports no framework) on its first lookup.  A backend that can also train
+super-networks for :mod:`bundlelab.search` follows :class:`SuperNetBackend` and builds a
+:class:`SuperTrainee`.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from .._errors import BundleLabError
+from .._registry import Registry
+from .._validation import checked_keywords
 
 
 @runtime_checkable
@@ -35,8 +43,10 @@ class Trainee(Protocol):
         Returns ``{"loss": mean cross-entropy, "accuracy": fraction correct}`` over the epoch
         (in training mode, as the batches were seen)."""
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray, *, batch_size: int) -> dict[str, float]:
-        """``{"loss", "accuracy"}`` on ``(x, y)`` in inference mode, without gradients."""
+    def evaluate(self, x: np.ndarray, y: np.ndarray, *,
+                 inference_batch_size: int) -> dict[str, float]:
+        """``{"loss", "accuracy"}`` on ``(x, y)`` in inference mode, without gradients,
+        ``inference_batch_size`` samples per forward pass (only bounds memory)."""
 
     def measure_bundles(self, x: np.ndarray, y: np.ndarray, **options: Any) -> Any:
         """A :class:`bundlelab.BundleReport` of every measured layer of the spec, in the
@@ -55,6 +65,41 @@ class Trainee(Protocol):
 
 
 @runtime_checkable
+class SuperTrainee(Protocol):
+    """A super-network being trained by the search: weights, gate logits and their optimizers.
+
+    ``E`` is the number of gates (optional edges, in the order of
+    :class:`bundlelab.search.GatedGraph`), ``N`` the number of nodes of the spec.  The
+    *switches* of an architecture say which gates it keeps on.
+    """
+
+    def gate_probabilities(self) -> np.ndarray:
+        """``sigmoid(gate logits)``, shape ``(E,)``, float64."""
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, switches: np.ndarray, alive: np.ndarray,
+                   penalty: np.ndarray, *, reinforce: bool = True) -> dict[str, Any]:
+        """One step of both optimizers on a batch; example ``b`` runs the architecture of
+        ``switches[b]`` (shape ``(B, E)``, bool), whose real nodes are ``alive[b]`` (``(B, N)``),
+        with the cost penalty ``penalty[b]``.  ``reinforce=False`` trains the weights only.
+        Returns ``{"loss": mean cross-entropy, "correct": int, "n": B}``."""
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, switches: np.ndarray, alive: np.ndarray, *,
+                 inference_batch_size: int) -> dict[str, float]:
+        """``{"loss", "accuracy"}`` of the one architecture ``switches`` (``(E,)``), ``alive``
+        (``(N,)``) on ``(x, y)`` in inference mode."""
+
+    def node_seconds(self, batch_size: int) -> np.ndarray:
+        """Forward seconds of each node alone on a batch of ``batch_size``, shape ``(N,)``."""
+
+    def save(self, path: str) -> None:
+        """Write weights, gate logits and both optimizers' states to ``path``."""
+
+    def load(self, path: str) -> None:
+        """Restore what :meth:`save` wrote; a file of another super-network raises
+        BundleLabError."""
+
+
+@runtime_checkable
 class Backend(Protocol):
     """A framework that builds and trains specs."""
 
@@ -67,39 +112,69 @@ class Backend(Protocol):
         the optimizer ``config`` names, on ``config.device``."""
 
 
-_BACKENDS: dict[str, str | Callable[[], Backend]] = {
-    "torch": "bundlelab.adapters.torch:TorchBackend",
-    "keras": "bundlelab.adapters.keras_train:KerasBackend",
-}
+@runtime_checkable
+class SuperNetBackend(Backend, Protocol):
+    """A backend that can also train super-networks (what :mod:`bundlelab.search` needs)."""
+
+    def build_supernet(self, spec: Any, config: Any, **options: Any) -> SuperTrainee:
+        """A freshly initialised :class:`SuperTrainee` of the super-network ``spec``
+        (``options``: ``gate_init``, ``gate_optimizer``, ``gate_learning_rate``)."""
 
 
+#: name -> "module:attribute" (imported on first use) or a factory; bundlelab's own backends
+#: are registered by :mod:`bundlelab.adapters`, imported on the first lookup
+_BACKENDS = Registry("backend")
+_ADAPTERS_PACKAGE = "bundlelab.adapters"
+
+
+def _registered() -> Registry:
+    """The registry, with the backends of :mod:`bundlelab.adapters` (which imports no
+    framework) registered."""
+    importlib.import_module(_ADAPTERS_PACKAGE)
+    return _BACKENDS
+
+
+@checked_keywords
 def register_backend(name: str, factory: str | Callable[[], Backend]) -> None:
-    """Make a backend available under ``name`` (a factory or a lazy ``"module:attr"``)."""
-    _BACKENDS[name] = factory
+    """Make a backend available under ``name``.
+
+    Parameters
+    ----------
+    name : str
+        The name :func:`get_backend` (and the CLI's ``--backend``) accepts.
+    factory : str or callable
+        A zero-argument callable returning the backend, or a ``"module:attribute"`` string
+        imported on first use (so registering costs no import).
+    """
+    _BACKENDS.register(name, factory)
 
 
+@checked_keywords
 def available_backends() -> list[str]:
     """Names accepted by :func:`get_backend`."""
-    return sorted(_BACKENDS)
+    return _registered().names()
 
 
+@checked_keywords
 def get_backend(backend: str | Backend) -> Backend:
-    """The backend registered as ``backend`` (a backend object is returned as it is)."""
+    """The backend registered as ``backend`` (a backend object is returned as it is).
+
+    Parameters
+    ----------
+    backend : str or Backend
+        A registered name (``"torch"``, ``"keras"``, ...) or an object with ``name``,
+        ``checkpoint_suffix`` and ``build``.
+
+    Returns
+    -------
+    Backend
+    """
     if not isinstance(backend, str):
         if not isinstance(backend, Backend):
             raise BundleLabError(
-                f"The 'backend' parameter must be one of {', '.join(map(repr, _BACKENDS))} or "
-                f"an object with name, checkpoint_suffix and build. Got {backend!r} instead."
+                "The 'backend' parameter must be one of "
+                f"{', '.join(map(repr, available_backends()))} "
+                f"or an object with name, checkpoint_suffix and build. Got {backend!r} instead."
             )
         return backend
-    try:
-        factory = _BACKENDS[backend]
-    except KeyError:
-        raise BundleLabError(
-            f"The 'backend' parameter must be one of {', '.join(map(repr, available_backends()))}. "
-            f"Got {backend!r} instead."
-        ) from None
-    if isinstance(factory, str):
-        module_name, _, attribute = factory.partition(":")
-        factory = getattr(importlib.import_module(module_name), attribute)
-    return factory()
+    return _registered().create(backend)

@@ -7,12 +7,13 @@ A run lives in a folder (``directory``)::
     spec.yaml                 the spec, for people and for `bundlelab audit`
     checkpoint-0007.pt        weights and optimizer state after the last finished epoch
     result.json, entropy.png  written when the run ends
+    .lock                     held by the process working in the folder
 
 Each epoch writes its checkpoint under a new name, then replaces ``run.json`` atomically, and
-only then removes the previous checkpoint: a crash at any point leaves ``run.json`` naming a
-complete checkpoint of the epochs it lists, so a restart loses at most the epoch in progress.
-The shuffling and augmentation of epoch ``e`` are seeded by ``(seed, e)``, so a resumed run
-trains on exactly the batches an uninterrupted one would have.
+only then removes the previous checkpoint (:class:`RunFolder`): a crash at any point leaves
+``run.json`` naming a complete checkpoint of the epochs it lists, so a restart loses at most
+the epoch in progress.  The shuffling and augmentation of epoch ``e`` are seeded by
+``(seed, e)``, so a resumed run trains on exactly the batches an uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ import numpy as np
 
 from .._atomic import atomic_write_text
 from .._errors import BundleLabError
-from ..report import BundleReport
-from ..spec import Spec, dumps, from_dict, layer_count, measured_layers, parameter_count, to_dict
+from .._validation import check_bool, check_instance, checked_keywords
+from ..report import BundleReport, LayerResult
+from ..spec import Spec, dumps, layer_count, measured_layers, parameter_count, to_dict
 from ..tracker import BundleTracker
 from ._augment import augment_batch
 from ._backend import Backend, get_backend
 from ._config import TrainConfig
-from ._folder import RunFolder
+from ._folder import RunFolder, draw_optional
 
 RUN_FORMAT = "bundlelab.run/1"
 RUN_FILE = "run.json"
@@ -46,8 +48,22 @@ RUN_FILE = "run.json"
 
 @dataclass
 class EpochRecord:
-    """What one epoch gave.  ``report`` is the bundles of every measured layer, or None when
-    the epoch was not measured (see ``TrainConfig.measure_every``)."""
+    """What one epoch gave.
+
+    Attributes
+    ----------
+    epoch : int
+        1-based.
+    train_loss, train_accuracy : float
+        Over the epoch's batches, in training mode, as they were seen.
+    test_loss, test_accuracy : float
+        On the test set after the epoch.
+    seconds : float
+        Wall time of the epoch (training, evaluation, measurement).
+    report : BundleReport or None
+        The bundles of every measured layer, or None when the epoch was not measured (see
+        ``TrainConfig.measure_every``).
+    """
 
     epoch: int
     train_loss: float
@@ -58,11 +74,10 @@ class EpochRecord:
     report: BundleReport | None = None
 
     @property
-    def first_conflicting(self) -> str | None:
-        """The first measured layer with a conflicting bundle, or None."""
-        if self.report is None or self.report.first_conflicting is None:
-            return None
-        return self.report.first_conflicting.layer
+    def first_conflicting(self) -> LayerResult | None:
+        """The first measured layer with a conflicting bundle (its ``.layer`` is the name), or
+        None (also when the epoch was not measured)."""
+        return None if self.report is None else self.report.first_conflicting
 
     def to_dict(self) -> dict[str, Any]:
         data = {k: getattr(self, k) for k in
@@ -83,6 +98,7 @@ class TrainingResult:
     Attributes
     ----------
     spec : Spec
+    config : TrainConfig
     history : list of EpochRecord
     test_accuracy : float
         Mean test accuracy over the last ``config.average_last`` epochs (the paper: 5).
@@ -93,6 +109,8 @@ class TrainingResult:
         Size of the weights-only checkpoint file, in MB (10^6 bytes), the paper's memory.
     ms_per_step : float
         Inference time of one batch of ``config.batch_size`` test samples, in milliseconds.
+    directory : str or None
+        The run folder.
     """
 
     spec: Spec
@@ -136,12 +154,30 @@ class TrainingResult:
         }
 
 
+EpochRecord.__init__ = checked_keywords(EpochRecord.__init__)  # type: ignore[method-assign]
+TrainingResult.__init__ = checked_keywords(TrainingResult.__init__)  # type: ignore[method-assign]
+
+
+@checked_keywords
 def training_batches(data: Any, config: TrainConfig,
                      epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The shuffled, augmented batches ``(x, y)`` of ``data``'s training set in ``epoch``.
 
     Seeded by ``(config.seed, epoch)``: the same epoch always gives the same batches, so a
     resumed run sees exactly what an uninterrupted one would have.
+
+    Parameters
+    ----------
+    data : bundlelab.datasets.Dataset
+    config : TrainConfig
+        Its ``seed``, ``batch_size`` and augmentation options count.
+    epoch : int
+        1-based.
+
+    Yields
+    ------
+    (ndarray, ndarray)
+        A batch of inputs (float32) and of labels.
     """
     rng = np.random.default_rng([config.seed, epoch])
     order = rng.permutation(len(data.y_train))
@@ -155,8 +191,15 @@ def training_batches(data: Any, config: TrainConfig,
         yield x, data.y_train[index]
 
 
+@checked_keywords
 def check_data(spec: Spec, data: Any) -> None:
-    """Raise a one-line error when ``data`` cannot train ``spec`` (shapes, classes)."""
+    """Raise a one-line error when ``data`` cannot train ``spec`` (shapes, classes).
+
+    Parameters
+    ----------
+    spec : bundlelab.spec.Spec
+    data : bundlelab.datasets.Dataset
+    """
     for name in ("x_train", "y_train", "x_test", "y_test"):
         if not hasattr(data, name):
             raise BundleLabError(
@@ -191,43 +234,58 @@ class Training:
     config : TrainConfig, optional
     directory : path, optional
         The run folder.  If it holds a run of the same spec, config and backend, training
-        resumes after its last finished epoch; a run of anything else is an error.  None:
-        nothing is written and nothing can resume.
+        resumes after its last finished epoch; only the options of
+        :data:`bundlelab.training.RESUMABLE_OPTIONS` may differ (``epochs`` may grow,
+        ``device`` may change), anything else is an error.  The folder is locked from here
+        until :meth:`close` (or the end of a ``with`` block, or of the process): another
+        process on it stops with an error naming this one.  None: nothing is written and
+        nothing can resume.
     progress : bool, default=False
         Progress bars over each epoch's batches and a line per epoch (rich, on stderr).
 
     Examples
     --------
-    >>> run = Training(spec, data, config=TrainConfig(epochs=3), directory="runs/a")  # doctest: +SKIP
-    >>> result = run.run()                                                          # doctest: +SKIP
+    >>> with Training(spec, data, config=TrainConfig(epochs=3), directory="runs/a") as run:  # doctest: +SKIP
+    ...     result = run.run()                                                          # doctest: +SKIP
     """
 
+    @checked_keywords
     def __init__(self, spec: Spec, data: Any, *, backend: str | Backend = "torch",
                  config: TrainConfig | None = None, directory: str | os.PathLike | None = None,
                  progress: bool = False) -> None:
-        if not isinstance(spec, Spec):
-            raise BundleLabError(
-                f"The 'spec' parameter must be a bundlelab.spec.Spec. Got {type(spec).__name__} "
-                "instead."
-            )
+        check_instance("spec", spec, Spec, "a bundlelab.spec.Spec")
         config = TrainConfig() if config is None else config
-        if not isinstance(config, TrainConfig):
-            raise BundleLabError(
-                f"The 'config' parameter must be a TrainConfig. Got {type(config).__name__} instead."
-            )
+        check_instance("config", config, TrainConfig, "a TrainConfig")
         check_data(spec, data)
-        self.spec, self.data, self.config, self.progress = spec, data, config, progress
+        self.spec, self.data, self.config = spec, data, config
+        self.progress = check_bool("progress", progress)
         self.backend = get_backend(backend)
         self.directory = None if directory is None else Path(directory)
         self.history: list[EpochRecord] = []
-        self._folder = None if directory is None else RunFolder(directory, RUN_FILE, RUN_FORMAT)
         n = len(data.y_train)
         self.measure_index = np.sort(
-            np.random.default_rng(config.seed).choice(n, min(n, config.measure_samples), replace=False)
+            np.random.default_rng(config.seed).choice(n, min(n, config.n_samples), replace=False)
         )
-        self.trainee = self.backend.build(spec, config)
-        if self._folder is not None:
+        self._folder = None
+        if directory is not None:
+            self._folder = RunFolder(directory, RUN_FILE, RUN_FORMAT, kind="training run").lock()
+        try:
+            self.trainee = self.backend.build(spec, config)
             self._resume()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run folder's lock (the run can be resumed later by any process)."""
+        if self._folder is not None:
+            self._folder.unlock()
+
+    def __enter__(self) -> Training:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     @property
     def epochs_done(self) -> int:
@@ -253,13 +311,14 @@ class Training:
             raise BundleLabError(
                 f"the run already trained its {self.config.epochs} epochs; raise epochs to go on"
             )
+        measure = None if measure is None else check_bool("measure", measure)
         epoch = self.epochs_done + 1
         start = time.perf_counter()
         batches = self.batches(epoch)
         with self._progress_bar(epoch) as advance:
             train = self.trainee.train_epoch(advance(batches))
         test = self.trainee.evaluate(self.data.x_test, self.data.y_test,
-                                     batch_size=max(256, self.config.batch_size))
+                                     inference_batch_size=max(256, self.config.batch_size))
         if measure is None:
             measure = epoch % self.config.measure_every == 0 or epoch == self.config.epochs
         report = self.measure() if measure else None
@@ -306,12 +365,15 @@ class Training:
             atomic_write_text(self.directory / "result.json",
                               json.dumps(result.summary(), indent=2) + "\n")
             tracker = result.tracker()
-            if tracker.steps and _have_matplotlib():
-                tracker.plot(self.directory / "entropy.png")
+            if tracker.steps:
+                draw_optional(lambda: tracker.plot(self.directory / "entropy.png"),
+                              f"{self.directory / 'entropy.png'}")
         return result
 
     def _weights_mb(self) -> float:
-        fd, tmp = tempfile.mkstemp(suffix=self.backend.checkpoint_suffix, dir=self.directory)
+        # a hidden name of the folder's own, so a leftover of a killed run is recognisable
+        fd, tmp = tempfile.mkstemp(prefix=".weights-", suffix=self.backend.checkpoint_suffix,
+                                   dir=self.directory)
         os.close(fd)
         try:
             self.trainee.save(tmp, optimizer=False)
@@ -322,12 +384,14 @@ class Training:
 
     # -- the run folder -------------------------------------------------------------------
 
+    def _options(self) -> dict[str, Any]:
+        """What makes the run, as its folder records it (see :meth:`RunFolder.resume`)."""
+        return {"backend": self.backend.name, "spec": to_dict(self.spec),
+                "config": self.config.to_dict()}
+
     def _state(self) -> dict[str, Any]:
-        return {
-            "backend": self.backend.name, "spec": to_dict(self.spec),
-            "config": self.config.to_dict(), "epochs_done": self.epochs_done,
-            "history": [r.to_dict() for r in self.history],
-        }
+        return {**self._options(), "epochs_done": self.epochs_done,
+                "history": [r.to_dict() for r in self.history]}
 
     def _save(self) -> None:
         if self._folder is None:
@@ -338,11 +402,10 @@ class Training:
             atomic_write_text(self.directory / "spec.yaml", dumps(self.spec, format="yaml"))
 
     def _resume(self) -> None:
-        state = self._folder.read()
+        state = None if self._folder is None else self._folder.resume(
+            self._options(), length=self.config.epochs)
         if state is None:
             return
-        check_same_run(self.directory, state, backend=self.backend.name, spec=self.spec,
-                       config=self.config)
         if self._folder.checkpoint_path():
             self.trainee.load(self._folder.checkpoint_path())
         self.history = [EpochRecord.from_dict(r) for r in state["history"]]
@@ -376,57 +439,32 @@ class Training:
                 f"test {record.test_accuracy:.2%}")
         if record.report is not None and len(record.report):
             line += f", H^L {record.report[-1].entropy:.3f}"
-            if record.first_conflicting:
-                line += f", first conflicting layer {record.first_conflicting}"
+            if record.first_conflicting is not None:
+                line += f", first conflicting layer {record.first_conflicting.layer}"
         line += f" ({record.seconds:.1f} s)"
         Console(stderr=True, highlight=False).print(line)
 
 
-def check_same_run(directory, state: dict, *, backend: str, spec: Spec,
-                   config: TrainConfig) -> None:
-    """Refuse to resume ``state`` (read from ``directory``) with another backend, spec or
-    training options; ``epochs`` and ``device`` may change."""
-    if state.get("backend") != backend:
-        raise BundleLabError(
-            f"{directory} holds a run of the {state.get('backend')!r} backend, not {backend!r}; "
-            "use another folder"
-        )
-    if from_dict(state["spec"]) != spec:
-        raise BundleLabError(
-            f"{directory} holds a run of spec {state['spec'].get('name')!r}, which differs from "
-            f"the given spec {spec.name!r}; use another folder"
-        )
-    saved = TrainConfig.from_dict(state["config"])
-    if saved.replace(epochs=config.epochs, device=config.device) != config:
-        raise BundleLabError(
-            f"{directory} was trained with other options ({_differences(saved, config)}); use "
-            "the same options or another folder"
-        )
-
-
-def _differences(a: TrainConfig, b: TrainConfig) -> str:
-    da, db = a.to_dict(), b.to_dict()
-    return ", ".join(f"{k}={da[k]!r} vs {db[k]!r}" for k in da if da[k] != db[k] and k not in ("epochs", "device"))
-
-
-def _have_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
+@checked_keywords
 def fit(spec: Spec, data: Any, *, backend: str | Backend = "torch",
         config: TrainConfig | None = None, directory: str | os.PathLike | None = None,
         progress: bool = False) -> TrainingResult:
     """Train ``spec`` on ``data`` (resuming from ``directory`` if it holds the same run).
 
-    See :class:`Training` for the parameters.
+    Parameters
+    ----------
+    spec : bundlelab.spec.Spec
+    data : bundlelab.datasets.Dataset
+    backend : str or Backend, default="torch"
+    config : TrainConfig, optional
+    directory : path, optional
+        The run folder, locked while the run trains (see :class:`Training`).
+    progress : bool, default=False
 
     Returns
     -------
     TrainingResult
     """
-    return Training(spec, data, backend=backend, config=config, directory=directory,
-                    progress=progress).run()
+    with Training(spec, data, backend=backend, config=config, directory=directory,
+                  progress=progress) as run:
+        return run.run()

@@ -1,7 +1,6 @@
 """``bundlelab search``: the budgeted architecture search, from the command line.
 
-Registered on the app of :mod:`bundlelab.cli`; numpy, the data and the framework are imported
-only when the command runs.
+numpy, the data and the framework are imported only when the command runs.
 """
 
 from __future__ import annotations
@@ -12,20 +11,34 @@ from typing import List, Optional
 
 import typer
 
-from ._errors import BundleLabError
-from .cli import app
-from .cli_training import (
+from .._errors import BundleLabError
+from ._app import (
     BATCH_SIZE,
     DATA,
-    DEVICE,
     LR,
+    NO_AUGMENT,
     N_TEST,
     N_TRAIN,
-    NO_AUGMENT,
+    OPTIMIZER_HELP,
+    SEED,
+    TRAIN_DEVICE,
+    WEIGHT_DECAY_HELP,
     WIDTH,
-    _load_data,
+    Optimizer,
+    app,
+    choices,
+    flags_in_errors,
+    load_data,
 )
-from .cli_training import HELP as TRAIN_HELP
+
+
+def _penalties() -> tuple[str, ...]:
+    from ..search._search import PENALTIES
+
+    return tuple(PENALTIES)
+
+
+Penalty = choices("Penalty", _penalties())
 
 HELP = {
     "supernet": "A super-network spec file (.yaml/.json; optional edges are the gates), or "
@@ -36,12 +49,19 @@ HELP = {
     "lam": "lambda of the cost penalty (> 0); repeat to sweep; default: 10^-m for a budget of "
     "order of magnitude m.",
     "penalty": "hinge: max(0, cost - C); abs: |cost - C|.",
-    "warmup": "Epochs training the whole super-network before the gates learn (paper: 50).",
-    "search_epochs": "Epochs of sampling architectures after the warm-up.",
+    "warmup": "Epochs training the whole super-network before the gates learn. Short by "
+    "default, to try a search on a CPU; the paper (and SearchConfig) use 50.",
+    "search_epochs": "Epochs of sampling architectures after the warm-up. Short by default, "
+    "to try a search on a CPU; SearchConfig uses 100.",
     "retrain_epochs": "Epochs retraining each found architecture (and each family member).",
+    "optimizer": OPTIMIZER_HELP + " adamw by default here: ranger (TrainConfig's default, the "
+    "bundle paper's) learns too slowly for a search's short runs (docs/results.md).",
+    "weight_decay": WEIGHT_DECAY_HELP + " 1e-4 by default here, the usual value for ResNets "
+    "(TrainConfig's 0.01 is the bundle paper's, with ranger).",
     "gate_lr": "Learning rate of the gate logits (Adam).",
     "family": "Also train the plain family (ResNets with fewer blocks, narrower fabrics) for the "
-    "comparison and the front plot.",
+    "comparison and the front plot; on by default here, as the comparison is what the sweep "
+    "is for (sweep() in Python takes the family as a list, none by default).",
     "out": "Search folder: one sub-folder per search and per retraining; rerun to resume.",
 }
 
@@ -52,8 +72,8 @@ FABRIC_FAMILY = (1, 2, 4, 8)
 
 def resolve_supernet(text: str, data, width_multiplier: float):
     """A super-network (file or preset name) and its plain family, sized for ``data``."""
-    from .search import conv_fabric, resnet_fabric
-    from .spec import load
+    from ..search import conv_fabric, resnet_fabric
+    from ..spec import load
 
     match = _FABRIC.match(text)
     shape, classes = tuple(data.input_shape), data.n_classes
@@ -84,25 +104,28 @@ def resolve_supernet(text: str, data, width_multiplier: float):
 
 @app.command()
 def search(
-    supernet: str = typer.Argument(..., metavar="SUPERNET_SPEC", help=HELP["supernet"]),
+    supernet: str = typer.Argument(..., metavar="SUPERNET", show_default=False,
+                                   help=HELP["supernet"]),
     cost: str = typer.Option("flops", "--cost", help=HELP["cost"]),
-    budget: List[float] = typer.Option(..., "--budget", help=HELP["budget"]),
-    lam: Optional[List[float]] = typer.Option(None, "--lambda", help=HELP["lam"]),
-    penalty: str = typer.Option("hinge", "--penalty", help=HELP["penalty"]),
+    budget: List[float] = typer.Option(..., "--budget", show_default=False, help=HELP["budget"]),
+    lam: Optional[List[float]] = typer.Option(None, "--lambda", show_default=False,
+                                              help=HELP["lam"]),
+    penalty: Penalty = typer.Option(Penalty("hinge"), "--penalty", help=HELP["penalty"]),
     data: str = DATA,
     warmup_epochs: int = typer.Option(5, "--warmup-epochs", min=0, help=HELP["warmup"]),
     search_epochs: int = typer.Option(20, "--search-epochs", min=1, help=HELP["search_epochs"]),
     retrain_epochs: int = typer.Option(20, "--retrain-epochs", min=1,
                                        help=HELP["retrain_epochs"]),
-    optimizer: str = typer.Option("adam", "--optimizer", help=TRAIN_HELP["optimizer"]),
+    optimizer: Optimizer = typer.Option(Optimizer("adamw"), "--optimizer",
+                                        help=HELP["optimizer"]),
     lr: float = LR,
-    weight_decay: float = typer.Option(1e-4, "--weight-decay", help=TRAIN_HELP["weight_decay"]),
+    weight_decay: float = typer.Option(1e-4, "--weight-decay", help=HELP["weight_decay"]),
     batch_size: int = BATCH_SIZE,
     gate_lr: float = typer.Option(0.01, "--gate-lr", help=HELP["gate_lr"]),
     width_multiplier: float = WIDTH,
     family: bool = typer.Option(True, "--family/--no-family", help=HELP["family"]),
-    device: str = DEVICE,
-    seed: int = typer.Option(0, "--seed", min=0, help=TRAIN_HELP["seed"]),
+    device: str = TRAIN_DEVICE,
+    seed: int = SEED,
     out: Path = typer.Option(Path("runs/search"), "--out", help=HELP["out"]),
     no_augment: bool = NO_AUGMENT,
     n_train: Optional[int] = N_TRAIN,
@@ -117,22 +140,24 @@ def search(
     plotted against the plain family. Writes OUT/sweep.csv, OUT/front.png and per search
     architecture.yaml (the chosen spec), search-log.png and gates.png. Rerun to resume.
     """
-    from .search import SearchConfig, get_cost, sweep
-    from .training import TrainConfig
+    from ..search import SearchConfig, get_cost, sweep
+    from ..training import TrainConfig
 
-    get_cost(cost)  # an unknown cost fails before any data is loaded
-    for value in lam or []:
-        SearchConfig(budget=1.0, lam=value)
-    dataset = _load_data(data, n_train=n_train, n_test=n_test, image_size=None, seed=seed)
-    net, members = resolve_supernet(supernet, dataset, width_multiplier)
-    config = TrainConfig(optimizer=optimizer, learning_rate=lr, weight_decay=weight_decay,
-                         batch_size=batch_size, seed=seed, device=device,
-                         augment=not no_augment)
-    options = {"penalty": penalty, "warmup_epochs": warmup_epochs,
+    options = {"penalty": penalty.value, "warmup_epochs": warmup_epochs,
                "search_epochs": search_epochs, "gate_learning_rate": gate_lr}
-    result = sweep(net, dataset, budgets=list(budget), cost=cost, lambdas=lam, search=options,
-                   config=config, retrain_epochs=retrain_epochs,
-                   family=members if family else [], directory=out, progress=True)
+    with flags_in_errors():
+        get_cost(cost)  # an unknown cost fails before any data is loaded
+        for value in lam or [None]:
+            SearchConfig(budget=1.0, cost=cost, lam=value, **options)
+        config = TrainConfig(optimizer=optimizer.value, learning_rate=lr,
+                             weight_decay=weight_decay, batch_size=batch_size, seed=seed,
+                             device=device, augment=not no_augment)
+    dataset = load_data(data, n_train=n_train, n_test=n_test, image_size=None, seed=seed)
+    net, members = resolve_supernet(supernet, dataset, width_multiplier)
+    with flags_in_errors():
+        result = sweep(net, dataset, budgets=list(budget), cost=cost, lambdas=lam,
+                       search=options, config=config, retrain_epochs=retrain_epochs,
+                       family=members if family else [], directory=out, progress=True)
     _print(result, net.name, dataset.name)
     typer.echo(f"results: {out}/sweep.csv, {out}/front.png; chosen specs: "
                f"{out}/*/architecture.yaml")

@@ -1,81 +1,79 @@
 """``bundlelab train`` and ``bundlelab autotune``: specs trained through a backend.
 
-Registered on the app of :mod:`bundlelab.cli`; like the other commands they import numpy,
-the data loaders and the framework only when they run, so ``bundlelab --help`` stays instant.
+numpy, the data loaders and the framework are imported only when a command runs, so
+``bundlelab --help`` stays instant.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import statistics
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from ._atomic import atomic_write_text
-from ._errors import BundleLabError
-from .cli import app
+from .._errors import BundleLabError
+from ._app import (
+    BATCH_SIZE,
+    DATA,
+    IMAGE_SIZE,
+    LR,
+    NO_AUGMENT,
+    N_TEST,
+    N_TRAIN,
+    OPTIMIZER_HELP,
+    SEED,
+    TRAIN_DEVICE,
+    WEIGHT_DECAY,
+    WIDTH,
+    Optimizer,
+    app,
+    choices,
+    flags_in_errors,
+    load_data,
+)
+
+
+def _backends() -> list[str]:
+    from ..training import available_backends
+
+    return available_backends()
+
+
+Backend = choices("Backend", _backends())
 
 HELP = {
-    "spec": "A spec file (.yaml/.json), or a preset: plain-N or resnet-N (N in 4, 10, 20, 30, 50, "
-    "76, 100, 120), fc-DEPTHxWIDTH (e.g. fc-20x16: 20 hidden layers of 16 units). Presets take the data's input shape and classes.",
-    "data": "digits (embedded), or mnist:DIR, cifar10:DIR, svhn:DIR, imagefolder:DIR (local files; "
-    "nothing is downloaded).",
-    "epochs": "Training epochs (of the final run, for the auto-tune).",
-    "optimizer": "ranger (RAdam + Lookahead, the paper's), adam or sgd.",
-    "lr": "Learning rate.",
-    "weight_decay": "Weight decay (decoupled for ranger and adam).",
-    "batch_size": "Training batch size.",
-    "width": "Width multiplier of presets (filters or units), to run small on a CPU.",
+    "spec": "A spec file (.yaml/.json), or a preset: plain-N or resnet-N (N in 4, 10, 20, 30, "
+    "50, 76, 100, 120), fc-DEPTHxWIDTH (e.g. fc-20x16: 20 hidden layers of 16 units). Presets "
+    "take the data's input shape and classes.",
+    "train_epochs": "Training epochs. The default is short, to try a network on a CPU in "
+    "minutes; the paper trains 120 (TrainConfig's default).",
+    "autotune_epochs": "Epochs of the final run, the network with no conflicting layer left "
+    "(runs that prune stop after their --check-epochs). The default is short, to try it on a "
+    "CPU; the paper trains 120 (TrainConfig's default).",
     "backend": "Framework that builds and trains the spec.",
-    "device": "auto, cpu, cuda or cuda:N (torch backend).",
-    "seed": "Seed of the weights, shuffling, augmentation and measured subset.",
     "seeds": "Repeat with seeds 0..N-1 and report mean ± std.",
     "out": "Run folder; a folder holding the same run resumes it after a crash.",
-    "no_augment": "Turn off random crops, flips and brightness.",
-    "n_train": "Use a seeded random subset of this many training samples.",
-    "n_test": "Use a seeded random subset of this many test samples.",
-    "image_size": "Image side for imagefolder data (resized and centre-cropped).",
-    "measure_samples": "Training samples on which bundles are measured after each epoch.",
+    "n_samples": "Training samples on which bundles are measured after each epoch.",
     "measure_every": "Measure bundles every N epochs (and after the last).",
     "check_epochs": "Check for conflicting layers after each of a run's first N epochs.",
     "compare": "Also train these specs (e.g. resnet-50) with the same settings and seeds, for "
     "the comparison table; repeat the option.",
 }
 
-
-# Options that train, autotune and search share (one declaration each).
-DATA = typer.Option("digits", "--data", help=HELP["data"])
-EPOCHS = typer.Option(20, "--epochs", min=1, help=HELP["epochs"])
-OPTIMIZER = typer.Option("ranger", "--optimizer", help=HELP["optimizer"])
-LR = typer.Option(1e-3, "--lr", help=HELP["lr"])
-WEIGHT_DECAY = typer.Option(0.01, "--weight-decay", help=HELP["weight_decay"])
-BATCH_SIZE = typer.Option(64, "--batch-size", help=HELP["batch_size"])
-WIDTH = typer.Option(1.0, "--width-multiplier", help=HELP["width"])
-BACKEND = typer.Option("torch", "--backend", help=HELP["backend"])
-DEVICE = typer.Option("auto", "--device", help=HELP["device"])
-NO_AUGMENT = typer.Option(False, "--no-augment", help=HELP["no_augment"])
-N_TRAIN = typer.Option(None, "--n-train", help=HELP["n_train"])
-N_TEST = typer.Option(None, "--n-test", help=HELP["n_test"])
-IMAGE_SIZE = typer.Option(None, "--image-size", help=HELP["image_size"])
-MEASURE_SAMPLES = typer.Option(2048, "--measure-samples", help=HELP["measure_samples"])
-MEASURE_EVERY = typer.Option(1, "--measure-every", help=HELP["measure_every"])
-
-
-def _load_data(data: str, *, n_train, n_test, image_size, seed):
-    # Before the framework is imported: idle OpenMP threads (torch's) sleep instead of spinning
-    # against Numba's, which doubled the time of a training epoch on a 2-core machine.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from .datasets import load_dataset
-
-    return load_dataset(data, n_train=n_train, n_test=n_test, image_size=image_size, seed=seed)
+# Options that train and autotune share (one declaration each).
+OPTIMIZER = typer.Option(Optimizer("ranger"), "--optimizer", help=OPTIMIZER_HELP)
+BACKEND = typer.Option(Backend("torch"), "--backend", help=HELP["backend"])
+N_SAMPLES = typer.Option(2048, "--n-samples", "-n", min=1, help=HELP["n_samples"])
+MEASURE_EVERY = typer.Option(1, "--measure-every", min=1, help=HELP["measure_every"])
+#: the CLI's epochs; TrainConfig's default is the paper's 120 (the help says why they differ)
+EPOCHS = 20
 
 
 def resolve_spec(text: str, data, width_multiplier: float):
     """A spec from a file, or a named preset sized for ``data``."""
-    from .spec import load, preset
+    from ..spec import load, preset
 
     path = Path(text)
     if path.suffix.lower() in (".yaml", ".yml", ".json") or path.exists():
@@ -85,14 +83,16 @@ def resolve_spec(text: str, data, width_multiplier: float):
                 "bundlelab.spec.scale_width"
             )
         return load(path)
-    return preset(text, input_shape=data.input_shape, n_classes=data.n_classes,
-                  width_multiplier=width_multiplier)
+    with flags_in_errors():
+        return preset(text, input_shape=data.input_shape, n_classes=data.n_classes,
+                      width_multiplier=width_multiplier)
 
 
 def _config(**options):
-    from .training import TrainConfig
+    from ..training import TrainConfig
 
-    return TrainConfig(**options)
+    with flags_in_errors():
+        return TrainConfig(**options)
 
 
 def _mean_std(values, fmt: str = ".3g") -> str:
@@ -139,6 +139,8 @@ def _write_rows(folder: Path, stem: str, rows: list[dict]) -> None:
     import csv
     import io
 
+    from .._atomic import atomic_write_text
+
     atomic_write_text(folder / f"{stem}.json", json.dumps(rows, indent=2) + "\n")
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
@@ -149,23 +151,23 @@ def _write_rows(folder: Path, stem: str, rows: list[dict]) -> None:
 
 @app.command()
 def train(
-    spec: str = typer.Argument(..., metavar="SPEC", help=HELP["spec"]),
+    spec: str = typer.Argument(..., metavar="SPEC", show_default=False, help=HELP["spec"]),
     data: str = DATA,
-    epochs: int = EPOCHS,
-    optimizer: str = OPTIMIZER,
+    epochs: int = typer.Option(EPOCHS, "--epochs", min=1, help=HELP["train_epochs"]),
+    optimizer: Optimizer = OPTIMIZER,
     lr: float = LR,
     weight_decay: float = WEIGHT_DECAY,
     batch_size: int = BATCH_SIZE,
     width_multiplier: float = WIDTH,
-    backend: str = BACKEND,
-    device: str = DEVICE,
-    seed: int = typer.Option(0, "--seed", min=0, help=HELP["seed"]),
+    backend: Backend = BACKEND,
+    device: str = TRAIN_DEVICE,
+    seed: int = SEED,
     out: Path = typer.Option(Path("runs/train"), "--out", help=HELP["out"]),
     no_augment: bool = NO_AUGMENT,
     n_train: Optional[int] = N_TRAIN,
     n_test: Optional[int] = N_TEST,
     image_size: Optional[int] = IMAGE_SIZE,
-    measure_samples: int = MEASURE_SAMPLES,
+    n_samples: int = N_SAMPLES,
     measure_every: int = MEASURE_EVERY,
 ) -> None:
     """Train a spec, recording the bundle entropy of every layer after each epoch.
@@ -173,15 +175,15 @@ def train(
     Writes the run folder (checkpoint every epoch, run.json, spec.yaml; at the end result.json
     and entropy.png, the H^l(t) heatmap). Run the same command again to resume after a crash.
     """
-    from .training import fit
+    from ..training import fit
 
-    dataset = _load_data(data, n_train=n_train, n_test=n_test, image_size=image_size, seed=seed)
-    net = resolve_spec(spec, dataset, width_multiplier)
-    config = _config(epochs=epochs, optimizer=optimizer, learning_rate=lr,
+    config = _config(epochs=epochs, optimizer=optimizer.value, learning_rate=lr,
                      weight_decay=weight_decay, batch_size=batch_size, seed=seed, device=device,
-                     augment=not no_augment, measure_samples=measure_samples,
-                     measure_every=measure_every)
-    result = fit(net, dataset, backend=backend, config=config, directory=out, progress=True)
+                     augment=not no_augment, n_samples=n_samples, measure_every=measure_every)
+    dataset = load_data(data, n_train=n_train, n_test=n_test, image_size=image_size, seed=seed)
+    net = resolve_spec(spec, dataset, width_multiplier)
+    result = fit(net, dataset, backend=backend.value, config=config, directory=out,
+                 progress=True)
     rows = comparison_rows({net.name: [result]})
     _print_rows(rows, f"{net.name} on {dataset.name}, {epochs} epochs")
     typer.echo(f"run folder: {out}")
@@ -189,58 +191,64 @@ def train(
 
 @app.command()
 def autotune(
-    spec: str = typer.Argument("plain-120", metavar="[SPEC]", help=HELP["spec"]),
+    spec: str = typer.Argument("plain-120", metavar="SPEC", help=HELP["spec"]),
     data: str = DATA,
-    epochs: int = EPOCHS,
-    optimizer: str = OPTIMIZER,
+    epochs: int = typer.Option(EPOCHS, "--epochs", min=1, help=HELP["autotune_epochs"]),
+    optimizer: Optimizer = OPTIMIZER,
     lr: float = LR,
     weight_decay: float = WEIGHT_DECAY,
     batch_size: int = BATCH_SIZE,
     width_multiplier: float = WIDTH,
-    backend: str = BACKEND,
-    device: str = DEVICE,
+    backend: Backend = BACKEND,
+    device: str = TRAIN_DEVICE,
     seeds: int = typer.Option(1, "--seeds", min=1, help=HELP["seeds"]),
     out: Path = typer.Option(Path("runs/autotune"), "--out", help=HELP["out"]),
     check_epochs: int = typer.Option(1, "--check-epochs", min=1, help=HELP["check_epochs"]),
-    compare: Optional[List[str]] = typer.Option(None, "--compare", help=HELP["compare"]),
+    compare: Optional[List[str]] = typer.Option(
+        None, "--compare", show_default=False, help=HELP["compare"]
+    ),
     no_augment: bool = NO_AUGMENT,
     n_train: Optional[int] = N_TRAIN,
     n_test: Optional[int] = N_TEST,
     image_size: Optional[int] = IMAGE_SIZE,
-    measure_samples: int = MEASURE_SAMPLES,
+    n_samples: int = N_SAMPLES,
     measure_every: int = MEASURE_EVERY,
 ) -> None:
     """Auto-tune a network's depth: remove conflicting layers and retrain (the paper's 3.6).
 
     Trains SPEC (default: the paper's 120-layer plain net); after a run's first epoch(s) the
     first layer with bundle entropy > 0 and the rest of its stage are removed and training
-    restarts from scratch, until no layer conflicts; the final network trains to the end.
+    restarts from scratch, until no layer conflicts; the final network trains --epochs epochs.
     With --seeds N it runs N times; with --compare resnet-50 it also trains that network and
     prints the paper's Table 1 (layers, accuracy, checkpoint MB, time per step, mean ± std).
     Writes OUT/seed-K/ (autotune.json, evolution.csv, final-spec.yaml, one folder per restart)
     and OUT/comparison.csv; the same command resumes after a crash.
     """
-    from .autotune import autotune as run_autotune
-    from .training import fit
+    from ..autotune import autotune as run_autotune
+    from ..training import fit
 
-    dataset = _load_data(data, n_train=n_train, n_test=n_test, image_size=image_size, seed=0)
+    configs = [
+        _config(epochs=epochs, optimizer=optimizer.value, learning_rate=lr,
+                weight_decay=weight_decay, batch_size=batch_size, seed=seed, device=device,
+                augment=not no_augment, n_samples=n_samples, measure_every=measure_every)
+        for seed in range(seeds)
+    ]
+    dataset = load_data(data, n_train=n_train, n_test=n_test, image_size=image_size, seed=0)
     net = resolve_spec(spec, dataset, width_multiplier)
     baselines = {name: resolve_spec(name, dataset, width_multiplier) for name in compare or []}
     groups: dict[str, list] = {"auto-tune": []}
     for name in baselines:
         groups[name] = []
-    for seed in range(seeds):
-        config = _config(epochs=epochs, optimizer=optimizer, learning_rate=lr,
-                         weight_decay=weight_decay, batch_size=batch_size, seed=seed,
-                         device=device, augment=not no_augment,
-                         measure_samples=measure_samples, measure_every=measure_every)
-        tuned = run_autotune(net, dataset, backend=backend, config=config,
-                             directory=out / f"seed-{seed}", check_epochs=check_epochs,
-                             progress=True)
+    for config in configs:
+        seed = config.seed
+        with flags_in_errors():
+            tuned = run_autotune(net, dataset, backend=backend.value, config=config,
+                                 directory=out / f"seed-{seed}", check_epochs=check_epochs,
+                                 progress=True)
         groups["auto-tune"].append(tuned.training)
         typer.echo(f"seed {seed}: auto-tune evolution\n{tuned.evolution_csv()}")
         for name, baseline in baselines.items():
-            groups[name].append(fit(baseline, dataset, backend=backend, config=config,
+            groups[name].append(fit(baseline, dataset, backend=backend.value, config=config,
                                     directory=out / f"{name}-seed-{seed}", progress=True))
     rows = comparison_rows(groups)
     _write_rows(out, "comparison", rows)

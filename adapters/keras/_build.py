@@ -13,12 +13,10 @@ the torch builder does (an odd window ``k // 2`` on every side, also with a stri
 own "same" pads the bottom and right), so on equal weights both frameworks compute the same
 logits.
 
->>> import os; os.environ.setdefault("KERAS_BACKEND", "torch")      # doctest: +SKIP
 >>> from bundlelab.spec import conv_net, measured_layers
->>> from bundlelab.adapters.keras_build import build_model           # doctest: +SKIP
+>>> from bundlelab.adapters.keras import audit, build_model          # doctest: +SKIP
 >>> spec = conv_net(10, residual=True, width_multiplier=0.125)
 >>> model = build_model(spec, seed=0)                                 # doctest: +SKIP
->>> from bundlelab.adapters.keras import audit                        # doctest: +SKIP
 >>> report = audit(model, x, y, layers=measured_layers(spec))         # doctest: +SKIP
 """
 
@@ -29,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import BundleLabError
-from ._keras_import import import_keras
-
-keras = import_keras("building a spec in Keras")
+from ..._errors import BundleLabError
+from ..._validation import check_seed, checked_keywords
+from ...spec import Spec
+from ._import import keras
 
 IMAGE_FORMAT = "channels_first"
 # PyTorch's batch-norm defaults (Keras': momentum 0.99, epsilon 1e-3), so that one spec trains
@@ -438,7 +436,8 @@ def _layer_names(spec) -> dict[str, str]:
     return names
 
 
-def build_model(spec, *, seed: int | None = None) -> keras.Model:
+@checked_keywords
+def build_model(spec: Spec, *, seed: int | None = None) -> keras.Model:
     """A Keras Functional model that executes ``spec``, each node a layer named by its id.
 
     Parameters
@@ -460,12 +459,9 @@ def build_model(spec, *, seed: int | None = None) -> keras.Model:
         :func:`bundlelab.spec.parameter_count`.  On the torch backend, a layer with weights whose
         node id holds ``"."`` is named with ``"_"`` instead (a measured one is an error).
     """
-    from ..spec import Spec
-
     if not isinstance(spec, Spec):
         raise BundleLabError(f"expected a bundlelab.spec.Spec, got {type(spec).__name__}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise BundleLabError(f"The 'seed' parameter must be an int or None. Got {seed!r} instead.")
+    seed = None if seed is None else check_seed("seed", seed)
     names = _layer_names(spec)
     init = _Init(spec.init, seed)
     tensors: dict[str, Any] = {}

@@ -1,0 +1,522 @@
+"""The typer app of ``bundlelab``: entry point, error mapping, shared options and helpers.
+
+The command modules (``_analyze``, ``_audit``, ``_train``, ``_search``) register their commands
+on :data:`app` and import only from here.  Nothing heavy is imported at module level: numba, the
+kernels, h5py, safetensors, scikit-learn, matplotlib, the frameworks, onnx and onnxruntime are
+imported inside the commands that use them, so ``bundlelab --help`` is instant and works with
+only the core installed.  Every error is printed as one ``error: ...`` line on stderr with exit
+status 2 (bad input) or 1 (a bug; ``BUNDLELAB_DEBUG=1`` shows its traceback).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+from .._errors import BundleLabError, require
+from .._validation import DEVICES, MODES, NONFINITE_POLICIES
+
+#: a run longer than this reports progress lines even when stderr is not a terminal
+LONG_RUN_S = 30.0
+#: off a terminal, at most one progress line per this many seconds for per-batch progress
+NOTE_EVERY_S = 10.0
+
+
+# -- help rendering ----------------------------------------------------------------------------
+
+
+def _untyped_flags(params: list) -> list:
+    """On/off flags take no value, so their help shows no type (typer would print <bool>)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Command(TyperCommand):
+    """A command whose usage line names its arguments as click does (``DUMP``, ``[SPEC]``)."""
+
+    def get_params(self, ctx):
+        return _untyped_flags(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name != "argument":
+                pieces.extend(param.get_usage_pieces(ctx))
+                continue
+            name = param.metavar or param.name.upper()
+            name = name if param.required else f"[{name}]"
+            pieces.append(name + ("..." if param.nargs != 1 else ""))
+        return pieces
+
+
+class Group(TyperGroup):
+    def get_params(self, ctx):
+        return _untyped_flags(super().get_params(ctx))
+
+
+class _Typer(typer.Typer):
+    """A typer app whose commands are :class:`Command` unless told otherwise."""
+
+    def command(self, *args, cls=None, **kwargs):
+        return super().command(*args, cls=cls or Command, **kwargs)
+
+
+app = _Typer(
+    name="bundlelab",
+    cls=Group,
+    help="Find the layers that hurt a network's training: conflicting bundles in its activations.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # reflows docstring paragraphs
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"bundlelab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    """Find the layers that hurt a network's training: conflicting bundles in its activations.
+
+    Start with: bundlelab analyze --demo
+    """
+
+
+# -- choices, from the Python vocabularies ----------------------------------------------------
+
+
+def choices(name: str, values) -> type[Enum]:
+    """A str Enum of ``values`` (typer lists an Enum's values as the option's choices)."""
+    return Enum(name, [(value, value) for value in values], type=str)
+
+
+Mode = choices("Mode", MODES)
+Nonfinite = choices("Nonfinite", NONFINITE_POLICIES)
+Device = choices("Device", DEVICES)
+Format = choices("Format", ("table", "json", "csv"))
+
+
+def _optimizers() -> tuple[str, ...]:
+    from ..training import OPTIMIZERS
+
+    return tuple(OPTIMIZERS)
+
+
+Optimizer = choices("Optimizer", _optimizers())
+_OPTIMIZER_NOTES = {"ranger": "RAdam + Lookahead, the paper's", "adam": "Adam", "adamw": "AdamW",
+                    "sgd": "momentum 0.9"}
+OPTIMIZER_HELP = "Optimizer: " + ", ".join(
+    f"{name} ({_OPTIMIZER_NOTES[name]})" if name in _OPTIMIZER_NOTES else name
+    for name in _optimizers()
+) + "."
+
+
+# -- options shared by several commands (one declaration each) --------------------------------
+
+#: keyword of BundleOptions / TrainConfig -> the CLI option that sets it (to word errors in
+#: CLI terms)
+FLAGS = {
+    "learning_rate": "--lr",
+    "batch_size": "--batch-size",
+    "weight_amplitude": "--weight-amplitude",
+    "gamma": "--gamma",
+    "epsilon": "--epsilon",
+    "n_samples": "--n-samples",
+    "inference_batch_size": "--inference-batch-size",
+    "seed": "--seed",
+    "epochs": "--epochs",
+    "weight_decay": "--weight-decay",
+    "measure_every": "--measure-every",
+    "device": "--device",
+    "n_train": "--n-train",
+    "n_test": "--n-test",
+    "image_size": "--image-size",
+    "width_multiplier": "--width-multiplier",
+    "lam": "--lambda",
+    "budget": "--budget",
+    "warmup_epochs": "--warmup-epochs",
+    "search_epochs": "--search-epochs",
+    "retrain_epochs": "--retrain-epochs",
+    "gate_learning_rate": "--gate-lr",
+    "check_epochs": "--check-epochs",
+}
+
+HELP = {
+    "labels": "Name of the array with the class labels.",
+    "lr": "Training learning rate alpha.",
+    "batch_size": "Training batch size |B| (it enters the bundle rule through alpha/|B|).",
+    "mode": "Bundle rule: float resolution (released code) or the paper's threshold gamma.",
+    "gamma": "Threshold of the paper's eq. 1 (threshold mode).",
+    "epsilon": "0: exact entropy; 1e-5 reproduces the released ln(p + 1e-5).",
+    "nonfinite": "Samples with NaN/Inf activations: fail, leave them out, or compare as IEEE.",
+    "format": "Output format; default: from the --output suffix (.json/.csv), else table.",
+    "output": "Write the report to this file (atomically) instead of stdout.",
+    "plot": "Save a bar chart of bundle entropy per layer (PNG; needs bundlelab[plot]).",
+    "data": "digits (embedded), or mnist:DIR, cifar10:DIR, svhn:DIR, imagefolder:DIR (local "
+    "files; nothing is downloaded).",
+    "width": "Width multiplier of presets (filters or units), to run small on a CPU.",
+    "device": "auto, cpu, cuda or cuda:N (auto: the GPU when there is one).",
+    "seed": "Seed of the weights, shuffling, augmentation and measured subset.",
+    "no_augment": "Turn off random crops, flips and brightness.",
+    "n_train": "Use a seeded random subset of this many training samples (default: all).",
+    "n_test": "Use a seeded random subset of this many test samples (default: all).",
+    "image_size": "Image side for imagefolder data (resized and centre-cropped).",
+}
+
+# analyze and audit (LR and BATCH_SIZE: every command)
+LABELS = typer.Option("labels", "--labels", help=HELP["labels"])
+LR = typer.Option(1e-3, "--lr", help=HELP["lr"])
+BATCH_SIZE = typer.Option(64, "--batch-size", help=HELP["batch_size"])
+MODE = typer.Option(Mode("resolution"), "--mode", help=HELP["mode"])
+GAMMA = typer.Option(1e-8, "--gamma", help=HELP["gamma"])
+EPSILON = typer.Option(0.0, "--epsilon", help=HELP["epsilon"])
+NONFINITE = typer.Option(Nonfinite("raise"), "--nonfinite", help=HELP["nonfinite"])
+FORMAT = typer.Option(None, "--format", "-f", show_default=False, help=HELP["format"])
+OUTPUT = typer.Option(None, "--output", "-o", show_default=False, help=HELP["output"])
+PLOT = typer.Option(None, "--plot", show_default=False, help=HELP["plot"])
+
+# train, autotune and search
+DATA = typer.Option("digits", "--data", help=HELP["data"])
+WEIGHT_DECAY_HELP = "Weight decay: decoupled for ranger and adamw, L2 for adam and sgd."
+WEIGHT_DECAY = typer.Option(0.01, "--weight-decay", help=WEIGHT_DECAY_HELP)
+WIDTH = typer.Option(1.0, "--width-multiplier", help=HELP["width"])
+TRAIN_DEVICE = typer.Option("auto", "--device", help=HELP["device"])
+SEED = typer.Option(0, "--seed", min=0, help=HELP["seed"])
+NO_AUGMENT = typer.Option(False, "--no-augment", help=HELP["no_augment"])
+N_TRAIN = typer.Option(None, "--n-train", min=1, show_default=False, help=HELP["n_train"])
+N_TEST = typer.Option(None, "--n-test", min=1, show_default=False, help=HELP["n_test"])
+IMAGE_SIZE = typer.Option(None, "--image-size", min=1, show_default=False,
+                          help=HELP["image_size"])
+
+
+# -- shared helpers ---------------------------------------------------------------------------
+
+
+@contextmanager
+def flags_in_errors() -> Iterator[None]:
+    """Word a Python keyword's error in CLI terms: "The '--lr' option must be ..."."""
+    try:
+        yield
+    except BundleLabError as exc:
+        message = str(exc)
+        for name, flag in FLAGS.items():
+            message = message.replace(f"The {name!r} parameter", f"The '{flag}' option")
+        if message == str(exc):
+            raise
+        raise BundleLabError(message) from None
+
+
+def bundle_options(**options) -> dict:
+    """Validate the bundle options up front (before any data is read), naming the CLI flag in
+    the error."""
+    from ..bundles import BundleOptions
+
+    with flags_in_errors():
+        BundleOptions(**options)
+    return options
+
+
+def require_plot(plot: Optional[Path]) -> None:
+    """Fail before the work, not after it, when --plot is asked for without matplotlib."""
+    if plot is not None:
+        require("matplotlib", purpose="--plot", extra="plot")
+
+
+def output_format(fmt: Optional[Enum], output: Optional[Path]) -> str:
+    if fmt is not None:
+        return fmt.value
+    suffix = output.suffix.lower() if output is not None else ""
+    return {".json": "json", ".csv": "csv"}.get(suffix, "table")
+
+
+def load_data(data: str, *, n_train, n_test, image_size, seed):
+    """A data set of :mod:`bundlelab.datasets` (train, autotune, search)."""
+    # Before the framework is imported: idle OpenMP threads (torch's) sleep instead of spinning
+    # against Numba's, which doubled the time of a training epoch on a 2-core machine.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from ..datasets import load_dataset
+
+    with flags_in_errors():
+        return load_dataset(data, n_train=n_train, n_test=n_test, image_size=image_size,
+                            seed=seed)
+
+
+def describe_params(params: dict) -> str:
+    if params.get("mode") == "threshold":
+        rule = f"threshold mode, gamma={params['gamma']:g}"
+    else:
+        rule = f"resolution mode, w={params.get('weight_amplitude', 1.0):g}"
+    return f"{rule}, lr={params.get('learning_rate'):g}, batch size {params.get('batch_size')}"
+
+
+def shape_text(shape: tuple) -> str:
+    return "x".join(str(s) for s in shape) if shape else "1"
+
+
+def emit_report(report, out_format: str, *, output, plot, bundle_ids, title, shapes,
+                intro=None, outro=None) -> None:
+    """Print or write the report; notes go to stderr unless a table goes to the screen."""
+    to_screen = output is None and out_format == "table"
+    console = stdout_console() if to_screen else None
+    if intro and console is not None:
+        console.print(intro, markup=False)
+    elif intro:
+        note(intro)
+    if out_format == "json":
+        text = report.to_json(include_ids=bundle_ids)
+    elif out_format == "csv":
+        text = report.to_csv()
+    else:
+        table = _table(report, shapes, title=title)
+        summaries = _summaries(report, per_network=intro is not None)
+        if console is None:
+            text = _render_plain(table, summaries)
+        else:
+            console.print(table)
+            for line in summaries:
+                console.print(line, markup=False)
+            text = None
+    if output is not None:
+        from .._atomic import atomic_write_text
+
+        atomic_write_text(output, text)
+        note(f"wrote the report to {output}")
+    elif text is not None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    if plot is not None:
+        report.plot(plot)
+        note(f"saved the plot to {plot}")
+    if outro and console is not None:
+        console.print(outro, style="dim", markup=False)
+
+
+def _marker() -> str:
+    encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "")
+    return "\u25b6" if encoding.startswith("utf") else ">"
+
+
+def _table(report, shapes: dict, *, title: str):
+    from rich.table import Table
+    from rich.text import Text
+
+    first = report.first_conflicting
+    marker = _marker()
+    excluded = any(result.n_excluded for result in report)
+    caption = f"{marker} first conflicting layer" if first else None
+    table = Table(title=Text(title), title_justify="left", caption=caption, caption_justify="left")
+    table.add_column("", width=1, no_wrap=True)
+    table.add_column("layer", no_wrap=True)
+    for column in ("shape", "bundles", "conflicting", "bundle entropy", "ln(Nc)",
+                   "largest bundle"):
+        table.add_column(column, justify="right")
+    if excluded:
+        table.add_column("excluded", justify="right")
+    group = None
+    for result in report:
+        top = result.layer.split("/", 1)[0] if "/" in result.layer else None
+        if group is not None and top != group:
+            table.add_section()
+        group = top
+        style = "red" if result.is_conflicting else None
+        share = result.largest_bundle / max(result.n_samples, 1)
+        row = [
+            marker if first is not None and result is first else "",
+            Text(result.layer),
+            shape_text(shapes.get(result.layer, (result.n_features,))),
+            str(result.n_bundles),
+            str(result.n_conflicting),
+            f"{result.entropy:.4f}",
+            f"{result.max_entropy:.4f}",
+            f"{result.largest_bundle} ({share:.0%})",
+        ]
+        if excluded:
+            row.append(str(result.n_excluded))
+        table.add_row(*row, style=style)
+    return table
+
+
+def _summaries(report, *, per_network: bool) -> list[str]:
+    """One sentence per report, or per network (top-level name) for the demo."""
+    if not per_network:
+        return [_summary(report.layers)]
+    groups: dict[str, list] = {}
+    for result in report:
+        groups.setdefault(result.layer.split("/", 1)[0], []).append(result)
+    return [_summary(results, network=name) for name, results in groups.items()]
+
+
+def _summary(results: list, *, network: str | None = None) -> str:
+    who = f"{network}: " if network else ""
+    first = next((result for result in results if result.is_conflicting), None)
+    if first is None:
+        return (
+            f"{who}no conflicting layer: in all {len(results)} layers every bundle holds "
+            "samples of a single class."
+        )
+    index = results.index(first)
+    text = (
+        f"{who}the first conflicting layer is {first.layer} (layer {index + 1} of {len(results)}): "
+        f"{first.n_conflicting} of its {first.n_bundles} bundles mix classes, bundle entropy "
+        f"{first.entropy:.3f} of at most ln({first.n_classes}) = {first.max_entropy:.3f}."
+    )
+    collapsed = next((i for i, result in enumerate(results) if result.fully_conflicting), None)
+    if collapsed is not None:
+        layer = results[collapsed].layer
+        if all(result.fully_conflicting for result in results[collapsed:]):
+            text += f" From {layer} on, every sample is in one single bundle."
+        else:
+            text += f" {layer} puts every sample in one single bundle."
+    return text
+
+
+def stdout_console():
+    from rich.console import Console
+
+    # Off a terminal rich would wrap at 80 columns; a report is more useful unwrapped.
+    return Console(width=None if sys.stdout.isatty() else 120)
+
+
+def _render_plain(table, lines: list[str]) -> str:
+    import io
+
+    from rich.console import Console
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=120, color_system=None, force_terminal=False)
+    console.print(table)
+    for line in lines:
+        console.print(line)
+    return buffer.getvalue()
+
+
+def note(message: str) -> None:
+    sys.stderr.write(message + "\n")
+
+
+class Progress:
+    """A rich progress bar over samples on a terminal's stderr; off a terminal, plain lines on
+    stderr once the run is long (at most one per ``note_every`` seconds); never anything on
+    stdout.  ``total_rows`` None: the total is not known (the bar counts up)."""
+
+    def __init__(self, total_rows: int | None, description: str, *, note_every: float = 0.0):
+        self.total_rows = total_rows
+        self.description = description
+        self.note_every = note_every
+        self.started = time.perf_counter()
+        self._noted = -float("inf")
+        self._bar = None
+
+    def __enter__(self) -> "Progress":
+        if sys.stderr.isatty():
+            from rich import progress
+            from rich.console import Console
+
+            self._bar = progress.Progress(
+                progress.TextColumn("{task.description}"), progress.BarColumn(),
+                progress.MofNCompleteColumn(), progress.TimeRemainingColumn(),
+                console=Console(stderr=True), transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self.description, total=self.total_rows)
+        return self
+
+    def describe(self, description: str) -> None:
+        """Say what runs now: on the bar, or as a line on stderr once the run is long."""
+        now = time.perf_counter()
+        if self._bar is not None:
+            self._bar.update(self._task, description=description)
+        elif now - self.started > LONG_RUN_S and now - self._noted >= self.note_every:
+            self._noted = now
+            note(f"bundlelab: {description} ({now - self.started:.0f} s)")
+
+    def advance(self, n_rows: int) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, n_rows)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+# -- entry point ------------------------------------------------------------------------------
+
+
+def _click_exceptions():
+    """The click exception classes typer raises (typer >= 0.16 vendors its own click)."""
+    return sys.modules[typer.BadParameter.__module__]
+
+
+def _error(message: str) -> None:
+    sys.stderr.write("error: " + " ".join(str(message).split()) + "\n")
+    sys.stderr.flush()
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        argv = ["--help"]
+    exceptions = _click_exceptions()
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="bundlelab", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except BundleLabError as exc:
+        _error(exc)
+    except exceptions.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        _error(exc.format_message().replace("Value error, ", "") + hint)
+    except exceptions.ClickException as exc:
+        _error(exc.format_message())
+    except SystemExit as exc:  # typer exits itself on a broken pipe
+        return exc.code if isinstance(exc.code, int) else 1
+    except (typer.Abort, KeyboardInterrupt):
+        _error("interrupted")
+        return 130
+    except BrokenPipeError:  # e.g. `bundlelab analyze ... | head`
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 1
+    except MemoryError:
+        _error(
+            "out of memory: analyze streams the layers in chunks of N samples with --chunk-rows "
+            "N; audit runs smaller forward passes with --inference-batch-size N"
+        )
+        return 1
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        _error(f"{exc.strerror or exc}{where}")
+    except Exception as exc:  # noqa: BLE001 - a bug: one line unless debugging
+        if os.environ.get("BUNDLELAB_DEBUG"):
+            raise
+        _error(
+            f"internal error ({type(exc).__name__}: {exc}); rerun with BUNDLELAB_DEBUG=1 for the "
+            "traceback and please report it"
+        )
+        return 1
+    return 2
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``bundlelab`` script."""
+    sys.exit(run(argv))

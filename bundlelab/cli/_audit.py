@@ -1,0 +1,138 @@
+"""``bundlelab audit``: an ONNX model run by onnxruntime, a thin call to
+:func:`bundlelab.adapters.onnx.audit`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .._errors import BundleLabError
+from ._app import (
+    BATCH_SIZE,
+    EPSILON,
+    FORMAT,
+    GAMMA,
+    LABELS,
+    LR,
+    MODE,
+    NONFINITE,
+    NOTE_EVERY_S,
+    OUTPUT,
+    PLOT,
+    Format,
+    Mode,
+    Nonfinite,
+    Progress,
+    app,
+    bundle_options,
+    choices,
+    describe_params,
+    emit_report,
+    flags_in_errors,
+    output_format,
+    require_plot,
+)
+
+Provider = choices("Provider", ("cpu", "cuda"))
+
+HELP = {
+    "model": "An ONNX model file (.onnx); its external data must lie in the same folder.",
+    "data": "Inputs and labels: an .npz or a folder of .npy files, the inputs under the model "
+    "input's name or 'x'.",
+    "n_samples": "Measure a seeded random subset of this many samples (all when the data holds "
+    "fewer).",
+    "seed": "Seed of the random subset.",
+    "layers": "Layers to measure (tensor names or glob patterns); repeat the option or use "
+    "commas. Default: every activation output.",
+    "all_nodes": "Tap every node's float outputs, not only the activations'.",
+    "weight_amplitude": "w: the largest absolute weight (default: max |value| over the "
+    "model's float weights).",
+    "providers": "onnxruntime execution provider (cuda needs onnxruntime-gpu).",
+    "inference_batch_size": "Samples per forward pass; only bounds memory, never the result "
+    "(default: as many as keep the tapped outputs near 256 MiB, at most 256; a model with a "
+    "fixed batch size runs at that size).",
+}
+
+
+@app.command()
+def audit(
+    model: Path = typer.Argument(..., metavar="MODEL", show_default=False, help=HELP["model"]),
+    data: Path = typer.Option(..., "--data", "-d", show_default=False, help=HELP["data"]),
+    labels: str = LABELS,
+    n_samples: int = typer.Option(2048, "--n-samples", "-n", min=1, help=HELP["n_samples"]),
+    seed: int = typer.Option(0, "--seed", help=HELP["seed"]),
+    layers: Optional[List[str]] = typer.Option(
+        None, "--layers", "-l", show_default=False, help=HELP["layers"]
+    ),
+    all_nodes: bool = typer.Option(False, "--all-nodes", help=HELP["all_nodes"]),
+    lr: float = LR,
+    batch_size: int = BATCH_SIZE,
+    weight_amplitude: Optional[float] = typer.Option(
+        None, "--weight-amplitude", show_default=False, help=HELP["weight_amplitude"]
+    ),
+    mode: Mode = MODE,
+    gamma: float = GAMMA,
+    epsilon: float = EPSILON,
+    nonfinite: Nonfinite = NONFINITE,
+    fmt: Optional[Format] = FORMAT,
+    output: Optional[Path] = OUTPUT,
+    plot: Optional[Path] = PLOT,
+    providers: Provider = typer.Option(Provider("cpu"), "--providers", help=HELP["providers"]),
+    inference_batch_size: Optional[int] = typer.Option(
+        None, "--inference-batch-size", min=1, show_default=False,
+        help=HELP["inference_batch_size"],
+    ),
+) -> None:
+    """Find conflicting bundles inside an ONNX model, run by onnxruntime on your data.
+
+    MODEL is an ONNX file (ONNX only: export a PyTorch model with torch.onnx.export, a Keras
+    model with tf2onnx; a TorchScript file is not read). Every activation output (Relu,
+    Sigmoid, Tanh, Gelu, ...) except the logits is a layer; --all-nodes taps every node.
+    The model runs in batches on a seeded random subset of --n-samples samples of DATA, and
+    each layer's outputs are bundled as by analyze (w defaults to the model's largest weight).
+    The same as bundlelab.adapters.onnx.audit in Python.
+    """
+    options = bundle_options(
+        mode=mode.value, learning_rate=lr, batch_size=batch_size,
+        weight_amplitude=1.0 if weight_amplitude is None else weight_amplitude,
+        gamma=gamma, epsilon=epsilon, nonfinite=nonfinite.value,
+    )
+    options["weight_amplitude"] = weight_amplitude  # None: the model's largest weight
+    out_format = output_format(fmt, output)
+    require_plot(plot)
+    from ..adapters.onnx import audit as audit_model
+
+    shapes: dict[str, tuple] = {}
+    with Progress(None, "running the model", note_every=NOTE_EVERY_S) as progress:
+        done = {"batches": 0, "rows": 0}
+
+        def on_batch(n_rows: int, batch_shapes: dict) -> None:
+            done["batches"] += 1
+            done["rows"] += n_rows
+            for layer, shape in batch_shapes.items():
+                shapes.setdefault(layer, tuple(shape))
+            progress.advance(n_rows)
+            progress.describe(f"batch {done['batches']} done, {done['rows']} samples")
+
+        try:
+            with flags_in_errors():
+                report = audit_model(
+                    model, data, labels_key=labels, layers=layers, all_nodes=all_nodes,
+                    n_samples=n_samples, seed=seed, inference_batch_size=inference_batch_size,
+                    providers=providers.value, progress=on_batch, **options,
+                )
+        except BundleLabError as exc:
+            if "all_nodes=True" not in str(exc):
+                raise
+            # the Python audit's hint names its keyword; here it is a flag
+            raise BundleLabError(str(exc).replace("all_nodes=True", "--all-nodes")) from None
+    n_measured = report[0].n_samples if len(report) else 0
+    emit_report(
+        report, out_format, output=output, plot=plot, bundle_ids=False,
+        title=f"{model.name} on {n_measured} samples of {data.name}, "
+        f"{describe_params(report.params)}",
+        shapes=shapes,
+    )
+
