@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import cmath
 import difflib
 import functools
 import inspect
 import math
 import numbers
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any, TypeVar
 
 import numpy as np
@@ -171,40 +173,156 @@ def checked_keywords(function: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def encode_labels(labels: Any, n_samples: int, *, layer: str | None = None) -> tuple[np.ndarray, list]:
-    """Integer codes 0..k-1 for any hashable labels (ints, strings, ...), and the k classes.
+# -- labels ----------------------------------------------------------------------------------
+# One label encoding for every entry point (find_bundles, analyze_layers, BundleStream over any
+# split into batches, bundle_entropy; see docs/semantics.md, "Labels"): two labels are one
+# class iff they are equal as Python values, as in a ``set`` (numpy scalars compare as the Python
+# scalars they hold).  So 1, 1.0, True, np.int64(1) are one class; 1 and "1" are two; b"a" and
+# "a" are two.  NaN, +-Inf and None name no class (a missing label) and are refused, as are
+# unhashable values (lists, dicts).
 
-    Codes follow sorted class order when the labels sort (ints, strings), else first occurrence.
-    """
-    from ._arrays import to_host
+#: dtype kinds numpy compares exactly as Python compares the values of ``tolist()``
+_NUMPY_LABEL_KINDS = "biufUS"
 
-    where = f"layer {layer!r}: " if layer else ""
-    values = to_host(labels) if hasattr(labels, "shape") else np.asarray(labels, dtype=object)
-    values = np.asarray(values)
-    if values.ndim != 1:
+
+def _not_a_class(value: Any) -> bool:
+    """NaN of any type, +-Inf and None: values that name no class."""
+    if value is None:
+        return True
+    try:
+        if bool(value != value):  # NaN: float, numpy, complex, Decimal, NaT
+            return True
+    except Exception:  # noqa: BLE001 - pd.NA and the like: a missing value, not a class
+        return True
+    if isinstance(value, (bool, np.bool_, numbers.Integral)):
+        return False
+    if not isinstance(value, numbers.Number):
+        return False
+    try:
+        return not cmath.isfinite(complex(value))
+    except (ArithmeticError, TypeError, ValueError):  # too large for a float: finite
+        return False
+
+
+def _missing_label(where: str, what: str, value: Any, position: int) -> BundleLabError:
+    return BundleLabError(
+        f"{where}{what} hold {short_repr(value)} at position {position}: NaN, Inf and None are "
+        "not class labels (a missing label is not a class); drop those samples or label them"
+    )
+
+
+def _label_vector(labels: Any, n_samples: int | None, where: str, what: str) -> np.ndarray | list:
+    """The labels as a 1-D numpy array (arrays, tensors) or a list (any other sequence),
+    checked for shape and length (any length for ``n_samples=None``)."""
+    if labels is None:
+        raise BundleLabError(
+            f"{where}{what} are missing (got None): pass one class label per sample"
+        )
+    if isinstance(labels, (str, bytes, bytearray, Mapping, AbstractSet)):
+        raise BundleLabError(
+            f"{where}{what} must be an ordered sequence with one class label per sample (a list, "
+            f"tuple or array), got a {type(labels).__name__}"
+        )
+    if hasattr(labels, "shape") or hasattr(labels, "__array__"):
+        from ._arrays import to_host
+
+        values = np.asarray(to_host(labels))
         if values.ndim == 2 and values.shape[1] == 1:
             values = values[:, 0]
-        else:
+        if values.ndim != 1:
             raise BundleLabError(
-                f"{where}labels must be a 1-D sequence of class labels, got shape {values.shape}; "
+                f"{where}{what} must be a 1-D sequence of class labels, got shape {values.shape}; "
                 "for one-hot labels pass labels.argmax(axis=1)"
             )
-    if values.shape[0] != n_samples:
+        length = values.shape[0]
+    else:
+        try:
+            values = list(labels)
+        except TypeError:
+            raise BundleLabError(
+                f"{where}{what} must be a sequence with one class label per sample (a list, "
+                f"tuple or array), got {type(labels).__name__}"
+            ) from None
+        length = len(values)
+    if n_samples is not None and length != n_samples:
         raise BundleLabError(
-            f"{where}got {values.shape[0]} labels for {n_samples} samples: pass one label per "
+            f"{where}got {length} {what} for {n_samples} samples: pass one label per "
             "sample, in the same order as the activations"
         )
-    if values.dtype.kind == "f" and not np.isfinite(values).all():
-        raise BundleLabError(f"{where}labels contain NaN or Inf")
+    return values
+
+
+def _unhashable(where: str, what: str, items: list, exc: Exception) -> BundleLabError:
+    for position, value in enumerate(items):
+        try:
+            hash(value)
+        except Exception:  # noqa: BLE001 - any failure makes it unusable as a class
+            hint = (" (for one-hot labels pass labels.argmax(axis=1))"
+                    if what == "labels" and isinstance(value, (list, np.ndarray)) else "")
+            return BundleLabError(
+                f"{where}{what} must be hashable values (ints, strings, ...): position "
+                f"{position} holds {short_repr(value, 40)} of type {type(value).__name__}{hint}"
+            )
+    return BundleLabError(
+        f"{where}{what} cannot be compared as class labels "
+        f"({type(exc).__name__}: {short_repr(str(exc), 60)})"
+    )
+
+
+def label_codes(
+    labels: Any, n_samples: int | None, *, layer: str | None = None, what: str = "labels"
+) -> tuple[np.ndarray, list]:
+    """Integer codes 0..k-1 (one per sample) and the k classes of any hashable labels.
+
+    ``n_samples`` is the number of labels expected (None: any); ``what`` names them in errors.
+
+    The one label encoding of bundlelab (see the comment above and ``docs/semantics.md``).
+    Classes are numbered by first occurrence on every path, and :func:`merge_label_codes`
+    numbers the batches of a stream the same way: a stream and the whole list get equal codes,
+    hence bit-identical entropies.
+    """
+    where = f"layer {layer!r}: " if layer else ""
+    values = _label_vector(labels, n_samples, where, what)
+    if isinstance(values, np.ndarray) and values.dtype.kind in _NUMPY_LABEL_KINDS:
+        if values.dtype.kind == "f":
+            bad = np.flatnonzero(~np.isfinite(values))
+            if bad.size:
+                raise _missing_label(where, what, values[bad[0]].item(), int(bad[0]))
+        classes, first, codes = np.unique(values, return_index=True, return_inverse=True)
+        # renumber by first occurrence, as the other paths number: equal codes, equal entropy
+        order = np.argsort(first, kind="stable")
+        rank = np.empty(order.size, dtype=np.int64)
+        rank[order] = np.arange(order.size)
+        return rank[codes.reshape(-1)], classes[order].tolist()
+    items = values.tolist() if isinstance(values, np.ndarray) else values
+    lookup: dict = {}
     try:
-        classes, codes = np.unique(values, return_inverse=True)
-        return codes.astype(np.int64).reshape(-1), list(classes.tolist())
-    except TypeError:  # labels of mixed types that do not sort
-        lookup: dict = {}
         codes = np.fromiter(
-            (lookup.setdefault(v, len(lookup)) for v in values.tolist()), np.int64, n_samples
+            (lookup.setdefault(v, len(lookup)) for v in items), np.int64, len(items)
         )
-        return codes, list(lookup)
+    except Exception as exc:  # noqa: BLE001 - unhashable, or a hash/eq that raises
+        if items and all(isinstance(v, (list, np.ndarray)) and len(v) == 1 for v in items):
+            # a column of one-element rows, like a (n, 1) array
+            return label_codes([v[0] for v in items], n_samples, layer=layer, what=what)
+        raise _unhashable(where, what, items, exc) from None
+    for key in lookup:
+        if _not_a_class(key):
+            position = next(i for i, v in enumerate(items) if v is key)
+            raise _missing_label(where, what, key, position)
+    return codes, list(lookup)
+
+
+def merge_label_codes(parts: Iterable[tuple[np.ndarray, list]]) -> tuple[np.ndarray, list]:
+    """Codes and classes of the concatenated labels from the :func:`label_codes` of each part:
+    equal to ``label_codes`` of the concatenation (classes compared as Python values)."""
+    lookup: dict = {}
+    merged = []
+    for codes, classes in parts:
+        mapping = np.fromiter(
+            (lookup.setdefault(c, len(lookup)) for c in classes), np.int64, len(classes)
+        )
+        merged.append(mapping[codes])
+    return (np.concatenate(merged) if merged else np.empty(0, np.int64)), list(lookup)
 
 
 def saved_label_vector(labels: np.ndarray, *, where: str, key: str) -> np.ndarray:

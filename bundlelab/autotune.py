@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -168,7 +169,8 @@ def autotune(spec: Spec, data: Any, *, backend: str | Backend = "torch",
     if directory is None:
         return _autotune(spec, data, backend, config, None, options, check_epochs, max_restarts,
                          progress)
-    with RunFolder(directory, STATE_FILE, AUTOTUNE_FORMAT, kind="auto-tune") as folder:
+    with RunFolder(directory, STATE_FILE, AUTOTUNE_FORMAT, kind="auto-tune",
+                   epochs=False) as folder:
         return _autotune(spec, data, backend, config, folder, options, check_epochs,
                          max_restarts, progress)
 
@@ -176,7 +178,7 @@ def autotune(spec: Spec, data: Any, *, backend: str | Backend = "torch",
 def _autotune(spec, data, backend, config, folder, options, check_epochs, max_restarts,
               progress) -> AutotuneResult:
     state = None if folder is None else folder.resume(options)
-    restarts = [Restart(spec)] if state is None else [Restart.from_dict(r) for r in state["restarts"]]
+    restarts = [Restart(spec)] if state is None else _saved_restarts(folder, state)
 
     def save() -> None:
         if folder is not None:
@@ -202,6 +204,8 @@ def _autotune(spec, data, backend, config, folder, options, check_epochs, max_re
                 current.epochs, current.epoch = run.epochs_done, done_before + run.epochs_done
                 save()
             if pruned is None:
+                # also when the run had finished before a crash lost the state's last update
+                current.epochs, current.epoch = run.epochs_done, done_before + run.epochs_done
                 training = run.result()
                 break
         conflict = pruned.first_conflicting
@@ -230,6 +234,44 @@ def _autotune(spec, data, backend, config, folder, options, check_epochs, max_re
         atomic_write_text(folder.directory / "result.json",
                           json.dumps(result.summary(), indent=2) + "\n")
     return result
+
+
+_RESTART_FIELDS = ("spec", "epochs", "epoch", "pruned_layer", "entropy")
+
+
+def _saved_restarts(folder: RunFolder, state: dict[str, Any]) -> list[Restart]:
+    """The restarts of an auto-tune's state, each field checked (one line naming it)."""
+    saved = state.get("restarts")
+    if not isinstance(saved, list) or not saved:
+        raise folder.state_error("restarts", "a non-empty list of restarts", saved)
+    restarts = []
+    for i, data in enumerate(saved):
+        where = f"restarts[{i}]"
+        if not isinstance(data, dict) or set(data) != set(_RESTART_FIELDS):
+            raise folder.state_error(where, "a restart of the fields " + ", ".join(_RESTART_FIELDS),
+                                     data)
+        for name in ("epochs", "epoch"):
+            value = data[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise folder.state_error(f"{where}.{name}", "an int >= 0", value)
+        last = i == len(saved) - 1
+        layer = data["pruned_layer"]
+        if not (layer is None if last else isinstance(layer, str)):
+            raise folder.state_error(f"{where}.pruned_layer",
+                                     "null" if last else "a layer name", layer)
+        entropy = data["entropy"]
+        if not (entropy is None if last else
+                isinstance(entropy, numbers.Real) and not isinstance(entropy, bool)):
+            raise folder.state_error(f"{where}.entropy", "null" if last else "a number", entropy)
+        if i == 0 and data["spec"] != state.get("spec"):
+            raise folder.state_error(f"{where}.spec", "the auto-tune's spec",
+                                     (data["spec"] or {}).get("name")
+                                     if isinstance(data["spec"], dict) else data["spec"])
+        try:
+            restarts.append(Restart.from_dict(data))
+        except (BundleLabError, TypeError, ValueError, KeyError, AttributeError):
+            raise folder.state_error(f"{where}.spec", "a spec", data["spec"]) from None
+    return restarts
 
 
 def _say(line: str) -> None:

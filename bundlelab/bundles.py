@@ -16,6 +16,8 @@ Bundle ids are numbered by first occurrence on every backend.
 
 from __future__ import annotations
 
+import numbers
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -29,16 +31,22 @@ from ._validation import (
     NONFINITE_POLICIES,
     check_bool,
     check_choice,
+    check_int,
     check_keywords,
     check_n_classes,
     check_positive_float,
-    check_positive_int,
     checked_keywords,
-    encode_labels,
+    label_codes,
+    short_repr,
 )
 from .entropy import bundle_stats, max_entropy
 from .kernels import Transform, get_kernel_backend
+from .kernels._formats import FloatFormat
 from .report import BundleReport, LayerResult
+
+#: the largest training batch size accepted: every int up to it is exact in float64, so
+#: ``1 / batch_size`` and ``learning_rate / batch_size`` are computed from the exact |B|
+MAX_BATCH_SIZE = 2**53
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,7 +63,7 @@ class BundleOptions:
     learning_rate : float, default=1e-3
         The training learning rate alpha.
     batch_size : int, default=64
-        The training batch size |B|.
+        The training batch size |B|, at most 2**53.
     weight_amplitude : float, default=1.0
         ``w``, the largest absolute weight (resolution mode).
     gamma : float, default=1e-8
@@ -80,7 +88,9 @@ class BundleOptions:
     def __post_init__(self):
         check_choice("mode", self.mode, MODES)
         object.__setattr__(self, "learning_rate", check_positive_float("learning_rate", self.learning_rate))
-        object.__setattr__(self, "batch_size", check_positive_int("batch_size", self.batch_size))
+        object.__setattr__(
+            self, "batch_size", check_int("batch_size", self.batch_size, low=1, high=MAX_BATCH_SIZE)
+        )
         object.__setattr__(
             self, "weight_amplitude",
             check_positive_float("weight_amplitude", self.weight_amplitude, allow_zero=True),
@@ -89,6 +99,12 @@ class BundleOptions:
         object.__setattr__(self, "epsilon", check_positive_float("epsilon", self.epsilon, allow_zero=True))
         check_choice("nonfinite", self.nonfinite, NONFINITE_POLICIES)
         check_choice("device", self.device, DEVICES)
+        if self.mode == "threshold" and self.threshold_scale == 0.0:
+            raise BundleLabError(
+                f"learning_rate / batch_size = {self.learning_rate!r} / {self.batch_size} "
+                "underflows to 0 in float64, so threshold mode would bundle every pair of finite "
+                "samples: pass a larger learning_rate or a smaller batch_size"
+            )
 
     def params(self) -> dict[str, Any]:
         """The options that define the numbers (for reports)."""
@@ -169,30 +185,84 @@ def _split_collisions(root: np.ndarray, mismatched: np.ndarray, confirm) -> None
                 leaders.append(int(sample))
 
 
-def _resolution_roots(rows: Rows, options: BundleOptions) -> tuple[np.ndarray, np.ndarray]:
-    backend = get_kernel_backend(rows.device)
+def resolution_transform(fmt: FloatFormat, options: BundleOptions) -> Transform:
+    """The constants of resolution mode rounded to ``fmt``; warns (one line) when ``alpha`` or
+    ``1/|B|`` rounds to 0 there, which maps every finite activation to ``t = w`` (one bundle)."""
     transform = Transform.for_format(
-        rows.fmt, options.weight_amplitude, options.learning_rate, options.batch_size
+        fmt, options.weight_amplitude, options.learning_rate, options.batch_size
     )
+    if transform.learning_rate == 0.0:
+        warnings.warn(
+            f"learning_rate={options.learning_rate!r} rounds to 0 in {fmt.name}: every finite "
+            "activation maps to t = w, so all samples fall into one bundle",
+            UserWarning, stacklevel=2,
+        )
+    elif transform.inverse_batch_size == 0.0:
+        warnings.warn(
+            f"1/batch_size (batch_size={options.batch_size}) rounds to 0 in {fmt.name}: every "
+            "finite activation maps to t = w, so all samples fall into one bundle",
+            UserWarning, stacklevel=2,
+        )
+    return transform
+
+
+def distinct_nan_fingerprints(
+    backend, rows: Rows, transform: Transform, fingerprints: np.ndarray, nonfinite: np.ndarray,
+    first_index: int = 0,
+) -> np.ndarray:
+    """``fingerprints`` with a distinct value for every row whose transformed values hold NaN.
+
+    Such a row equals no row, not even itself, so it is a bundle of its own; giving each one its
+    own fingerprint keeps thousands of identical NaN rows out of one candidate group (whose exact
+    splitting would compare every pair).  A row's ``t`` holds NaN iff ``t_i == t_i`` fails, which
+    the exact comparison kernel answers.  Only rows flagged non-finite can have it, except when
+    ``1/|B|`` rounds to 0, where a finite ``a * alpha`` that overflows gives ``inf * 0``.
+    """
+    if transform.inverse_batch_size == 0.0:
+        candidates = np.arange(fingerprints.shape[0], dtype=np.int64)
+    else:
+        candidates = np.flatnonzero(nonfinite).astype(np.int64)
+    if not candidates.size:
+        return fingerprints
+    equal_to_itself = backend.pairs_equal(rows.data, candidates, candidates, rows.fmt, transform)
+    nan_rows = candidates[~equal_to_itself]
+    if not nan_rows.size:
+        return fingerprints
+    fingerprints = fingerprints.copy()
+    fingerprints[nan_rows, 0] = (nan_rows + first_index).astype(np.uint64)
+    fingerprints[nan_rows, 1] = np.uint64(2**64 - 1)
+    return fingerprints
+
+
+def _resolution_roots(
+    rows: Rows, options: BundleOptions, layer: str
+) -> tuple[np.ndarray, np.ndarray]:
+    backend = get_kernel_backend(rows.device)
+    transform = resolution_transform(rows.fmt, options)
     fingerprints, nonfinite = backend.fingerprints(rows.data, rows.fmt, transform)
+    keep = _check_nonfinite(nonfinite, options.nonfinite, layer)  # raise before the grouping
+    fingerprints = distinct_nan_fingerprints(backend, rows, transform, fingerprints, nonfinite)
 
     def confirm(first, second):
         return backend.pairs_equal(rows.data, first, second, rows.fmt, transform)
 
-    return group_fingerprints(fingerprints, confirm), nonfinite
+    return group_fingerprints(fingerprints, confirm), keep
 
 
 # -- threshold mode ----------------------------------------------------------------------------
 
 
-def _threshold_roots(rows: Rows, options: BundleOptions) -> tuple[np.ndarray, np.ndarray]:
+def _threshold_roots(
+    rows: Rows, options: BundleOptions, layer: str
+) -> tuple[np.ndarray, np.ndarray]:
     backend = get_kernel_backend(rows.device)
     means, tolerances, nonfinite = backend.row_means(rows.data)
+    keep = _check_nonfinite(nonfinite, options.nonfinite, layer)  # raise before the assignment
     leaders = np.empty(rows.n_samples, dtype=np.int64)
     assign, _ = backend.threshold_assign(
         rows.data, means, tolerances, 0, leaders, 0, options.threshold_scale, options.gamma
     )
-    return leaders[assign], nonfinite
+    return leaders[assign], keep
 
 
 # -- shared ------------------------------------------------------------------------------------
@@ -276,7 +346,9 @@ def find_bundles(
         CuPy array or a torch tensor (CPU or CUDA; GPU inputs are processed on the GPU without
         a copy).  float32, float64, float16 or bfloat16; flattened per sample.
     labels : array-like of shape (n_samples,)
-        Class label per sample, any hashable values.
+        Class label per sample, any hashable values; two labels are one class iff equal as
+        Python values (1 and "1" are two classes).  NaN, Inf, None and unhashable values are
+        refused (see ``docs/semantics.md``, "Labels").
     mode : {'resolution', 'threshold'}, default='resolution'
         ``'resolution'``: bundled iff ``w - a * lr / batch_size`` is equal at floating-point
         resolution (the authors' released code).  ``'threshold'``: the paper's eq. (1),
@@ -284,7 +356,7 @@ def find_bundles(
     learning_rate : float, default=1e-3
         The training learning rate alpha.
     batch_size : int, default=64
-        The training batch size |B|.
+        The training batch size |B|, at most 2**53.
     weight_amplitude : float, default=1.0
         ``w``, the largest absolute weight of the model (resolution mode).
     gamma : float, default=1e-8
@@ -324,17 +396,62 @@ def find_bundles(
 
 def _find_bundles(activations, labels, options: BundleOptions, *, n_classes, layer: str) -> LayerResult:
     rows = as_rows(activations, device=options.device_for(activations), layer=layer)
-    codes, classes = encode_labels(labels, rows.n_samples, layer=layer)
+    codes, classes = label_codes(labels, rows.n_samples, layer=layer)
     n_classes = check_n_classes(n_classes, len(classes))
     if options.mode == "resolution":
-        roots, nonfinite = _resolution_roots(rows, options)
+        roots, keep = _resolution_roots(rows, options, layer)
     else:
-        roots, nonfinite = _threshold_roots(rows, options)
-    keep = _check_nonfinite(nonfinite, options.nonfinite, layer)
+        roots, keep = _threshold_roots(rows, options, layer)
     return _layer_result(
         roots, keep, codes, n_classes, options,
         layer=layer, n_features=rows.n_features, dtype=rows.fmt.name,
     )
+
+
+_LAYERS_EXPECTED = (
+    "a mapping of layer name -> activations, or a sequence of (name, activations) pairs"
+)
+
+
+def _is_array(value: Any) -> bool:
+    return any(hasattr(value, attribute) for attribute in
+               ("shape", "__array__", "__array_interface__", "__cuda_array_interface__"))
+
+
+def layer_items(layers: Any) -> list[tuple[str, Any]]:
+    """``(name, activations)`` pairs of a mapping or a sequence of pairs; anything else (a bare
+    array, whose rows would unpack as pairs, None, a string) is a one-line error."""
+    if isinstance(layers, Mapping):
+        items = list(layers.items())
+    elif layers is None or isinstance(layers, (str, bytes)) or _is_array(layers):
+        shape = f" of shape {tuple(layers.shape)}" if hasattr(layers, "shape") else ""
+        raise BundleLabError(
+            f"layers must be {_LAYERS_EXPECTED}; got {type(layers).__name__}{shape}"
+            + (" (for one layer pass {'name': activations})" if shape else "")
+        )
+    else:
+        try:
+            items = list(layers)
+        except TypeError:
+            raise BundleLabError(
+                f"layers must be {_LAYERS_EXPECTED}; got {type(layers).__name__}"
+            ) from None
+        for position, item in enumerate(items):
+            if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                shape = f" of shape {tuple(item.shape)}" if hasattr(item, "shape") else ""
+                raise BundleLabError(
+                    f"layers must be {_LAYERS_EXPECTED}; item {position} is a "
+                    f"{type(item).__name__}{shape}, not a (name, activations) pair"
+                )
+    named = []
+    for name, value in items:
+        if isinstance(name, bool) or not isinstance(name, (str, numbers.Integral)):
+            raise BundleLabError(
+                f"layer names must be strings; got {short_repr(name, 40)} of type "
+                f"{type(name).__name__}"
+            )
+        named.append((str(name), value))
+    return named
 
 
 @checked_keywords
@@ -354,7 +471,9 @@ def analyze_layers(
         Layer outputs; values may be arrays or zero-argument callables that load them lazily
         (so a dump larger than memory is read one layer at a time).
     labels : array-like of shape (n_samples,)
-        Class label per sample, any hashable values.
+        Class label per sample, any hashable values; two labels are one class iff equal as
+        Python values (1 and "1" are two classes).  NaN, Inf, None and unhashable values are
+        refused (see ``docs/semantics.md``, "Labels").
     progress : bool, default=False
         Show a progress bar over layers.
     n_classes : int, optional
@@ -370,7 +489,7 @@ def analyze_layers(
         "analyze_layers()", options, also=("progress", "n_classes")
     )
     progress = check_bool("progress", progress)
-    items = list(layers.items()) if isinstance(layers, Mapping) else list(layers)
+    items = layer_items(layers)
     if not items:
         raise BundleLabError("no layers to analyse: pass at least one (name, activations) pair")
     results = []
@@ -381,5 +500,7 @@ def analyze_layers(
         iterator = track(items, description="analysing layers", transient=True)
     for name, value in iterator:
         activations = value() if callable(value) else value
-        results.append(_find_bundles(activations, labels, bundle_options, n_classes=n_classes, layer=str(name)))
+        results.append(
+            _find_bundles(activations, labels, bundle_options, n_classes=n_classes, layer=name)
+        )
     return BundleReport(results, bundle_options.params())

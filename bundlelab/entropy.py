@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validation import check_positive_float, checked_keywords, encode_labels
+from ._validation import check_positive_float, checked_keywords, label_codes
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,9 @@ def bundle_entropy(bundle_ids, labels, *, epsilon: float = 0.0) -> float:
 
     Parameters
     ----------
-    bundle_ids : array-like of int, shape (n_samples,)
-        Bundle id per sample (any integers; they are only compared).
+    bundle_ids : array-like, shape (n_samples,)
+        Bundle id per sample (any hashable values, e.g. ints; they are only compared, like
+        labels: NaN and None are refused).
     labels : array-like, shape (n_samples,)
         Class label per sample (any hashable values).
     epsilon : float, default=0.0
@@ -91,10 +92,10 @@ def bundle_entropy(bundle_ids, labels, *, epsilon: float = 0.0) -> float:
     0.3465...
     """
     epsilon = check_positive_float("epsilon", epsilon, allow_zero=True)
-    ids = np.asarray(bundle_ids)
-    _, ids = np.unique(ids, return_inverse=True)
-    codes, _ = encode_labels(labels, ids.shape[0])
-    return bundle_stats(ids.reshape(-1), codes, epsilon=epsilon).entropy
+    # the ids are compared like labels: any hashable values, NaN/None/unhashable refused
+    ids, _ = label_codes(bundle_ids, None, what="bundle_ids")
+    codes, _ = label_codes(labels, ids.shape[0])
+    return bundle_stats(ids, codes, epsilon=epsilon).entropy
 
 
 def max_entropy(n_classes: int) -> float:

@@ -23,7 +23,7 @@ import numpy as np
 
 from ._atomic import atomic_write_text
 from ._errors import BundleLabError, require
-from ._validation import check_bool, checked_keywords
+from ._validation import check_bool, checked_keywords, short_repr
 
 SCHEMA = "bundlelab.report/1"
 
@@ -108,6 +108,38 @@ class LayerResult:
 
 # a one-line BundleLabError for an unknown keyword, at the call (the dataclass writes __init__)
 LayerResult.__init__ = checked_keywords(LayerResult.__init__)  # type: ignore[method-assign]
+
+#: the JSON type of each record field, for reading a report back
+_FIELD_TYPES = {
+    "layer": (str,), "n_samples": (int,), "n_bundles": (int,), "n_conflicting": (int,),
+    "entropy": (int, float), "largest_bundle": (int,), "fully_conflicting": (bool,),
+    "n_classes": (int,), "max_entropy": (int, float), "n_excluded": (int,), "n_features": (int,),
+    "dtype": (str,),
+}
+
+
+def _layer_from_record(record: Any, index: int) -> LayerResult:
+    """A :class:`LayerResult` from a JSON record, or a one-line error naming the bad field."""
+    where = f"bundlelab report: layers[{index}]"
+    if not isinstance(record, dict):
+        raise BundleLabError(f"{where} must be an object, got {type(record).__name__}")
+    fields = {}
+    for name in RECORD_FIELDS:
+        if name not in record:
+            raise BundleLabError(f"{where} has no {name!r} field")
+        value = record[name]
+        types = _FIELD_TYPES[name]
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            raise BundleLabError(
+                f"{where}.{name} must be a {types[-1].__name__}, got {short_repr(value, 40)}"
+            )
+        fields[name] = float(value) if float in types else value
+    ids = record.get("bundle_ids", [])
+    if not (isinstance(ids, list) and all(
+        isinstance(i, int) and not isinstance(i, bool) and -1 <= i < 2**63 for i in ids
+    )):
+        raise BundleLabError(f"{where}.bundle_ids must be a list of ints >= -1")
+    return LayerResult(**fields, bundle_ids=np.asarray(ids, dtype=np.int64))
 
 
 class BundleReport(Sequence[LayerResult]):
@@ -241,16 +273,26 @@ class BundleReport(Sequence[LayerResult]):
         -------
         BundleReport
         """
+        if not isinstance(data, dict):
+            raise BundleLabError(
+                f"not a bundlelab report: expected a JSON object, got {type(data).__name__}"
+            )
         if data.get("schema") != SCHEMA:
             raise BundleLabError(
-                f"not a bundlelab report: expected schema {SCHEMA!r}, got {data.get('schema')!r}"
+                f"not a bundlelab report: expected schema {SCHEMA!r}, got "
+                f"{short_repr(data.get('schema'), 40)}"
             )
-        layers = []
-        for record in data["layers"]:
-            ids = np.asarray(record.get("bundle_ids", []), dtype=np.int64)
-            fields = {name: record[name] for name in RECORD_FIELDS}
-            layers.append(LayerResult(**fields, bundle_ids=ids))
-        return cls(layers, data.get("params", {}))
+        records = data.get("layers")
+        params = data.get("params", {})
+        if not isinstance(records, list):
+            raise BundleLabError(
+                f"bundlelab report: 'layers' must be a list, got {type(records).__name__}"
+            )
+        if not isinstance(params, dict):
+            raise BundleLabError(
+                f"bundlelab report: 'params' must be an object, got {type(params).__name__}"
+            )
+        return cls([_layer_from_record(record, i) for i, record in enumerate(records)], params)
 
     @checked_keywords
     def plot(self, path=None, *, ax=None):

@@ -22,9 +22,16 @@ import numpy as np
 
 from ._arrays import as_rows
 from ._errors import BundleLabError
-from ._validation import check_n_classes, checked_keywords, encode_labels
-from .bundles import BundleOptions, _check_nonfinite, _layer_result, group_fingerprints
-from .kernels import Transform, get_kernel_backend
+from ._validation import check_n_classes, checked_keywords, label_codes, merge_label_codes
+from .bundles import (
+    BundleOptions,
+    _check_nonfinite,
+    _layer_result,
+    distinct_nan_fingerprints,
+    group_fingerprints,
+    resolution_transform,
+)
+from .kernels import get_kernel_backend
 from .report import LayerResult
 
 
@@ -53,7 +60,7 @@ class BundleStream:
     def __init__(self, *, layer: str = "layer", **options):
         self.layer = str(layer)
         self.options = BundleOptions.from_keywords("BundleStream()", options, also=("layer",))
-        self._labels: list[np.ndarray] = []
+        self._labels: list[tuple[np.ndarray, list]] = []  # (codes, classes) per batch
         self._nonfinite: list[np.ndarray] = []
         self._fingerprints: list[np.ndarray] = []
         self._roots: list[np.ndarray] = []
@@ -85,31 +92,27 @@ class BundleStream:
         """
         device = self._device or self.options.device_for(activations)
         rows = as_rows(activations, device=device, layer=self.layer)
-        if self._n_features is None:
-            self._n_features, self._fmt, self._device = rows.n_features, rows.fmt, device
-        elif rows.n_features != self._n_features or rows.fmt != self._fmt:
+        if self._n_features is not None and (
+            rows.n_features != self._n_features or rows.fmt != self._fmt
+        ):
             raise BundleLabError(
                 f"layer {self.layer!r}: batch has {rows.n_features} {rows.fmt.name} values per "
                 f"sample, earlier batches had {self._n_features} {self._fmt.name}"
             )
-        labels = np.asarray(labels.tolist() if hasattr(labels, "tolist") else labels)
-        if labels.shape[:1] != (rows.n_samples,):
-            raise BundleLabError(
-                f"layer {self.layer!r}: got {labels.shape[0] if labels.ndim else 1} labels for a "
-                f"batch of {rows.n_samples} samples"
-            )
+        # the batch's labels, encoded as find_bundles encodes them; result() merges the batches
+        # (classes compared as Python values, so any split into batches gives the same classes).
+        # Checked before any state changes: a refused batch leaves the stream as it was.
+        labels = label_codes(labels, rows.n_samples, layer=self.layer)
+        if self._n_features is None:
+            self._n_features, self._fmt, self._device = rows.n_features, rows.fmt, device
         backend = get_kernel_backend(device)
         if self.options.mode == "resolution":
-            transform = Transform.for_format(
-                rows.fmt, self.options.weight_amplitude, self.options.learning_rate,
-                self.options.batch_size,
-            )
+            transform = resolution_transform(rows.fmt, self.options)
             fingerprints, nonfinite = backend.fingerprints(rows.data, rows.fmt, transform)
-            if self.options.nonfinite == "keep" and nonfinite.any():
-                # NaN equals nothing: give each NaN row a fingerprint no other row can have.
-                fingerprints = fingerprints.copy()
-                for i in np.flatnonzero(nonfinite & _rows_with_nan(rows, nonfinite)):
-                    fingerprints[i] = (np.uint64(self._n_samples + i), np.uint64(2**64 - 1))
+            # NaN equals nothing: each row whose t holds NaN gets a fingerprint of its own
+            fingerprints = distinct_nan_fingerprints(
+                backend, rows, transform, fingerprints, nonfinite, self._n_samples
+            )
             self._fingerprints.append(fingerprints)
         else:
             roots, nonfinite = self._threshold_update(rows, backend)
@@ -161,22 +164,11 @@ class BundleStream:
             roots = group_fingerprints(np.concatenate(self._fingerprints))
         else:
             roots = np.concatenate(self._roots)
-        codes, classes = encode_labels(np.concatenate(self._labels), self._n_samples, layer=self.layer)
+        codes, classes = merge_label_codes(self._labels)
         return _layer_result(
             roots, keep, codes, check_n_classes(n_classes, len(classes)), self.options,
             layer=self.layer, n_features=self._n_features, dtype=self._fmt.name,
         )
-
-
-def _rows_with_nan(rows, candidates: np.ndarray) -> np.ndarray:
-    """NaN in t iff NaN in a (w is finite), so look at the few flagged input rows."""
-    from ._arrays import to_host
-
-    flags = np.zeros(candidates.shape, dtype=bool)
-    index = np.flatnonzero(candidates)
-    host = to_host(rows.data) if rows.device == "cpu" else rows.data.copy_to_host()
-    flags[index] = np.isnan(host[index]).any(axis=1)
-    return flags
 
 
 def _concat_rows(first, second, device):

@@ -12,7 +12,7 @@ import numpy as np
 from ._atomic import atomic_write_text
 from ._errors import BundleLabError
 from ._validation import check_int, check_optional_int, checked_keywords
-from .bundles import BundleOptions, analyze_layers
+from .bundles import BundleOptions, analyze_layers, layer_items
 from .report import BundleReport
 
 
@@ -62,7 +62,7 @@ class BundleTracker:
         ----------
         step : int
             The training step ``t`` of ``H^l(t)`` (bundlelab's loops use epochs completed).
-        layers : BundleReport or mapping of str -> array
+        layers : BundleReport, mapping of str -> array, or sequence of (name, array) pairs
             A finished report, or layer name -> activations of shape (n_samples, ...).
         labels : array-like of shape (n_samples,), optional
             Class label per sample; required when ``layers`` holds activations.
@@ -76,6 +76,7 @@ class BundleTracker:
         if isinstance(layers, BundleReport):
             report = layers
         else:
+            layers = layer_items(layers)  # a BundleReport, a mapping or pairs; else one line
             if labels is None:
                 raise BundleLabError("record() needs labels when given activations")
             report = analyze_layers(layers, labels, **self.options)

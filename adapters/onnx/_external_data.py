@@ -8,18 +8,24 @@ from typing import Any
 import onnx
 
 from ..._errors import BundleLabError
-from ._graph import all_tensors
+from ..._validation import short_repr
+from ._graph import model_tensors
 
 
 def check_external_data(proto: Any, base_dir: Path, *, where: str) -> None:
-    """Refuse tensors whose external data is not a file inside ``base_dir`` (one-line error)."""
+    """Refuse tensors whose external data is not a file inside ``base_dir`` (one-line error).
+
+    Every tensor of the model is checked: initializers, sparse initializers, Constant nodes'
+    dense and sparse values, subgraphs, model functions and training-info graphs.
+    """
     root = Path(base_dir).resolve()
-    for tensor in all_tensors(proto.graph):
+    for tensor in model_tensors(proto):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         info = {entry.key: entry.value for entry in tensor.external_data}
         location = info.get("location", "")
-        refused = f"{where}: tensor {tensor.name!r} keeps its data in {location!r}"
+        refused = (f"{where}: tensor {short_repr(tensor.name)} keeps its data in "
+                   f"{short_repr(location)}")
         if not location:
             raise BundleLabError(f"{refused}: the external data has no location")
         posix, windows = PurePosixPath(location), PureWindowsPath(location)

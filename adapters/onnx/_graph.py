@@ -103,17 +103,40 @@ def topological_order(graph: Any, known: list[str]) -> list:
 
 
 def all_tensors(graph: Any) -> Iterator[Any]:
-    """Every TensorProto of a graph: initializers and node attributes, subgraphs included."""
+    """Every TensorProto of a graph: initializers (dense and sparse) and node attributes (dense
+    and sparse tensors), subgraphs included."""
     yield from graph.initializer
     for sparse in graph.sparse_initializer:
         yield sparse.values
         yield sparse.indices
-    for node in graph.node:
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes: Any) -> Iterator[Any]:
+    for node in nodes:
         for attribute in node.attribute:
             if attribute.HasField("t"):
                 yield attribute.t
             yield from attribute.tensors
+            sparse = list(attribute.sparse_tensors)
+            if attribute.HasField("sparse_tensor"):
+                sparse.append(attribute.sparse_tensor)
+            for tensor in sparse:  # e.g. a Constant node's sparse_value
+                yield tensor.values
+                yield tensor.indices
             if attribute.HasField("g"):
                 yield from all_tensors(attribute.g)
             for subgraph in attribute.graphs:
                 yield from all_tensors(subgraph)
+
+
+def model_tensors(proto: Any) -> Iterator[Any]:
+    """Every TensorProto of a model: its graph's (:func:`all_tensors`), its functions' node
+    attributes, and its training-info graphs' -- every place onnxruntime may read external
+    data from."""
+    yield from all_tensors(proto.graph)
+    for function in proto.functions:
+        yield from _node_tensors(function.node)
+    for info in proto.training_info:
+        for graph in (info.initialization, info.algorithm):
+            yield from all_tensors(graph)

@@ -19,7 +19,7 @@ from onnx import numpy_helper
 from ..._errors import BundleLabError
 from ..._validation import checked_keywords, short_repr
 from ._external_data import check_external_data
-from ._graph import FLOAT_TYPES, all_tensors, inferred_types, model_input, topological_order
+from ._graph import FLOAT_TYPES, inferred_types, model_input, model_tensors, topological_order
 from ._runtime import check_feeds, new_session, resolve_providers, run_session
 from ._taps import Tap, find_taps, float_layers, no_layer_message, sample_bytes
 
@@ -69,8 +69,7 @@ def load_model(path: str | Path) -> "OnnxModel":
         raise BundleLabError(_not_onnx(path, head)) from None
     if not proto.HasField("graph") or not proto.opset_import:
         raise BundleLabError(_not_onnx(path, head))
-    check_external_data(proto, path.parent, where=path.name)
-    return OnnxModel(proto, name=path.name, base_dir=path.parent)
+    return OnnxModel(proto, name=path.name, base_dir=path.parent)  # checks external data
 
 
 def _not_onnx(path: Path, head: bytes) -> str:
@@ -124,13 +123,17 @@ class OnnxModel:
         self.base_dir = None if base_dir is None else Path(base_dir)
         graph = proto.graph
         self.has_external_data = any(
-            t.data_location == onnx.TensorProto.EXTERNAL for t in all_tensors(graph)
+            t.data_location == onnx.TensorProto.EXTERNAL for t in model_tensors(proto)
         )
-        if self.has_external_data and self.base_dir is None:
-            raise BundleLabError(
-                f"{name} keeps tensors in external files: load it with load_model(path) or pass "
-                "base_dir= (the folder of the model file)"
-            )
+        if self.has_external_data:
+            if self.base_dir is None:
+                raise BundleLabError(
+                    f"{name} keeps tensors in external files: load it with load_model(path) or "
+                    "pass base_dir= (the folder of the model file)"
+                )
+            # here too, not only in load_model: a proto handed in directly is checked against
+            # its base_dir (never the working directory) before onnxruntime reads anything
+            check_external_data(proto, self.base_dir, where=self.name)
         self.constants = {t.name: t for t in graph.initializer}
         self.inputs = [
             model_input(value) for value in graph.input if value.name not in self.constants

@@ -29,6 +29,8 @@ from ._app import (
     describe_params,
     emit_report,
     output_format,
+    plain_text,
+    printable,
     require_plot,
     shape_text,
     stdout_console,
@@ -120,7 +122,7 @@ def analyze(
 
     emit_report(
         report, out_format, output=output, plot=plot, bundle_ids=bundle_ids,
-        title=f"{dump.name}, {describe_params(report.params)}", shapes=shapes,
+        title=f"{printable(dump.name)}, {describe_params(report.params)}", shapes=shapes,
         intro=_demo_intro(dump, n_labels) if demo else None,
         outro=DEMO_OUTRO if demo else None,
     )
@@ -160,26 +162,34 @@ def info(
 ) -> None:
     """List the layers of an activation dump (shape, dtype, size) and its labels, reading none."""
     from rich.table import Table
-    from rich.text import Text
 
     from ..io import open_dump
 
     with open_dump(dump, labels_key=labels) as opened:
-        table = Table(title=Text(f"{opened.path.name} ({opened.format})"), title_justify="left")
+        table = Table(title=plain_text(f"{opened.path.name} ({opened.format})"),
+                      title_justify="left")
         for column in ("layer", "samples", "shape", "dtype", "size"):
             table.add_column(column, justify="left" if column in ("layer", "dtype") else "right")
         for name in opened.layer_names:
             layer = opened.info(name)
-            table.add_row(Text(name), str(layer.n_samples), shape_text(layer.shape[1:]),
-                          layer.dtype, _size(layer.nbytes))
+            table.add_row(plain_text(name), str(layer.n_samples), shape_text(layer.shape[1:]),
+                          plain_text(layer.dtype), _size(layer.nbytes))
         values = opened.labels
-        n_classes = len(set(values.tolist()))
+        n_classes = _n_classes(values)
         console = stdout_console()
         console.print(table)
-        console.print(
-            f"{len(opened)} layers; labels {labels!r}: {len(values)} samples, {n_classes} classes",
-            markup=False,
-        )
+        console.print(plain_text(
+            f"{len(opened)} layers; labels {labels!r}: {len(values)} samples, {n_classes} classes"
+        ))
+
+
+def _n_classes(labels) -> int:
+    import numpy as np
+
+    try:
+        return int(np.unique(labels).shape[0])
+    except TypeError:  # values that do not sort
+        return len(set(labels.tolist()))
 
 
 def _size(n_bytes: int) -> str:

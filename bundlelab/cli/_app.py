@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import unicodedata
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -211,6 +212,41 @@ IMAGE_SIZE = typer.Option(None, "--image-size", min=1, show_default=False,
 
 # -- shared helpers ---------------------------------------------------------------------------
 
+#: Unicode categories shown escaped: controls (ESC, newline, C1), format characters (bidi
+#: overrides, zero-width), surrogates (undecodable file names), line and paragraph separators
+_UNPRINTABLE = frozenset(("Cc", "Cf", "Cs", "Zl", "Zp"))
+_SHORT_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def printable(text: object) -> str:
+    """``text`` with control characters escaped as Python writes them (``\\x1b``,
+    ``\\u202e``), for every name read from a file that the CLI prints: a layer named
+    ``"\\x1b[2J..."`` must not clear the screen or forge the lines after it."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if unicodedata.category(char) not in _UNPRINTABLE:
+            out.append(char)
+        elif char in _SHORT_ESCAPES:
+            out.append(_SHORT_ESCAPES[char])
+        elif ord(char) < 0x100:
+            out.append(f"\\x{ord(char):02x}")
+        elif ord(char) < 0x10000:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(f"\\U{ord(char):08x}")
+    return "".join(out)
+
+
+def plain_text(text: object):
+    """A rich ``Text`` of ``printable(text)``: shown literally (no markup, no emoji codes)."""
+    from rich.text import Text
+
+    return Text(printable(text))
+
+
 
 @contextmanager
 def flags_in_errors() -> Iterator[None]:
@@ -279,7 +315,7 @@ def emit_report(report, out_format: str, *, output, plot, bundle_ids, title, sha
     to_screen = output is None and out_format == "table"
     console = stdout_console() if to_screen else None
     if intro and console is not None:
-        console.print(intro, markup=False)
+        console.print(plain_text(intro))
     elif intro:
         note(intro)
     if out_format == "json":
@@ -294,7 +330,7 @@ def emit_report(report, out_format: str, *, output, plot, bundle_ids, title, sha
         else:
             console.print(table)
             for line in summaries:
-                console.print(line, markup=False)
+                console.print(plain_text(line))
             text = None
     if output is not None:
         from .._atomic import atomic_write_text
@@ -308,7 +344,7 @@ def emit_report(report, out_format: str, *, output, plot, bundle_ids, title, sha
         report.plot(plot)
         note(f"saved the plot to {plot}")
     if outro and console is not None:
-        console.print(outro, style="dim", markup=False)
+        console.print(plain_text(outro), style="dim")
 
 
 def _marker() -> str:
@@ -318,13 +354,13 @@ def _marker() -> str:
 
 def _table(report, shapes: dict, *, title: str):
     from rich.table import Table
-    from rich.text import Text
 
     first = report.first_conflicting
     marker = _marker()
     excluded = any(result.n_excluded for result in report)
     caption = f"{marker} first conflicting layer" if first else None
-    table = Table(title=Text(title), title_justify="left", caption=caption, caption_justify="left")
+    table = Table(title=plain_text(title), title_justify="left", caption=caption,
+                  caption_justify="left")
     table.add_column("", width=1, no_wrap=True)
     table.add_column("layer", no_wrap=True)
     for column in ("shape", "bundles", "conflicting", "bundle entropy", "ln(Nc)",
@@ -342,7 +378,7 @@ def _table(report, shapes: dict, *, title: str):
         share = result.largest_bundle / max(result.n_samples, 1)
         row = [
             marker if first is not None and result is first else "",
-            Text(result.layer),
+            plain_text(result.layer),
             shape_text(shapes.get(result.layer, (result.n_features,))),
             str(result.n_bundles),
             str(result.n_conflicting),
@@ -406,12 +442,12 @@ def _render_plain(table, lines: list[str]) -> str:
     console = Console(file=buffer, width=120, color_system=None, force_terminal=False)
     console.print(table)
     for line in lines:
-        console.print(line)
+        console.print(plain_text(line))
     return buffer.getvalue()
 
 
 def note(message: str) -> None:
-    sys.stderr.write(message + "\n")
+    sys.stderr.write(printable(message) + "\n")
 
 
 class Progress:
@@ -445,7 +481,9 @@ class Progress:
         """Say what runs now: on the bar, or as a line on stderr once the run is long."""
         now = time.perf_counter()
         if self._bar is not None:
-            self._bar.update(self._task, description=description)
+            from rich.markup import escape
+
+            self._bar.update(self._task, description=escape(printable(description)))
         elif now - self.started > LONG_RUN_S and now - self._noted >= self.note_every:
             self._noted = now
             note(f"bundlelab: {description} ({now - self.started:.0f} s)")
@@ -467,9 +505,29 @@ def _click_exceptions():
     return sys.modules[typer.BadParameter.__module__]
 
 
+#: the longest error line the CLI prints; a message quoting a huge input is cut
+ERROR_MAX_CHARS = 1000
+
+
 def _error(message: str) -> None:
-    sys.stderr.write("error: " + " ".join(str(message).split()) + "\n")
+    text = str(message)
+    line = printable(" ".join(text[: 4 * ERROR_MAX_CHARS].split()))
+    if len(line) > ERROR_MAX_CHARS or len(text) > 4 * ERROR_MAX_CHARS:
+        line = line[: ERROR_MAX_CHARS - 40].rstrip() + f" ... (cut from {len(text):,} characters)"
+    sys.stderr.write("error: " + line + "\n")
     sys.stderr.flush()
+
+
+#: what lowers the memory a command needs, where an option does
+_MEMORY_ADVICE = {
+    "analyze": ": stream the layers in smaller chunks with --chunk-rows N",
+    "audit": ": run smaller forward passes with --inference-batch-size N",
+}
+
+
+def _command_name(command, argv: list[str]) -> str | None:
+    """The subcommand ``argv`` runs (its first word that names one)."""
+    return next((word for word in argv if word in getattr(command, "commands", {})), None)
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -498,10 +556,7 @@ def run(argv: list[str] | None = None) -> int:
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
         return 1
     except MemoryError:
-        _error(
-            "out of memory: analyze streams the layers in chunks of N samples with --chunk-rows "
-            "N; audit runs smaller forward passes with --inference-batch-size N"
-        )
+        _error("out of memory" + _MEMORY_ADVICE.get(_command_name(command, argv), ""))
         return 1
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""

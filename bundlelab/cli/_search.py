@@ -29,6 +29,7 @@ from ._app import (
     choices,
     flags_in_errors,
     load_data,
+    plain_text,
 )
 
 
@@ -140,15 +141,18 @@ def search(
     plotted against the plain family. Writes OUT/sweep.csv, OUT/front.png and per search
     architecture.yaml (the chosen spec), search-log.png and gates.png. Rerun to resume.
     """
+    from .._validation import check_positive_float
     from ..search import SearchConfig, get_cost, sweep
     from ..training import TrainConfig
 
     options = {"penalty": penalty.value, "warmup_epochs": warmup_epochs,
                "search_epochs": search_epochs, "gate_learning_rate": gate_lr}
-    with flags_in_errors():
-        get_cost(cost)  # an unknown cost fails before any data is loaded
-        for value in lam or [None]:
-            SearchConfig(budget=1.0, cost=cost, lam=value, **options)
+    with flags_in_errors():  # every option checked before any data is loaded
+        check_positive_float("width_multiplier", width_multiplier)
+        get_cost(cost)
+        for value in budget:
+            for lam_value in lam or [None]:
+                SearchConfig(budget=value, cost=cost, lam=lam_value, **options)
         config = TrainConfig(optimizer=optimizer.value, learning_rate=lr,
                              weight_decay=weight_decay, batch_size=batch_size, seed=seed,
                              device=device, augment=not no_augment)
@@ -167,17 +171,18 @@ def _print(result, supernet: str, data: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"budgeted search of {supernet} on {data} ({result.cost})")
+    table = Table(title=plain_text(f"budgeted search of {supernet} on {data} ({result.cost})"))
     for head in ("network", "budget", "lambda", "cost", "within", "front", "val. acc [%]",
                  "test acc [%]", "H^L (last)"):
         table.add_column(head, justify="left" if head == "network" else "right")
     for p in result.points:
-        table.add_row(p["name"], f"{p['budget']:.4g}", f"{p['lam']:.2g}", f"{p['cost']:.4g}",
+        table.add_row(plain_text(p["name"]), f"{p['budget']:.4g}", f"{p['lam']:.2g}",
+                      f"{p['cost']:.4g}",
                       "yes" if p["met_budget"] else "NO", "*" if p["pareto"] else "",
                       f"{100 * p['validation_accuracy']:.1f}", f"{100 * p['test_accuracy']:.1f}",
                       f"{p['final_entropy']:.2g}")
     for m in result.family:
-        table.add_row(m["name"], "", "", f"{m['cost']:.4g}", "", "family",
+        table.add_row(plain_text(m["name"]), "", "", f"{m['cost']:.4g}", "", "family",
                       f"{100 * m['validation_accuracy']:.1f}", f"{100 * m['test_accuracy']:.1f}",
                       f"{m['final_entropy']:.2g}")
     console = Console()
@@ -188,6 +193,7 @@ def _print(result, supernet: str, data: str) -> None:
                           f"(its architecture costs {check['cost']:.4g})")
         elif check["best_family_member"] is not None:
             diff = 100 * (check["test_accuracy"] - check["family_test_accuracy"])
-            console.print(f"budget {check['budget']:.4g}: {100 * check['test_accuracy']:.1f}% vs "
-                          f"{check['best_family_member']} {100 * check['family_test_accuracy']:.1f}%"
-                          f" ({diff:+.1f} points)")
+            console.print(plain_text(
+                f"budget {check['budget']:.4g}: {100 * check['test_accuracy']:.1f}% vs "
+                f"{check['best_family_member']} {100 * check['family_test_accuracy']:.1f}%"
+                f" ({diff:+.1f} points)"))

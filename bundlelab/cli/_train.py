@@ -32,6 +32,7 @@ from ._app import (
     choices,
     flags_in_errors,
     load_data,
+    plain_text,
 )
 
 
@@ -123,7 +124,7 @@ def _print_rows(rows: list[dict], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=plain_text(title))
     columns = ["name", "seeds", "layers", "test_accuracy_pct", "checkpoint_mb", "ms_per_step",
                "final_entropy"]
     heads = ["network", "seeds", "layers", "test acc. [%]", "checkpoint [MB]", "time/step [ms]",
@@ -131,7 +132,7 @@ def _print_rows(rows: list[dict], title: str) -> None:
     for head in heads:
         table.add_column(head, justify="left" if head == "network" else "right")
     for row in rows:
-        table.add_row(*(str(row[c]) for c in columns))
+        table.add_row(*(plain_text(row[c]) for c in columns))
     Console().print(table)
 
 

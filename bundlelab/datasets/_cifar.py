@@ -2,19 +2,26 @@
 
 The python version's batches are pickles, and unpickling runs whatever callables the file
 names.  :class:`CifarUnpickler` resolves only the few numpy globals a CIFAR batch refers to and
-refuses every other, so a tampered file cannot execute code.  The binary version needs no
-unpickling at all and is preferred when both are present.
+refuses every other, so a tampered file cannot execute code.  What those globals may build is
+bounded too: an array allocated by numpy's reconstructor holds at most as many bytes as the
+file (the pixels must come from the file), dtypes are plain numbers, and a batch holds at most
+the 60,000 images of CIFAR-10, so a small tampered file cannot make gigabytes of zeros.  The
+binary version needs no unpickling at all and is preferred when both are present.
 """
 
 from __future__ import annotations
 
 import codecs
+import math
+import numbers
+import os
 import pickle
 from pathlib import Path
 
 import numpy as np
 
 from .._errors import BundleLabError
+from .._validation import short_repr
 from ._dataset import RawSplits, check_labels
 from ._files import first_existing
 
@@ -27,6 +34,7 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck")
 PIXELS = 3 * 32 * 32
 RECORD = 1 + PIXELS  # binary version: one label byte, then the pixels
+MAX_IMAGES = 60_000  # all of CIFAR-10; the official batches hold 10,000 each
 
 
 def _latin1_encode(text, encoding="latin1"):
@@ -51,21 +59,68 @@ ALLOWED_GLOBALS = {
 
 
 class CifarUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only :data:`ALLOWED_GLOBALS` and refuses any other global."""
+    """An unpickler that resolves only :data:`ALLOWED_GLOBALS` and refuses any other global.
 
-    def __init__(self, stream, path: Path):
+    numpy's reconstructor and ``dtype`` are handed out bounded: an array may not hold more
+    bytes than ``max_bytes`` (default: the file's size), a dtype must be a plain number type.
+    """
+
+    def __init__(self, stream, path: Path, *, max_bytes: int | None = None):
         super().__init__(stream, encoding="bytes")  # Python-2 str (the official files) -> bytes
         self.path = path
+        self.max_bytes = os.fstat(stream.fileno()).st_size if max_bytes is None else max_bytes
 
     def find_class(self, module: str, name: str):
         try:
-            return ALLOWED_GLOBALS[(module, name)]
+            found = ALLOWED_GLOBALS[(module, name)]
         except KeyError:
             raise BundleLabError(
                 f"cifar10: refusing to unpickle {self.path}: it refers to "
-                f"the global '{module}.{name}', which a CIFAR-10 batch never needs; the file is "
-                "not a CIFAR-10 python batch or was tampered with, download it again"
+                f"the global {short_repr(f'{module}.{name}', 120)}, which a CIFAR-10 batch "
+                "never needs; the file is not a CIFAR-10 python batch or was tampered with, "
+                "download it again"
             ) from None
+        if found is _RECONSTRUCT:
+            return self._reconstruct
+        if found is np.dtype:
+            return self._dtype
+        return found
+
+    def _refuse(self, what: str) -> BundleLabError:
+        return BundleLabError(
+            f"cifar10: refusing to unpickle {self.path}: {what}; the file is not a CIFAR-10 "
+            "python batch or was tampered with, download it again"
+        )
+
+    def _dtype(self, spec, align=False, copy=False):
+        try:
+            # always a copy: the pickle's BUILD then sets the state of this copy, never of
+            # numpy's own descriptor for the type
+            dtype = np.dtype(spec, align=bool(align), copy=True) if isinstance(
+                spec, str) and len(spec) <= 8 else None
+        except (TypeError, ValueError):
+            dtype = None
+        if dtype is None or dtype.kind not in "biuf" or dtype.subdtype or dtype.fields:
+            raise self._refuse(f"it builds a numpy dtype {short_repr(spec)}, not a plain number")
+        return dtype
+
+    def _reconstruct(self, cls, shape, dtype):
+        if cls is not np.ndarray:
+            raise self._refuse(f"it reconstructs a {short_repr(cls)}, not a numpy array")
+        if not isinstance(shape, tuple) or not all(
+            isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise self._refuse(f"it builds an array of shape {short_repr(shape)}")
+        dtype = np.dtype(self._dtype(dtype.decode("latin1")) if isinstance(dtype, bytes) else dtype)
+        if dtype.hasobject:
+            raise self._refuse("it builds an array of Python objects")
+        n_bytes = math.prod(shape) * dtype.itemsize
+        if n_bytes > self.max_bytes:
+            raise self._refuse(
+                f"it builds an array of shape {short_repr(shape)} ({n_bytes:,} bytes) from a file "
+                f"of {self.max_bytes:,} bytes"
+            )
+        return _RECONSTRUCT(cls, shape, dtype)
 
 
 def unpickle(path: Path) -> object:
@@ -97,11 +152,23 @@ def _read_py_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         )
     data, labels = _entry(batch, "data", path), _entry(batch, "labels", path)
     if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2
-            or data.shape[1] != PIXELS):
+            or data.shape[1] != PIXELS or len(data) > MAX_IMAGES):
         shape = getattr(data, "shape", None)
         raise BundleLabError(
             f"cifar10: 'data' in {path} is {getattr(data, 'dtype', type(data).__name__)} of "
-            f"shape {shape}, expected uint8 (n_images, 3072) (10000 rows in the official files)"
+            f"shape {short_repr(shape)}, expected uint8 (n_images, 3072) with at most "
+            f"{MAX_IMAGES} images (10000 rows in the official files)"
+        )
+    # a list of ints or an int array; anything else (a list of arrays, say) could become a
+    # huge array in np.asarray before its shape is checked
+    plain = isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind in "iu"
+    if not plain and not (isinstance(labels, list) and len(labels) == len(data) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in labels
+    )):
+        kind = f"{labels.dtype} of shape {labels.shape}" if isinstance(
+            labels, np.ndarray) else type(labels).__name__
+        raise BundleLabError(
+            f"cifar10: 'labels' in {path} is {kind}, expected a list of {len(data)} ints"
         )
     labels = np.asarray(labels)
     if labels.shape != (len(data),):

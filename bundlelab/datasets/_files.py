@@ -35,15 +35,31 @@ def first_existing(folder: Path, names) -> Path | None:
     return None
 
 
-def read_bytes(name: str, path: Path) -> bytes:
-    """The file's content, gunzipped when its name ends in ``.gz``."""
+#: the most a data file may hold (gunzipped): MNIST's largest is 47 MB, EMNIST's 550 MB
+MAX_FILE_BYTES = 2**31
+
+
+def read_bytes(name: str, path: Path, *, limit: int | None = None) -> bytes:
+    """The file's content, gunzipped when its name ends in ``.gz``; more than ``limit`` bytes
+    (default :data:`MAX_FILE_BYTES`; a gzip bomb: megabytes that inflate to gigabytes) is
+    refused before it is all read."""
+    limit = MAX_FILE_BYTES if limit is None else limit
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as stream:
-                return stream.read()
-        return path.read_bytes()
+                data = stream.read(limit + 1)
+        else:
+            with open(path, "rb") as stream:
+                data = stream.read(limit + 1)
     except (OSError, EOFError, zlib.error) as exc:  # truncated or not gzip
         raise BundleLabError(
             f"{name}: cannot read {path} ({type(exc).__name__}: {exc}); "
             "download the file again"
         ) from None
+    if len(data) > limit:
+        gunzipped = " once gunzipped" if path.suffix == ".gz" else ""
+        raise BundleLabError(
+            f"{name}: {path} holds more than {limit:,} bytes{gunzipped}, more than any data set "
+            "bundlelab reads; it is not the data set's file"
+        )
+    return data

@@ -19,12 +19,12 @@ from typing import Callable, Iterable
 
 from .._arrays import check_float_dtype
 from .._errors import BundleLabError
-from .._validation import check_optional_int, checked_keywords
+from .._validation import check_optional_int, checked_keywords, short_repr
 from ..bundles import BundleOptions, find_bundles
 from ..report import BundleReport
 from ..streaming import BundleStream
 from .._selection import select_layers
-from .dumps import Dump, LayerInfo, check_readable, open_dump
+from .dumps import Dump, LayerInfo, check_readable, open_dump, physical_memory
 
 GIB = 1 << 30
 MAX_CHUNK_BYTES = 256 << 20
@@ -33,11 +33,7 @@ MAX_CHUNK_BYTES = 256 << 20
 @checked_keywords
 def default_memory_budget() -> int:
     """Bytes one layer may take in memory before it is streamed: RAM / 4, at most 4 GiB."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # not POSIX
-        total = 8 * GIB
-    return int(max(64 << 20, min(total // 4, 4 * GIB)))
+    return int(max(64 << 20, min(physical_memory() // 4, 4 * GIB)))
 
 
 def plan_chunk_rows(info: LayerInfo, *, chunk_rows: int | None, memory_budget: int) -> int | None:
@@ -95,6 +91,12 @@ def analyze_dump(
     chunk_rows = check_optional_int("chunk_rows", chunk_rows, low=1)
     memory_budget = check_optional_int("memory_budget", memory_budget, low=1)
     n_classes = check_optional_int("n_classes", n_classes, low=1)
+    layers = _check_patterns(layers)
+    if progress is not None and not callable(progress):
+        raise BundleLabError(
+            "The 'progress' parameter must be None or a callable(layer, n_rows). Got "
+            f"{short_repr(progress)} instead."
+        )
     if not isinstance(dump, Dump):
         with open_dump(dump, labels_key=labels_key) as opened:
             return analyze_dump(
@@ -132,6 +134,24 @@ def analyze_dump(
             result = stream.result(n_classes=n_classes)
         results.append(result)
     return BundleReport(results, bundle_options.params())
+
+
+def _check_patterns(layers) -> list[str] | None:
+    """None, one name or pattern, or an iterable of them, as a list of str."""
+    if layers is None or isinstance(layers, str):
+        return None if layers is None else [layers]
+    expected = "None, a layer name or glob pattern, or an iterable of them"
+    if isinstance(layers, (bytes, dict)) or not isinstance(layers, Iterable):
+        raise BundleLabError(
+            f"The 'layers' parameter must be {expected}. Got {short_repr(layers)} instead."
+        )
+    patterns = list(layers)
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise BundleLabError(
+                f"The 'layers' parameter must be {expected}: it holds {short_repr(pattern)}."
+            )
+    return patterns
 
 
 def _check_layer(dump: Dump, info: LayerInfo, n_labels: int) -> None:

@@ -16,15 +16,24 @@ Layer order (the network order the report follows):
   created with ``track_order=True`` keeps creation order, other groups use natural order.
 
 0-d arrays (saved scalars such as a step counter) are not listed as layers.
+
+Refused before any data is read, each in one line (``docs/security.md``): arrays of Python
+objects (never unpickled); a header that declares a negative dimension or more bytes than the
+file stores for the array (:func:`check_declared`); labels larger than physical memory; in
+HDF5, external links, external raw storage, virtual datasets and link cycles; a pipe or device
+as the dump path.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import math
 import os
 import re
 import zipfile
+import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -35,7 +44,18 @@ from .._arrays import to_host
 from .._atomic import atomic_open
 from .._errors import BundleLabError
 from .._selection import short_list, unknown_layer_error
-from .._validation import check_bool, check_int, checked_keywords, saved_label_vector
+from .._validation import (
+    check_bool,
+    check_int,
+    checked_keywords,
+    saved_label_vector,
+    short_repr,
+)
+
+#: what a reader's library raises on a corrupt or truncated file, turned into one line
+READ_ERRORS = (
+    OSError, ValueError, EOFError, zipfile.BadZipFile, RuntimeError, zlib.error, OverflowError,
+)
 
 #: file extension (or "directory") -> (module, class) of its reader
 READERS = {
@@ -74,11 +94,12 @@ class LayerInfo:
 
     @property
     def n_features(self) -> int:
-        return int(np.prod(self.shape[1:], dtype=np.int64)) if len(self.shape) > 1 else 1
+        # Python ints: a forged shape such as (4, 2**62) must not wrap around
+        return math.prod(self.shape[1:]) if len(self.shape) > 1 else 1
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.itemsize
+        return math.prod(self.shape) * self.itemsize
 
 
 # a one-line BundleLabError for an unknown keyword, at the call (the dataclass writes __init__)
@@ -131,6 +152,7 @@ class Dump:
         """The class label of every sample (read once, then cached)."""
         if self._labels is None:
             check_readable(self._label_info, self.path.name)
+            check_labels_fit(self._label_info, self.path.name, self.labels_key)
             labels = self._wrap_errors(self.labels_key, self._read_labels)
             self._labels = saved_label_vector(labels, where=self.path.name, key=self.labels_key)
         return self._labels
@@ -198,7 +220,7 @@ class Dump:
             return read()
         except BundleLabError:
             raise
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, RuntimeError) as exc:
+        except READ_ERRORS as exc:
             raise corrupt_error(self.path, f"array {name!r}", exc) from None
 
     def _finish_listing(self, names: list[str], infos: dict[str, LayerInfo]) -> None:
@@ -251,9 +273,14 @@ def open_dump(path: str | os.PathLike, *, labels_key: str = "labels") -> Dump:
     ...     dump.layer_names, dump["dense1"].shape, dump.labels.tolist()
     (['dense1'], (4, 3), [0, 1, 0, 1])
     """
-    path = Path(path)
+    path = _check_path(path)
     if not path.exists():
         raise BundleLabError(f"no such file or directory: {str(path)!r}")
+    if not path.is_dir() and not path.is_file():
+        raise BundleLabError(
+            f"{str(path)!r} is not a regular file or a directory (a pipe or a device): save the "
+            "dump to a file"
+        )
     if not isinstance(labels_key, str) or not labels_key:
         raise BundleLabError(
             f"The 'labels_key' parameter must be a non-empty str. Got {labels_key!r} instead."
@@ -297,9 +324,19 @@ def save_dump(
         Deflate the members (smaller, slower to read).
     """
     compress = check_bool("compress", compress)
-    path = Path(path)
+    path = _check_path(path)
     if path.suffix.lower() != ".npz":
         raise BundleLabError(f"save_dump writes .npz files: got {str(path)!r}; name it *.npz")
+    if not isinstance(labels_key, str) or not labels_key:
+        raise BundleLabError(
+            f"The 'labels_key' parameter must be a non-empty str. Got {short_repr(labels_key)} "
+            "instead."
+        )
+    if not isinstance(layers, Mapping):
+        raise BundleLabError(
+            "The 'layers' parameter must be a dict of layer name -> activations. Got "
+            f"{type(layers).__name__} instead."
+        )
     if labels_key in layers:
         raise BundleLabError(
             f"a layer is named {labels_key!r} like the labels: rename it or pass another labels_key"
@@ -307,7 +344,17 @@ def save_dump(
     if not layers:
         raise BundleLabError("no layers to save: pass a dict of layer name -> activations")
     arrays = {str(name): _savable(name, value) for name, value in layers.items()}
-    arrays[labels_key] = _savable(labels_key, labels, labels=True)
+    label_array = _savable(labels_key, labels, labels=True)
+    label_vector = saved_label_vector(label_array, where="save_dump()", key=labels_key)
+    for name, array in arrays.items():
+        if array.ndim == 0 or array.shape[0] != label_vector.shape[0]:
+            shape = "a scalar" if array.ndim == 0 else f"{array.shape[0]} samples"
+            raise BundleLabError(
+                f"save_dump(): layer {name!r} has {shape} but there are "
+                f"{label_vector.shape[0]} labels: pass one label per sample, and every layer "
+                "with the samples first, in the same order"
+            )
+    arrays[labels_key] = label_array
     compression = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     with atomic_open(path, "wb") as handle:
         with zipfile.ZipFile(handle, "w", compression=compression, allowZip64=True) as archive:
@@ -334,7 +381,71 @@ def _savable(name: str, value: Any, *, labels: bool = False) -> np.ndarray:
     return array
 
 
+def _check_path(path: Any) -> Path:
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise BundleLabError(
+            f"The 'path' parameter must be a file or directory path. Got {short_repr(path)} "
+            "instead."
+        )
+    return Path(path)
+
+
 # -- shared helpers ----------------------------------------------------------------------------
+
+#: the units of ``format_bytes``, each 1024 times the one before
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+
+def format_bytes(n_bytes: int) -> str:
+    """``160 B``, ``1.5 MiB``, ``256.0 TiB``."""
+    value = float(n_bytes)
+    for unit in _UNITS:
+        if abs(value) < 1024 or unit == _UNITS[-1]:
+            if unit == "B":
+                return f"{n_bytes} B"
+            return f"{value:.1f} {unit}" if abs(value) < 1e4 else f"{value:.3g} {unit}"
+        value /= 1024
+    return f"{n_bytes} B"
+
+
+def physical_memory() -> int:
+    """Bytes of physical memory (8 GiB where the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX
+        return 8 << 30
+
+
+def check_declared(path: Path, info: LayerInfo, *, limit: int, stored: str) -> None:
+    """Refuse a stored array whose header declares a negative dimension, or more bytes than
+    the file can hold for it (``limit``, described by ``stored``), before anything is allocated:
+    a forged header must not make a reader allocate terabytes or loop over fill values.
+    """
+    if any(size < 0 for size in info.shape):
+        raise corrupt_error(
+            path, f"array {info.name!r}",
+            ValueError(f"its header declares a negative dimension, shape {short_repr(info.shape)}"),
+        )
+    if info.nbytes > limit:
+        raise BundleLabError(
+            f"{path.name}: array {info.name!r} declares shape {short_repr(info.shape)} of "
+            f"{info.dtype} ({format_bytes(info.nbytes)}) but the file holds {stored} for it: "
+            "the file is truncated or its header corrupt or forged (nothing was read); re-create "
+            "the dump"
+        )
+
+
+def check_labels_fit(info: LayerInfo, where: str, key: str) -> None:
+    """The labels are read whole: refuse, before reading them, labels larger than memory."""
+    memory = physical_memory()
+    if info.nbytes > memory:
+        raise BundleLabError(
+            f"{where}: the labels {key!r} declare {info.n_samples} samples "
+            f"({format_bytes(info.nbytes)}), more than this machine's memory "
+            f"({format_bytes(memory)}); bundlelab reads the labels whole"
+        )
 
 
 def natural_key(name: str) -> list:

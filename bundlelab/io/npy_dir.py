@@ -12,9 +12,12 @@ import numpy as np
 
 from .._errors import BundleLabError
 from .dumps import (
+    READ_ERRORS,
     Dump,
     LayerInfo,
+    check_declared,
     corrupt_error,
+    format_bytes,
     info_from_dtype,
     natural_key,
     unknown_layer_error,
@@ -41,7 +44,11 @@ class NpyDirDump(Dump):
 
     def _listed_order(self, order_file: Path, names: list[str]) -> list[str]:
         listed = []
-        for line in order_file.read_text(encoding="utf-8").splitlines():
+        try:
+            text = order_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise corrupt_error(order_file, "the layer order", exc) from None
+        for line in text.splitlines():
             line = line.split("#", 1)[0].strip()
             if line:
                 listed.append(line)
@@ -58,10 +65,13 @@ class NpyDirDump(Dump):
             with open(file, "rb") as stream:
                 shape, _, dtype = read_npy_header(stream)
                 header_size = stream.tell()
-        except (ValueError, OSError, EOFError) as exc:
+        except READ_ERRORS as exc:
             raise corrupt_error(file, "its .npy header", exc) from None
         info = info_from_dtype(name, shape, dtype)
         size = file.stat().st_size
+        if not dtype.hasobject:
+            stored = max(size - header_size, 0)
+            check_declared(file, info, limit=stored, stored=f"{format_bytes(stored)} of data")
         if not dtype.hasobject and size < header_size + info.nbytes:
             raise corrupt_error(
                 file, "its data", EOFError(f"{size - header_size} of {info.nbytes} bytes stored")

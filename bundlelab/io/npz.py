@@ -1,9 +1,12 @@
 """.npz dumps: read member headers only, stream rows out of (possibly deflated) members.
 
 Nothing is ever unpickled: headers are parsed with :mod:`numpy.lib.format` and arrays of
-Python objects are refused before their data is touched.  A member's rows are read straight
-from the zip stream, so a layer is never held in memory twice and can be read in chunks even
-when it is compressed.
+Python objects are refused before their data is touched.  A member's header must not declare
+more data than the member can hold: its stored size, or for a deflated member (what
+``np.savez_compressed`` writes) 1032 times its compressed size, deflate's own bound, so a
+5 MB archive cannot make a reader allocate terabytes.  Other compression methods are refused.
+A member's rows are read straight from the zip stream, so a layer is never held in memory twice
+and can be read in chunks even when it is compressed.
 """
 
 from __future__ import annotations
@@ -15,7 +18,18 @@ from typing import IO
 import numpy as np
 
 from .._errors import BundleLabError
-from .dumps import Dump, LayerInfo, corrupt_error, info_from_dtype
+from .dumps import (
+    READ_ERRORS,
+    Dump,
+    LayerInfo,
+    check_declared,
+    corrupt_error,
+    format_bytes,
+    info_from_dtype,
+)
+
+#: the most one deflated byte can inflate to (258-byte matches coded in 2 bits)
+DEFLATE_MAX_RATIO = 1032
 
 _HEADER_READERS = {
     (1, 0): np.lib.format.read_array_header_1_0,
@@ -24,13 +38,26 @@ _HEADER_READERS = {
 
 
 def read_npy_header(stream: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """(shape, fortran_order, dtype) from an open ``.npy`` stream, leaving it at the data."""
+    """(shape, fortran_order, dtype) from an open ``.npy`` stream, leaving it at the data.
+
+    A header that does not parse is a ValueError, whatever numpy's parser raised on it
+    (``tokenize.TokenError``, ``SyntaxError``, ``TypeError`` ...); the stream's own read errors
+    pass through.
+    """
     version = np.lib.format.read_magic(stream)
     try:
         reader = _HEADER_READERS[version]
     except KeyError:
         raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}") from None
-    return reader(stream)
+    try:
+        shape, fortran, dtype = reader(stream)
+    except READ_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - numpy's header parser on arbitrary bytes
+        raise ValueError(f"the .npy header does not parse ({type(exc).__name__}: {exc})") from None
+    if not isinstance(shape, tuple) or not all(isinstance(size, int) for size in shape):
+        raise ValueError(f"the .npy header holds the shape {shape!r}")
+    return shape, fortran, dtype
 
 
 def read_exact(stream: IO[bytes], n_bytes: int) -> bytearray:
@@ -59,7 +86,7 @@ class NpzDump(Dump):
         super().__init__(path, labels_key)
         try:
             self._zip = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except (*READ_ERRORS, zipfile.LargeZipFile, UnicodeDecodeError, NotImplementedError) as exc:
             raise BundleLabError(
                 f"{path.name} is not a readable .npz (zip) archive, it looks truncated or "
                 f"corrupt ({exc}); re-create it with bundlelab.io.save_dump or np.savez"
@@ -81,13 +108,31 @@ class NpzDump(Dump):
             raise
 
     def _member_info(self, name: str, member: zipfile.ZipInfo) -> LayerInfo:
+        if member.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise BundleLabError(
+                f"{self.path.name}: array {name!r} is compressed with method "
+                f"{member.compress_type}; bundlelab reads .npz members that are stored or "
+                "deflated (what np.savez and np.savez_compressed write): re-create the dump"
+            )
         try:
             with self._zip.open(member) as stream:
                 shape, fortran, dtype = read_npy_header(stream)
                 header_size = stream.tell()
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        except (*READ_ERRORS, NotImplementedError) as exc:
             raise corrupt_error(self.path, f"the header of array {name!r}", exc) from None
         info = info_from_dtype(name, shape, dtype)
+        if dtype.hasobject:  # never read: refused as pickled data when asked for
+            limit, stored = float("inf"), ""
+        elif member.compress_type == zipfile.ZIP_STORED:
+            limit = min(member.file_size, member.compress_size) - header_size
+            stored = f"{format_bytes(max(limit, 0))} of data"
+        else:
+            limit = member.compress_size * DEFLATE_MAX_RATIO - header_size
+            stored = (
+                f"{format_bytes(member.compress_size)} of deflated data (at most "
+                f"{format_bytes(member.compress_size * DEFLATE_MAX_RATIO)} once inflated)"
+            )
+        check_declared(self.path, info, limit=limit, stored=stored)
         if not dtype.hasobject and member.file_size < header_size + info.nbytes:
             raise corrupt_error(
                 self.path, f"array {name!r}",

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .._errors import BundleLabError, require
-from .dumps import Dump, LayerInfo, corrupt_error, natural_key
+from .dumps import Dump, LayerInfo, check_declared, corrupt_error, format_bytes, natural_key
 
 #: safetensors dtype code -> (numpy name, item size)
 DTYPES = {
@@ -48,18 +48,31 @@ class SafetensorsDump(Dump):
         safe_open, self._error_type = _safe_open()
         try:
             self._file = safe_open(str(path), framework="np")
-        except self._error_type as exc:
+        except (self._error_type, OSError, ValueError, RuntimeError) as exc:
             raise BundleLabError(
                 f"{path.name} is not a readable .safetensors file, it looks truncated or corrupt "
                 f"({exc}); re-create it with safetensors.numpy.save_file"
             ) from None
+        try:
+            self._list()
+        except BaseException:
+            self.close()
+            raise
+
+    def _list(self) -> None:
         infos = {}
+        size = self.path.stat().st_size
         for name in self._file.keys():
-            tensor = self._file.get_slice(name)
-            code = tensor.get_dtype()
+            try:
+                tensor = self._file.get_slice(name)
+                code = tensor.get_dtype()
+                shape = tuple(int(s) for s in tensor.get_shape())
+            except (self._error_type, OSError, ValueError, RuntimeError) as exc:
+                raise corrupt_error(self.path, f"the header of tensor {name!r}", exc) from None
             dtype, itemsize = DTYPES.get(code, (code.lower(), 1))
-            shape = tuple(int(s) for s in tensor.get_shape())
             infos[name] = LayerInfo(name, shape, dtype, itemsize)
+            # safetensors checks the offsets against the file; this is a second guard
+            check_declared(self.path, infos[name], limit=size, stored=format_bytes(size))
         self._finish_listing(sorted(infos, key=natural_key), infos)
 
     def _slice(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:

@@ -73,3 +73,16 @@ def round_to_format(x, precision, emin, max_finite):
     if rounded == 0.0:
         return math.copysign(0.0, x)
     return rounded
+
+
+def threshold_reach(scale, gamma):
+    """A float ``W`` with ``|x - y| <= W`` (exactly) for every pair of float64 values that the
+    threshold test accepts, ``fl(fl(|x - y|) * scale) <= gamma``; ``inf`` when it overflows.
+
+    Round to nearest gives ``fl(p) >= p - max(u p, 2**-1075)``, so an accepted difference obeys
+    ``|x - y| <= (gamma + 2**-1074) / scale * (1 + 4u)``; the factor ``1 + 2**-40`` and the
+    final ``2**-1074`` absorb that and the rounding of this very expression (also for a
+    subnormal or zero ``gamma``, where ``gamma / scale`` alone is too small).  Plain Python,
+    compiled by the CPU kernels; the CUDA backend calls it on the host.
+    """
+    return (gamma + 2.0**-1074) / scale * (1.0 + 2.0**-40) + 2.0**-1074

@@ -600,7 +600,7 @@ class CudaBackend:
         n_leaders = int(n_leaders)
         if first_new >= n:
             return assign, n_leaders
-        reach = gamma / scale * (1.0 + 1e-12)  # as cpu.greedy_threshold
+        reach = _formats.threshold_reach(scale, gamma)  # as cpu.greedy_threshold
         context = (  # the leading arguments of both pair kernels
             rows,
             cuda.to_device(np.ascontiguousarray(means, dtype=np.float64)),

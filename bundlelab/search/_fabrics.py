@@ -26,6 +26,7 @@ from .._validation import (
     short_repr,
 )
 from ..spec import Node, Spec
+from ..spec._graph import check_spec_size
 
 RESNET_FILTERS = (16, 32, 64)
 
@@ -100,6 +101,7 @@ def resnet_fabric(n: int, *, k: int = 3, filters: tuple = RESNET_FILTERS, extra:
             f"The 'filters' parameter must hold k={k} ints >= 1. Got {short_repr(filters)} instead."
         )
     input_shape = _shape(input_shape)
+    check_spec_size(2 * k * n, what=f"resnet_fabric({n}, k={k})", at_least=True)
     widths = [_scaled(f, width_multiplier) for f in filters]
     nodes = [Node("input", "input"),
              Node("stem", "conv_bn", {"filters": widths[0], "activation": "relu"}, ("input",))]
@@ -208,6 +210,7 @@ def conv_fabric(columns: int, *, channels: int = 128, scales: int | None = None,
             )
         scales = full
     scales = check_positive_int("scales", scales)
+    check_spec_size(2 * columns * scales, what=f"conv_fabric({columns})", at_least=True)
     conv = {"filters": channels}
     nodes = [Node("input", "input"),
              Node("c0s0", "conv_bn", {**conv, "activation": "relu"}, ("input",),

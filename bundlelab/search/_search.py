@@ -23,7 +23,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,25 @@ SEARCH_FORMAT = "bundlelab.search/1"
 STATE_FILE = "search.json"
 PENALTIES = ("hinge", "abs")
 GATE_OPTIMIZERS = ("adam", "sgd")
+#: the smallest budget: below it the default lambda, 10 ** -m for the budget's order of
+#: magnitude m, is no finite float
+MIN_BUDGET = sys.float_info.min
+
+
+def check_budget(name: str, value: Any) -> float:
+    """A budget: a finite float >= :data:`MIN_BUDGET` (about 2.2e-308)."""
+    value = check_positive_float(name, value)
+    if value < MIN_BUDGET:
+        raise BundleLabError(
+            f"The {name!r} parameter must be a float >= {MIN_BUDGET:g}, whose order of "
+            f"magnitude sets the default lambda. Got {value!r} instead."
+        )
+    return value
+
+
+def budget_magnitude(budget: float) -> int:
+    """The order of magnitude ``m`` of a budget (``floor(log10(budget))``)."""
+    return math.floor(math.log10(budget))
 
 
 @dataclass(frozen=True)
@@ -115,7 +136,7 @@ class SearchConfig:
                        "a cost name: 'flops', 'params', 'latency' or 'parallel:N'")
         get_cost(self.cost)
         checked = {
-            "budget": check_positive_float("budget", self.budget),
+            "budget": check_budget("budget", self.budget),
             "lam": check_optional_float("lam", self.lam, low=0, low_open=True),
             "penalty": check_choice("penalty", self.penalty, PENALTIES),
             "warmup_epochs": check_int("warmup_epochs", self.warmup_epochs, low=0),
@@ -142,7 +163,7 @@ class SearchConfig:
         """``lambda``, or its default ``10 ** -floor(log10(budget))``."""
         if self.lam is not None:
             return float(self.lam)
-        return 10.0 ** -math.floor(math.log10(self.budget))
+        return 10.0 ** -budget_magnitude(self.budget)
 
     def to_dict(self) -> dict[str, Any]:
         """The options as JSON-ready data (what a search folder records)."""
@@ -490,9 +511,34 @@ class BudgetedSearch:
             self._options(), length=self.search.epochs)
         if state is None:
             return
+        for i, record in enumerate(state["history"]):
+            self._check_record(i, record)
         if self._folder.checkpoint_path():
             self.trainee.load(self._folder.checkpoint_path())
         self.history = state["history"]
+
+    def _check_record(self, i: int, record: dict[str, Any]) -> None:
+        """Epoch ``i + 1``'s record of the search folder's history, each field checked."""
+        error = self._folder.state_error
+        if set(record) != set(_RECORD_FIELDS):
+            raise error(f"history[{i}]", "a record of the fields " + ", ".join(_RECORD_FIELDS),
+                        sorted(record))
+        for name, optional in _RECORD_FIELDS.items():
+            value = record[name]
+            if name == "warmup":
+                ok = isinstance(value, bool)
+            elif name == "probabilities":
+                ok = (isinstance(value, list) and len(value) == self.graph.n_gates
+                      and all(_is_number(p) for p in value))
+            elif name == "gates_on":
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            else:
+                ok = _is_number(value) or (optional and value is None)
+            if not ok:
+                expected = {"warmup": "a bool", "gates_on": "an int",
+                            "probabilities": f"a list of {self.graph.n_gates} numbers"}.get(
+                                name, "a number or null" if optional else "a number")
+                raise error(f"history[{i}].{name}", expected, value)
 
     def _print(self, record: dict[str, Any]) -> None:
         from rich.console import Console
@@ -505,6 +551,16 @@ class BudgetedSearch:
             f"{self.cost.name} {cost} (budget {self.search.budget:g}), gates on "
             f"{record['gates_on']}/{self.graph.n_gates}"
         )
+
+
+#: the fields of a search epoch's record, and whether each may be null
+_RECORD_FIELDS = {"epoch": False, "warmup": False, "train_loss": False, "train_accuracy": False,
+                  "validation_accuracy": False, "validation_loss": False, "cost": True,
+                  "sampled_cost_mean": True, "gates_on": False, "probabilities": False}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @checked_keywords

@@ -15,7 +15,6 @@ import contextlib
 import csv
 import io
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +32,17 @@ from .._validation import (
 )
 from ..spec import Spec, layer_count, parameter_count
 from ..training import Backend, FolderLock, TrainConfig, Training
-from ..training._folder import draw_optional
+from ..training._folder import clean_leftovers, draw_optional
 from ._costs import get_cost
 from ._graph import GatedGraph
-from ._search import BudgetedSearch, SearchConfig, architecture_costs, validation_split
+from ._search import (
+    BudgetedSearch,
+    SearchConfig,
+    architecture_costs,
+    budget_magnitude,
+    check_budget,
+    validation_split,
+)
 
 
 @checked_keywords
@@ -53,9 +59,9 @@ def default_lambdas(budget: float, *, count: int = 1) -> list[float]:
     -------
     list of float
     """
-    budget = check_positive_float("budget", budget)
+    budget = check_budget("budget", budget)
     count = check_positive_int("count", count)
-    m = math.floor(math.log10(budget))
+    m = budget_magnitude(budget)
     if count == 1:
         return [10.0 ** -m]
     return [10.0 ** (-m - 1 + 2 * k / (count - 1)) for k in range(count)]
@@ -172,7 +178,7 @@ def sweep(supernet: Spec, data: Any, *, budgets: list, cost: str = "flops",
     check_instance("supernet", supernet, Spec, "a bundlelab.spec.Spec")
     config = TrainConfig() if config is None else config
     check_instance("config", config, TrainConfig, "a TrainConfig")
-    budgets = _positive_floats("budgets", budgets)
+    budgets = _positive_floats("budgets", budgets, check=check_budget)
     if lambdas is not None and not (isinstance(lambdas, (list, tuple)) and not lambdas):
         lambdas = _positive_floats("lambdas", lambdas)
     else:
@@ -189,19 +195,21 @@ def sweep(supernet: Spec, data: Any, *, budgets: list, cost: str = "flops",
     # every search option checked before any training
     SearchConfig(budget=budgets[0], cost=cost, **options)
     with FolderLock(directory) if directory is not None else contextlib.nullcontext():
+        if directory is not None:
+            clean_leftovers(directory)
         return _sweep(supernet, data, budgets=budgets, cost=cost, lambdas=lambdas,
                       options=options, config=config, retrain_epochs=retrain_epochs,
                       family=family, backend=backend,
                       folder=None if directory is None else Path(directory), progress=progress)
 
 
-def _positive_floats(name: str, values: Any) -> list[float]:
+def _positive_floats(name: str, values: Any, *, check=check_positive_float) -> list[float]:
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
         raise BundleLabError(
             f"The {name!r} parameter must be a list of floats > 0. Got {short_repr(values)} "
             "instead."
         )
-    checked = [check_positive_float(name, value) for value in values]
+    checked = [check(name, value) for value in values]
     if not checked:
         raise BundleLabError(f"The {name!r} parameter must hold at least one value.")
     return checked

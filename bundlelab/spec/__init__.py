@@ -19,6 +19,9 @@ True
 
 from ._graph import (
     INITS,
+    MAX_NODES,
+    MAX_PARAMETERS,
+    MAX_SAMPLE_VALUES,
     SPEC_VERSION,
     Node,
     Spec,
@@ -36,6 +39,9 @@ from ._rewrites import scale_width, set_residual, set_stage_depth, truncate_stag
 __all__ = [
     "ACTIVATIONS",
     "INITS",
+    "MAX_NODES",
+    "MAX_PARAMETERS",
+    "MAX_SAMPLE_VALUES",
     "OPS",
     "PRESETS",
     "SPEC_VERSION",

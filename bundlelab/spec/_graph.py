@@ -2,19 +2,70 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import BundleLabError
-from .._validation import check_bool, check_int, checked_keywords
+from .._validation import check_bool, check_int, checked_keywords, short_repr
 from ._ops import OPS, ShapeError
 
 SPEC_VERSION = 1
 VERSIONS = (SPEC_VERSION,)
 INITS = ("he_normal", "framework_default")
 _ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+
+#: The largest spec bundlelab builds: more nodes, trainable parameters or activation values of
+#: one sample than this is refused when the spec is validated, before a model is built.
+MAX_NODES = 100_000
+MAX_PARAMETERS = 2**32  # 17.2 GB of float32 weights, before gradients and optimiser state
+MAX_SAMPLE_VALUES = 2**31  # activation values of one sample over all nodes: 8.6 GB as float32
+
+
+def _size(n: int) -> str:
+    """``n`` float32 values in bytes: B/kB/MB/GB/TB/PB (decimal), or a power of ten beyond."""
+    if n * 4 >= 10**18:
+        return f"about 10^{int(math.log10(n * 4))} bytes"
+    value = n * 4.0
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000:
+            return f"{value:.3g} {unit}"
+        value /= 1000
+    return f"{value:.3g} PB"
+
+
+def _count(n: int) -> str:
+    """An exact count with thousands separators, or its power of ten when enormous."""
+    return f"{n:,}" if n < 10**15 else f"about 10^{int(math.log10(n))}"
+
+
+def check_spec_size(n_nodes: int, *, parameters: int | None = None,
+                    sample_values: int | None = None, what: str = "The spec",
+                    at_least: bool = False) -> None:
+    """Refuse a spec larger than :data:`MAX_NODES` nodes, :data:`MAX_PARAMETERS` trainable
+    parameters or :data:`MAX_SAMPLE_VALUES` activation values per sample, in one line that
+    says the size it would take.  Builders call it before they make the nodes (with
+    ``at_least`` when ``n_nodes`` is a lower bound)."""
+    sizes = []
+    if parameters is not None:
+        sizes.append(f"{_count(parameters)} trainable parameters ({_size(parameters)} as float32)")
+    if n_nodes > MAX_NODES:
+        sizes.insert(0, f"{'at least ' if at_least else ''}{_count(n_nodes)} nodes")
+        limit = f"at most {MAX_NODES:,} nodes"
+    elif parameters is not None and parameters > MAX_PARAMETERS:
+        limit = f"at most {MAX_PARAMETERS:,} parameters ({_size(MAX_PARAMETERS)})"
+    elif sample_values is not None and sample_values > MAX_SAMPLE_VALUES:
+        sizes.append(f"{_count(sample_values)} activation values per sample "
+                     f"({_size(sample_values)} as float32)")
+        limit = f"at most {MAX_SAMPLE_VALUES:,} activation values per sample"
+    else:
+        return
+    raise BundleLabError(
+        f"{what} would have {', '.join(sizes)}: bundlelab builds specs of {limit}; make it "
+        "smaller (fewer layers, a smaller width or input)."
+    )
 
 
 class Params(Mapping):
@@ -23,7 +74,11 @@ class Params(Mapping):
     __slots__ = ("_items",)
 
     def __init__(self, items: Mapping | None = None) -> None:
-        self._items = dict(sorted(dict(items or {}).items()))
+        # keys of mixed types (a YAML ``{1: 2, a: 3}``) sort by type name, then text, so that
+        # validation can name the bad key instead of failing to sort
+        self._items = dict(
+            sorted(dict(items or {}).items(), key=lambda kv: (type(kv[0]).__name__, str(kv[0])))
+        )
 
     def __getitem__(self, key: str) -> Any:
         return self._items[key]
@@ -152,7 +207,9 @@ Spec.__init__ = checked_keywords(Spec.__init__)  # type: ignore[method-assign]
 
 
 def _fail(what: str, where: str, expected: str, got: Any) -> BundleLabError:
-    return BundleLabError(f"The {what!r} field{where} must be {expected}. Got {got!r} instead.")
+    return BundleLabError(
+        f"The {what!r} field{where} must be {expected}. Got {short_repr(got)} instead."
+    )
 
 
 def _convert_header(spec: Spec) -> None:
@@ -184,9 +241,11 @@ def _validate(spec: Spec) -> tuple[tuple, dict]:
         raise _fail("init", "", "one of " + ", ".join(map(repr, INITS)), spec.init)
     if not spec.nodes:
         raise _fail("nodes", "", "a non-empty list of nodes", [])
+    check_spec_size(len(spec.nodes))
 
     index: dict[str, int] = {}
     nodes, shapes = [], {}
+    parameters = sample_values = 0
     for i, node in enumerate(spec.nodes):
         node = _validate_node(node, i, index, spec)
         index[node.id] = i
@@ -196,37 +255,46 @@ def _validate(spec: Spec) -> tuple[tuple, dict]:
                 shapes[node.id] = spec.input_shape
             else:
                 params = dict(node.params)
-                shapes[node.id] = tuple(op.shape(params, [shapes[s] for s in node.inputs]))
+                in_shapes = [shapes[s] for s in node.inputs]
+                shapes[node.id] = tuple(op.shape(params, in_shapes))
+                parameters += op.weights(params, in_shapes)
         except ShapeError as exc:
-            raise BundleLabError(f"nodes[{i}] ({node.id!r}): {exc}.") from None
+            raise BundleLabError(f"nodes[{i}] ({short_repr(node.id)}): {exc}.") from None
+        except OverflowError:  # a side of 10**400 pixels divided by a stride
+            raise BundleLabError(
+                f"nodes[{i}] ({short_repr(node.id)}): its output shape is too large to "
+                "compute; the spec's sizes are absurd."
+            ) from None
+        sample_values += math.prod(shapes[node.id])
         nodes.append(node)
+    check_spec_size(len(nodes), parameters=parameters, sample_values=sample_values)
 
     entries = [n for n in nodes if n.op == "input"]
     if len(entries) != 1:
         raise BundleLabError(
             f"A spec needs exactly one node with op 'input'; got {len(entries)}: "
-            f"{[n.id for n in entries]}."
+            f"{short_repr([n.id for n in entries])}."
         )
-    if spec.output not in index:
+    if not isinstance(spec.output, str) or spec.output not in index:
         raise _fail("output", "", "the id of a node (" + _choices(index) + ")", spec.output)
     expected = (spec.n_classes,)
     if shapes[spec.output] != expected:
         raise BundleLabError(
-            f"The output node {spec.output!r} must produce shape {expected} for "
+            f"The output node {short_repr(spec.output)} must produce shape {expected} for "
             f"n_classes={spec.n_classes}; got {shapes[spec.output]}."
         )
     feeding = _ancestors(nodes, index, spec.output)
     for i, node in enumerate(nodes):
         if node.id not in feeding:
             raise BundleLabError(
-                f"nodes[{i}] ({node.id!r}) does not feed the output {spec.output!r}; remove it "
-                "or connect it."
+                f"nodes[{i}] ({short_repr(node.id)}) does not feed the output "
+                f"{short_repr(spec.output)}; remove it or connect it."
             )
     return tuple(nodes), shapes
 
 
 def _choices(index: Mapping, limit: int = 8) -> str:
-    names = [repr(k) for k in index]
+    names = [short_repr(k, 40) for k in list(index)[: limit + 1]]
     return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
 
 
@@ -235,19 +303,20 @@ def _validate_node(node: Any, i: int, index: dict, spec: Spec) -> Node:
         raise _fail(f"nodes[{i}]", "", "a Node", type(node).__name__)
     if not isinstance(node.id, str) or not _ID.match(node.id):
         raise _fail("id", f" of nodes[{i}]", "a name of letters, digits, '_', '.', '-'", node.id)
-    where = f" of nodes[{i}] ({node.id!r})"
+    where = f" of nodes[{i}] ({short_repr(node.id)})"
     if node.id in index:
         raise BundleLabError(
             f"The 'id' field{where} must be unique; nodes[{index[node.id]}] already uses it."
         )
-    if node.op not in OPS:
+    if not isinstance(node.op, str) or node.op not in OPS:
         raise _fail("op", where, "one of " + ", ".join(map(repr, OPS)), node.op)
     op = OPS[node.op]
-    unknown = sorted(set(node.params) - set(op.params))
+    unknown = [key for key in node.params if key not in op.params]
     if unknown:
         allowed = ", ".join(map(repr, op.params)) or "none"
         raise BundleLabError(
-            f"The 'params' field{where} has unknown key {unknown[0]!r}; {node.op!r} allows {allowed}."
+            f"The 'params' field{where} has unknown key {short_repr(unknown[0])}; {node.op!r} "
+            f"allows {allowed}."
         )
     params = {}
     for key, param in op.params.items():
@@ -285,13 +354,15 @@ def _validate_node(node: Any, i: int, index: dict, spec: Spec) -> Node:
                     "must be acyclic."
                 )
             raise BundleLabError(
-                f"The 'inputs' field{where} names {source!r}, which comes later in 'nodes'; "
-                "list every node after its inputs."
+                f"The 'inputs' field{where} names {short_repr(source)}, which comes later in "
+                "'nodes'; list every node after its inputs."
             )
         raise _fail("inputs", where, "ids of earlier nodes (" + _choices(index) + ")", source)
-    if not isinstance(node.optional, tuple) or not set(node.optional) <= set(inputs):
+    if not isinstance(node.optional, tuple) or not all(
+        isinstance(s, str) for s in node.optional
+    ) or not set(node.optional) <= set(inputs):
         raise _fail(
-            "optional", where, "a subset of its inputs " + repr(list(inputs)), node.optional
+            "optional", where, "a subset of its inputs " + short_repr(list(inputs)), node.optional
         )
     if node.optional and node.op != "add":
         raise _fail(
@@ -311,30 +382,43 @@ def _validate_node(node: Any, i: int, index: dict, spec: Spec) -> Node:
     return Node(node.id, node.op, params, inputs, optional, measured, node.stage)
 
 
-def _find_cycle(nodes: tuple, start: str) -> list[str] | None:
-    """A path start -> ... -> start following input edges backwards, or None."""
-    inputs = {n.id: n.inputs for n in nodes if isinstance(n, Node)}
-    path, on_path, done = [], set(), set()
+def _find_cycle(nodes: tuple, start: str, *, shown: int = 12) -> list[str] | None:
+    """A path start -> ... -> start following input edges backwards, or None.
 
-    def visit(node_id: str) -> list[str] | None:
-        if node_id in on_path:
-            return path[path.index(node_id) :] + [node_id]
-        if node_id in done or node_id not in inputs:
-            return None
-        path.append(node_id)
-        on_path.add(node_id)
-        for source in inputs[node_id]:
-            found = visit(source)
-            if found:
-                return found
-        path.pop()
-        on_path.discard(node_id)
-        done.add(node_id)
+    Iterative (a cycle through thousands of nodes must not exhaust Python's recursion), and
+    shortened to its first and last ``shown // 2`` nodes around a "..." so the message stays
+    one readable line.
+    """
+    inputs = {
+        n.id: [s for s in n.inputs if isinstance(s, str)]
+        for n in nodes
+        if isinstance(n, Node) and isinstance(n.id, str) and isinstance(n.inputs, tuple)
+    }
+    if start not in inputs:
         return None
-
-    cycle = visit(start)
+    path, on_path, done = [start], {start}, set()
+    stack = [iter(inputs[start])]
+    cycle = None
+    while stack:
+        source = next(stack[-1], None)
+        if source is None:
+            stack.pop()
+            done.add(path[-1])
+            on_path.discard(path.pop())
+        elif source in on_path:
+            cycle = path[path.index(source):] + [source]
+            break
+        elif source not in done and source in inputs:
+            path.append(source)
+            on_path.add(source)
+            stack.append(iter(inputs[source]))
+    if cycle is None:
+        return None
     # Edges point from consumer to input; show them in data-flow order.
-    return list(reversed(cycle)) if cycle else None
+    cycle.reverse()
+    if len(cycle) > shown:
+        cycle = cycle[: shown // 2] + [f"... ({len(cycle) - shown} more)"] + cycle[-shown // 2:]
+    return cycle
 
 
 def _ancestors(nodes: list, index: dict, target: str) -> set[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -15,7 +16,7 @@ from .._validation import (
     checked_keywords,
     short_repr,
 )
-from ._graph import Node, Spec
+from ._graph import Node, Spec, check_spec_size
 from ._ops import ACTIVATIONS
 
 STAGES = ("a", "b", "c", "d")
@@ -108,6 +109,13 @@ def fully_connected(
     input_shape = _shape(input_shape)
     n_classes = check_positive_int("n_classes", n_classes)
     name = _name(name)
+    features = math.prod(input_shape)
+    check_spec_size(
+        depth + 2 + (len(input_shape) > 1),
+        parameters=(features + 1) * width + (depth - 1) * (width + 1) * width
+        + (width + 1) * n_classes,
+        what=f"fully_connected(width={width}, depth={depth})",
+    )
     nodes = [Node("input", "input")]
     if len(input_shape) > 1:
         nodes.append(Node("flatten", "flatten", inputs=("input",)))
@@ -169,6 +177,7 @@ def conv_net(
     (50, 8)
     """
     blocks = _blocks(depth, blocks)
+    check_spec_size(sum(blocks) + 7, what=f"conv_net(blocks={short_repr(list(blocks))})")
     residual = check_bool("residual", residual)
     width_multiplier = check_positive_float("width_multiplier", width_multiplier)
     input_shape = _shape(input_shape, n_axes=3)
@@ -292,14 +301,34 @@ def preset(name: str, *, input_shape: tuple, n_classes: int, width_multiplier: f
     match = _NAMED.match(name) if isinstance(name, str) else None
     if match is None:
         raise BundleLabError(
-            f"unknown preset {name!r}: use plain-N or resnet-N (N in "
+            f"unknown preset {short_repr(name)}: use plain-N or resnet-N (N in "
             f"{', '.join(map(str, PRESETS))}) or fc-DEPTHxWIDTH, or give a spec file (.yaml, .json)"
         )
-    kind, conv_depth, fc_depth, width = match.groups()
+    kind, conv_depth, fc_depth, width = (
+        None if digits is None else _number(digits) for digits in match.groups()
+    )
     width_multiplier = check_positive_float("width_multiplier", width_multiplier)
     if kind:
-        return conv_net(int(conv_depth), residual=kind == "resnet",
+        return conv_net(conv_depth, residual=kind == "resnet",
                         width_multiplier=width_multiplier, input_shape=input_shape,
                         n_classes=n_classes)
-    return fully_connected(_scaled(int(width), width_multiplier), int(fc_depth),
+    if width == 0 or fc_depth == 0:
+        raise BundleLabError(
+            f"The preset {short_repr(name)} has {'a width' if width == 0 else 'a depth'} of 0: use "
+            "fc-DEPTHxWIDTH with DEPTH and WIDTH >= 1."
+        )
+    return fully_connected(_scaled(width, width_multiplier), fc_depth,
                            input_shape=input_shape, n_classes=n_classes)
+
+
+def _number(text: str) -> Any:
+    """A preset's number as an int (a kind name stays text); refused past 9 digits, which no
+    spec bundlelab builds needs (and int() of thousands of digits would itself fail)."""
+    if not text.isdigit():
+        return text
+    if len(text) > 9:
+        raise BundleLabError(
+            f"The preset's number {short_repr(text, 24)} is too large: no spec bundlelab builds "
+            "has a billion layers or units."
+        )
+    return int(text)

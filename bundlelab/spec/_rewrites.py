@@ -13,8 +13,8 @@ import re
 from typing import Any
 
 from .._errors import BundleLabError
-from .._validation import check_bool, check_int, check_positive_float, checked_keywords
-from ._graph import Spec, measured_layers, stage_nodes
+from .._validation import check_bool, check_int, check_positive_float, checked_keywords, short_repr
+from ._graph import Spec, check_spec_size, measured_layers, stage_nodes
 from ._ops import OPS
 
 #: the parameters that set a node's width, in the order looked up
@@ -23,10 +23,10 @@ WIDTH_PARAMS = ("filters", "units")
 
 def _stage_chain(spec: Spec, stage: Any) -> list[str]:
     stages = stage_nodes(spec)
-    if stage not in stages:
+    if not isinstance(stage, str) or stage not in stages:
         allowed = ", ".join(map(repr, stages)) or "none (the spec has no stages)"
         raise BundleLabError(
-            f"The 'stage' parameter must be one of {allowed}. Got {stage!r} instead."
+            f"The 'stage' parameter must be one of {allowed}. Got {short_repr(stage)} instead."
         )
     chain = stages[stage]
     for previous, current in itertools.pairwise(chain):
@@ -81,13 +81,14 @@ def truncate_stage_from(spec: Spec, layer: str | int) -> Spec:
         except BundleLabError:
             raise BundleLabError(
                 f"The 'layer' parameter must be an int in [0, {len(names) - 1}] (an index of "
-                f"measured_layers) or a measured layer name. Got {layer!r} instead."
+                f"measured_layers) or a measured layer name. Got {short_repr(layer)} instead."
             ) from None
         layer = names[index]
     if layer not in names:
         shown = ", ".join(map(repr, names[:6])) + (", ..." if len(names) > 6 else "")
         raise BundleLabError(
-            f"The 'layer' parameter must be a measured layer ({shown}). Got {layer!r} instead."
+            f"The 'layer' parameter must be a measured layer ({shown}). Got "
+            f"{short_repr(layer)} instead."
         )
     stage = spec[layer].stage
     if stage is None:
@@ -127,6 +128,8 @@ def set_stage_depth(spec: Spec, stage: str, depth: int) -> Spec:
         return _remove(spec, chain[depth:], replacement)
     if depth == len(chain):
         return spec
+    check_spec_size(len(spec.nodes) + depth - len(chain),
+                    what=f"set_stage_depth(stage={stage!r}, depth={depth})")
     last = spec[chain[-1]]
     taken = {node.id for node in spec.nodes}
     added, previous = [], last.id

@@ -11,6 +11,16 @@ line naming the folder and the holder, instead of interleaving its commits.  The
 drops the lock when its process ends, however it ends, so a dead process never blocks a
 folder.
 
+The state file is checked before anything is done with it: it names its checkpoint only
+inside its folder (a bare file name, a regular file, present), lists as many epoch records as
+it says epochs are done, and names a checkpoint whenever an epoch is done; anything else is
+refused in one line naming the field.  While it holds the lock, a process removes the
+leftovers of a killed one: bundlelab's temporary files (``.NAME.XXXXXXXX.tmp``,
+``.checkpoint-0003.pt.tmp``, the size probe's ``.weights-XXXXXXXX.pt``) and checkpoints the
+state does not name, only in the folder itself and only by those patterns.  A folder that
+cannot be written is refused before any training (a finished training run in it can still be
+read and reported: reading needs no write).
+
 Resuming is allowed only for the same run: the state records the options that make the run
 (backend, spec, training options, ...), and :meth:`RunFolder.resume` refuses any change
 outside :data:`RESUMABLE_OPTIONS`, the one list of what may change between a run and its
@@ -20,9 +30,13 @@ resume, for training, the auto-tune and the search alike.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import socket
+import stat
+import tempfile
 import warnings
 import weakref
 from collections.abc import Callable
@@ -32,7 +46,7 @@ from typing import Any
 from .. import __version__
 from .._atomic import atomic_write_text, replace_durably
 from .._errors import BundleLabError, MissingDependencyError
-from .._validation import checked_keywords
+from .._validation import check_bool, checked_keywords, short_repr
 
 #: Options that may differ between a run and its resume, with why; any other difference
 #: would change what the run computes, so :meth:`RunFolder.resume` refuses it.  Progress
@@ -44,6 +58,18 @@ RESUMABLE_OPTIONS: dict[str, str] = {
 }
 
 LOCK_FILE = ".lock"
+
+#: bundlelab's own leftovers of an interrupted write, removed by the next run of the folder:
+#: atomic writes' temporary files (``.run.json.k2j4x_0a.tmp``; the figures' older
+#: ``.entropy.png.k2j4x_0a.png``), an unfinished checkpoint (``.checkpoint-0003.pt.tmp``) and
+#: the checkpoint-size probe (``.weights-k2j4x_0a.pt``)
+LEFTOVER = re.compile(
+    r"\A(?:\..+\.[a-z0-9_]{8}\.(?:tmp|png)|\.checkpoint-\d+\..+\.tmp|\.weights-[a-z0-9_]{8}\..+)\Z"
+)
+#: a checkpoint's name (removed when the state names another one)
+CHECKPOINT = re.compile(r"\Acheckpoint-\d{4,}\..+\Z")
+#: errors that say a folder cannot be written (as opposed to a bug or a missing folder)
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 class RunFolder:
@@ -59,6 +85,10 @@ class RunFolder:
         The state's format tag, e.g. ``"bundlelab.run/1"``; another tag is refused.
     kind : str, default="run"
         What the folder holds, for messages: ``"training run"``, ``"search"``, ...
+    epochs : bool, default=True
+        The state lists epochs: ``epochs_done`` (an int >= 0), ``history`` (that many records)
+        and ``checkpoint`` (the file of the last epoch), checked by :meth:`read`.  False for
+        states of another shape (an auto-tune's), which their owner checks.
 
     Examples
     --------
@@ -69,19 +99,34 @@ class RunFolder:
 
     @checked_keywords
     def __init__(self, directory: str | os.PathLike, state_file: str, format: str, *,
-                 kind: str = "run") -> None:
+                 kind: str = "run", epochs: bool = True) -> None:
         self.directory = Path(directory)
         self.path = self.directory / state_file
         self.format = format
         self.kind = kind
+        self.epochs = check_bool("epochs", epochs)
         self.checkpoint: str | None = None
+        #: False when the folder was opened for reading only (see :meth:`lock`)
+        self.writable = True
         self._lock = FolderLock(directory)
 
     # -- the lock -------------------------------------------------------------------------
 
-    def lock(self) -> RunFolder:
-        """Take the folder's lock (see :class:`FolderLock`)."""
-        self._lock.acquire()
+    def lock(self, *, read_only: bool = False) -> RunFolder:
+        """Take the folder's lock (see :class:`FolderLock`), which also checks that the
+        folder can be written.
+
+        With ``read_only=True``, a folder that holds a state but cannot be written (a
+        read-only file system, no permission) is opened for reading instead of refused:
+        :attr:`writable` is then False, no lock is held and nothing is cleaned or written
+        (the owner refuses to go on unless its run is finished).
+        """
+        try:
+            self._lock.acquire()
+        except NotWritableError:
+            if not (read_only and self.path.is_file()):
+                raise
+            self.writable = False
         return self
 
     def unlock(self) -> None:
@@ -101,7 +146,8 @@ class RunFolder:
     # -- the state ------------------------------------------------------------------------
 
     def read(self) -> dict[str, Any] | None:
-        """The saved state (None when the folder holds none), checked for format and version."""
+        """The saved state (None when the folder holds none), checked for format, version and
+        (with ``epochs``) its epochs and checkpoint."""
         if not self.path.exists():
             return None
         try:
@@ -120,7 +166,46 @@ class RunFolder:
                 f"{__version__}; resume it with that version or start a new folder"
             )
         self.checkpoint = _checkpoint_name(self.path, state.get("checkpoint"))
+        if self.epochs:
+            self._check_epochs(state)
         return state
+
+    def state_error(self, field: str, expected: str, value: Any) -> BundleLabError:
+        """The one-line error of a malformed ``field`` of the state file."""
+        return BundleLabError(
+            f"{self.path} is malformed: {field!r} must be {expected}, got {short_repr(value)}; "
+            "remove the folder to start over"
+        )
+
+    def _check_epochs(self, state: dict[str, Any]) -> None:
+        done = state.get("epochs_done")
+        if isinstance(done, bool) or not isinstance(done, int) or done < 0:
+            raise self.state_error("epochs_done", "an int >= 0", done)
+        history = state.get("history")
+        if not isinstance(history, list) or len(history) != done:
+            raise self.state_error("history", f"a list of {done} epoch records", history)
+        for i, record in enumerate(history):
+            if not isinstance(record, dict) or record.get("epoch") != i + 1:
+                raise self.state_error(f"history[{i}]", f"the record of epoch {i + 1}", record)
+        if self.checkpoint is None:
+            if done:
+                raise BundleLabError(
+                    f"{self.path} lists {done} epochs done but names no checkpoint, so they "
+                    "cannot be resumed; remove the folder to start over"
+                )
+            return
+        try:
+            regular = stat.S_ISREG(os.lstat(self.directory / self.checkpoint).st_mode)
+        except FileNotFoundError:
+            raise BundleLabError(
+                f"{self.path} names the checkpoint {self.checkpoint!r}, which is missing; "
+                "remove the folder to start over"
+            ) from None
+        if not regular:
+            raise BundleLabError(
+                f"{self.path} names the checkpoint {self.checkpoint!r}, which is not a regular "
+                "file (a link or a folder); remove the folder to start over"
+            )
 
     def resume(self, options: dict[str, Any], *, length: int | None = None) -> dict[str, Any] | None:
         """The saved state when the folder holds a run of ``options``; None when it holds none.
@@ -131,6 +216,9 @@ class RunFolder:
         (epochs) below the state's ``epochs_done``.
         """
         state = self.read()
+        if self.locked:
+            clean_leftovers(self.directory, keep=self.checkpoint if state is not None else None,
+                            checkpoints=state is not None)
         if state is None:
             return None
         changes = _changes(state, json.loads(json.dumps(options)))
@@ -196,6 +284,29 @@ def draw_optional(draw: Callable[[], Any], what: str) -> bool:
     return True
 
 
+def clean_leftovers(directory: str | os.PathLike, *, keep: str | None = None,
+                    checkpoints: bool = False) -> list[str]:
+    """Remove bundlelab's leftovers of a killed process from ``directory`` (not below it):
+    files matching :data:`LEFTOVER` and, with ``checkpoints``, checkpoints other than
+    ``keep``.  Call it only while holding the folder's lock.  Returns the names removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        name = entry.name
+        if name == keep or not (LEFTOVER.match(name)
+                                or (checkpoints and CHECKPOINT.match(name))):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.path)  # a link is removed, never followed
+            removed.append(name)
+    return removed
+
+
 def _checkpoint_name(state_path: Path, name: Any) -> str | None:
     """The checkpoint's file name, which must lie in the state's own folder."""
     if name is None:
@@ -238,12 +349,18 @@ def _spec_change(old: Any, new: dict[str, Any]) -> str:
 # -- the lock -------------------------------------------------------------------------------
 
 
+class NotWritableError(BundleLabError):
+    """A folder that cannot be written (read-only file system, no permission)."""
+
+
 class FolderLock:
     """The exclusive lock of a folder: ``directory/.lock``, ``flock``-ed, naming its holder.
 
     :meth:`acquire` creates the folder and takes the lock without waiting, or raises a
     one-line :class:`BundleLabError` naming the folder and the process that holds it (pid and
-    host).  The lock is held until :meth:`release`, the end of a ``with`` block, the lock
+    host); then it checks that the folder can be written (a file created and removed), so a
+    read-only folder is refused before any work, not after the first epoch
+    (:class:`NotWritableError`).  The lock is held until :meth:`release`, the end of a ``with`` block, the lock
     object's collection, or the end of the process (the kernel drops it however the process
     ends, so a dead process never blocks the folder).  Two locks of one folder exclude each
     other within one process too.
@@ -266,9 +383,17 @@ class FolderLock:
     def acquire(self) -> FolderLock:
         """Take the lock now or raise :class:`BundleLabError` naming its holder."""
         if not self.held:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _not_writable(self.directory, exc) from None
             # closing the lock file releases the lock; a finalizer runs at most once
             self._release = weakref.finalize(self, os.close, _lock(self.directory))
+            try:
+                _probe_writable(self.directory)
+            except BaseException:
+                self.release()
+                raise
         return self
 
     def release(self) -> None:
@@ -283,6 +408,22 @@ class FolderLock:
         self.release()
 
 
+def _not_writable(directory: Path, exc: OSError) -> BundleLabError:
+    cls = NotWritableError if exc.errno in _NOT_WRITABLE else BundleLabError
+    return cls(f"cannot write in {directory}: {exc.strerror or exc}; use another folder")
+
+
+def _probe_writable(directory: Path) -> None:
+    """Create and remove a file in ``directory`` (named as an atomic write's temporary file,
+    so a leftover is cleaned), or raise :class:`NotWritableError`."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=".tmp", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise _not_writable(directory, exc) from None
+
+
 def _holder() -> str:
     return f"pid {os.getpid()} on {socket.gethostname()}"
 
@@ -294,6 +435,8 @@ def _lock(directory: Path) -> int:
     try:  # never through a link: the lock file is truncated below
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
     except OSError as exc:
+        if exc.errno in _NOT_WRITABLE:
+            raise _not_writable(directory, exc) from None
         raise BundleLabError(
             f"cannot lock {directory}: {path.name}: {exc.strerror}; use another folder"
         ) from None

@@ -12,7 +12,9 @@ A run lives in a folder (``directory``)::
 Each epoch writes its checkpoint under a new name, then replaces ``run.json`` atomically, and
 only then removes the previous checkpoint (:class:`RunFolder`): a crash at any point leaves
 ``run.json`` naming a complete checkpoint of the epochs it lists, so a restart loses at most
-the epoch in progress.  The shuffling and augmentation of epoch ``e`` are seeded by
+the epoch in progress; the next run of the folder removes what a killed one left half-written.
+A folder that cannot be written is refused before the first epoch, except that a finished run
+in it is still read and reported.  The shuffling and augmentation of epoch ``e`` are seeded by
 ``(seed, e)``, so a resumed run trains on exactly the batches an uninterrupted one would have.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import numbers
 import os
 import statistics
 import tempfile
@@ -268,10 +271,17 @@ class Training:
         )
         self._folder = None
         if directory is not None:
-            self._folder = RunFolder(directory, RUN_FILE, RUN_FORMAT, kind="training run").lock()
+            self._folder = RunFolder(directory, RUN_FILE, RUN_FORMAT,
+                                     kind="training run").lock(read_only=True)
         try:
             self.trainee = self.backend.build(spec, config)
             self._resume()
+            if not self.writable and not self.finished:
+                raise BundleLabError(
+                    f"cannot write in {self.directory}, whose run has trained "
+                    f"{self.epochs_done} of its {config.epochs} epochs; make the folder "
+                    "writable or use another one"
+                )
         except BaseException:
             self.close()
             raise
@@ -290,6 +300,11 @@ class Training:
     @property
     def epochs_done(self) -> int:
         return len(self.history)
+
+    @property
+    def writable(self) -> bool:
+        """False when the run folder cannot be written (a finished run is still reported)."""
+        return self._folder is None or self._folder.writable
 
     @property
     def finished(self) -> bool:
@@ -361,7 +376,7 @@ class Training:
             ms_per_step=seconds * 1e3,
             directory=None if self.directory is None else str(self.directory),
         )
-        if self.directory is not None and self.finished:
+        if self.directory is not None and self.finished and self.writable:
             atomic_write_text(self.directory / "result.json",
                               json.dumps(result.summary(), indent=2) + "\n")
             tracker = result.tracker()
@@ -372,8 +387,9 @@ class Training:
 
     def _weights_mb(self) -> float:
         # a hidden name of the folder's own, so a leftover of a killed run is recognisable
+        # (and removed by the next run); a folder that cannot be written: the temporary folder
         fd, tmp = tempfile.mkstemp(prefix=".weights-", suffix=self.backend.checkpoint_suffix,
-                                   dir=self.directory)
+                                   dir=self.directory if self.writable else None)
         os.close(fd)
         try:
             self.trainee.save(tmp, optimizer=False)
@@ -398,7 +414,11 @@ class Training:
             return
         self._folder.commit(self.epochs_done, self.backend.checkpoint_suffix, self.trainee.save,
                             self._state())
-        if not (self.directory / "spec.yaml").exists():
+        self._write_spec()
+
+    def _write_spec(self) -> None:
+        """``spec.yaml`` beside the first checkpoint (or on a resume, when a crash lost it)."""
+        if self.writable and not (self.directory / "spec.yaml").exists():
             atomic_write_text(self.directory / "spec.yaml", dumps(self.spec, format="yaml"))
 
     def _resume(self) -> None:
@@ -406,9 +426,12 @@ class Training:
             self._options(), length=self.config.epochs)
         if state is None:
             return
+        history = [_epoch_record(self._folder, i, r) for i, r in enumerate(state["history"])]
         if self._folder.checkpoint_path():
             self.trainee.load(self._folder.checkpoint_path())
-        self.history = [EpochRecord.from_dict(r) for r in state["history"]]
+        self.history = history
+        if history:
+            self._write_spec()
 
     # -- progress -------------------------------------------------------------------------
 
@@ -443,6 +466,30 @@ class Training:
                 line += f", first conflicting layer {record.first_conflicting.layer}"
         line += f" ({record.seconds:.1f} s)"
         Console(stderr=True, highlight=False).print(line)
+
+
+_RECORD_NUMBERS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds")
+
+
+def _epoch_record(folder: RunFolder, i: int, data: dict[str, Any]) -> EpochRecord:
+    """Epoch ``i + 1``'s record of a run folder's history, each field checked (the folder has
+    checked that it is a dict of that epoch)."""
+    expected = {"epoch", *_RECORD_NUMBERS, "report"}
+    if set(data) != expected:
+        raise folder.state_error(f"history[{i}]", "a record of the fields "
+                                 + ", ".join(sorted(expected)), sorted(data))
+    for name in _RECORD_NUMBERS:
+        value = data[name]
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise folder.state_error(f"history[{i}].{name}", "a number", value)
+    report = data["report"]
+    if report is not None:
+        try:
+            report = BundleReport.from_dict(report)
+        except (BundleLabError, TypeError, ValueError, KeyError, AttributeError, IndexError):
+            raise folder.state_error(f"history[{i}].report", "a bundle report or null",
+                                     report) from None
+    return EpochRecord(**{**data, "report": report})
 
 
 @checked_keywords
