@@ -57,7 +57,7 @@ from ..training import (
     get_backend,
     training_batches,
 )
-from ..training._folder import draw_optional
+from ..training._folder import HoldsRunFolder, draw_optional
 from ._costs import Cost, LatencyCost, cheapest_architecture, get_cost
 from ._extract import deterministic_switches, extract
 from ._graph import GatedGraph
@@ -283,7 +283,7 @@ def architecture_costs(spec: Spec, *, costs: tuple = ("flops", "params", "parall
     return {name: float(get_cost(name)(graph, alive, live)[0]) for name in costs}
 
 
-class BudgetedSearch:
+class BudgetedSearch(HoldsRunFolder):
     """A resumable budgeted search of ``supernet`` on ``data`` through a backend.
 
     Parameters
@@ -349,17 +349,6 @@ class BudgetedSearch:
         except BaseException:
             self.close()
             raise
-
-    def close(self) -> None:
-        """Release the search folder's lock (the search can be resumed later by any process)."""
-        if self._folder is not None:
-            self._folder.unlock()
-
-    def __enter__(self) -> BudgetedSearch:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     def _check_budget(self) -> None:
         _, self.minimum_cost = cheapest_architecture(self.graph, self.cost)

@@ -272,6 +272,24 @@ class RunFolder:
             raise RuntimeError(f"bundlelab wrote into {self.directory} without its lock")
 
 
+class HoldsRunFolder:
+    """The lock lifetime of an object that works in a :class:`RunFolder` held as ``_folder``
+    (None without a folder): ``close()`` releases it, and a ``with`` block closes."""
+
+    _folder: RunFolder | None = None
+
+    def close(self) -> None:
+        """Release the folder's lock (the run can be resumed later by any process)."""
+        if self._folder is not None:
+            self._folder.unlock()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 def draw_optional(draw: Callable[[], Any], what: str) -> bool:
     """Run ``draw()``, which saves an optional figure of a finished run; without matplotlib,
     warn in one line and go on (a missing optional plot never fails a finished run).  Returns

@@ -43,7 +43,7 @@ from ..tracker import BundleTracker
 from ._augment import augment_batch
 from ._backend import Backend, get_backend
 from ._config import TrainConfig
-from ._folder import RunFolder, draw_optional
+from ._folder import HoldsRunFolder, RunFolder, draw_optional
 
 RUN_FORMAT = "bundlelab.run/1"
 RUN_FILE = "run.json"
@@ -224,7 +224,7 @@ def check_data(spec: Spec, data: Any) -> None:
         )
 
 
-class Training:
+class Training(HoldsRunFolder):
     """A resumable training run of ``spec`` on ``data`` through a backend.
 
     Parameters
@@ -285,17 +285,6 @@ class Training:
         except BaseException:
             self.close()
             raise
-
-    def close(self) -> None:
-        """Release the run folder's lock (the run can be resumed later by any process)."""
-        if self._folder is not None:
-            self._folder.unlock()
-
-    def __enter__(self) -> Training:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     @property
     def epochs_done(self) -> int:
