@@ -27,8 +27,46 @@ LOOKAHEAD_ALPHA = 0.5
 SGD_MOMENTUM = 0.9
 
 
+class _AdamMoments(keras.optimizers.Optimizer):
+    """What Adam and RAdam share: the first and second moments ``m``, ``v`` of each variable,
+    updated as torch does, and the hyperparameters ``beta_1``, ``beta_2``, ``epsilon``."""
+
+    def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8, **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self._m = self.add_optimizer_variables(variables, "m")
+        self._v = self.add_optimizer_variables(variables, "v")
+
+    def _update_moments(self, gradient, variable):
+        """Update and return ``(m, v)`` of ``variable`` for ``gradient`` (cast to its dtype)."""
+        dtype = variable.dtype
+        index = self._get_variable_index(variable)
+        m, v = self._m[index], self._v[index]
+        self.assign(m, ops.add(m, ops.multiply(_constant(1 - self.beta_1, dtype),
+                                               ops.subtract(gradient, m))))
+        self.assign(v, ops.add(ops.multiply(_constant(self.beta_2, dtype), v),
+                               ops.multiply(_constant(1 - self.beta_2, dtype),
+                                            ops.square(gradient))))
+        return m, v
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
+                "epsilon": self.epsilon}
+
+
+def _constant(value, dtype):
+    # from the Python float: Keras would turn a bare 0.999 into float32 first, and
+    # 1 - float32(0.999) is 1.3e-5 off 0.001
+    return ops.convert_to_tensor(value, dtype)
+
+
 @keras.saving.register_keras_serializable(package="bundlelab")
-class RAdam(keras.optimizers.Optimizer):
+class RAdam(_AdamMoments):
     """Rectified Adam (Liu et al., 2019), step for step as ``torch.optim.RAdam``.
 
     While the variance of the adaptive rate is intractable (``rho_t <= 5``, the first 5 steps
@@ -47,37 +85,14 @@ class RAdam(keras.optimizers.Optimizer):
         Keras' optimizer keywords (``weight_decay``, ``name``, ...).
     """
 
-    def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8, **kwargs):
-        super().__init__(learning_rate=learning_rate, **kwargs)
-        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
-
-    def build(self, variables):
-        if self.built:
-            return
-        super().build(variables)
-        self._m = self.add_optimizer_variables(variables, "m")
-        self._v = self.add_optimizer_variables(variables, "v")
-
     def update_step(self, gradient, variable, learning_rate):
         dtype = variable.dtype
-        index = self._get_variable_index(variable)
-        m, v = self._m[index], self._v[index]
-        gradient = ops.cast(gradient, dtype)
-
-        def constant(value, dtype=dtype):
-            # from the Python float: Keras would turn a bare 0.999 into float32 first, and
-            # 1 - float32(0.999) is 1.3e-5 off 0.001
-            return ops.convert_to_tensor(value, dtype)
-
-        self.assign(m, ops.add(m, ops.multiply(constant(1 - self.beta_1),
-                                               ops.subtract(gradient, m))))
-        self.assign(v, ops.add(ops.multiply(constant(self.beta_2), v),
-                               ops.multiply(constant(1 - self.beta_2), ops.square(gradient))))
+        m, v = self._update_moments(ops.cast(gradient, dtype), variable)
         # The step's scalars in float64, as torch computes them: rho_t is a difference of two
         # numbers near 2 / (1 - beta_2) = 1999, which float32 knows only to ~1e-4.
         t = ops.cast(self.iterations + 1, "float64")
-        beta_2_t = ops.power(constant(self.beta_2, "float64"), t)
-        correction1 = 1 - ops.power(constant(self.beta_1, "float64"), t)
+        beta_2_t = ops.power(_constant(self.beta_2, "float64"), t)
+        correction1 = 1 - ops.power(_constant(self.beta_1, "float64"), t)
         correction2 = 1 - beta_2_t
         rho_inf = 2 / (1 - self.beta_2) - 1
         rho_t = rho_inf - 2 * t * beta_2_t / correction2
@@ -87,19 +102,15 @@ class RAdam(keras.optimizers.Optimizer):
         step = ops.multiply(ops.divide(m, ops.cast(correction1, dtype)),
                             ops.cast(learning_rate, dtype))
         adaptive = ops.divide(ops.cast(ops.sqrt(correction2), dtype),
-                              ops.add(ops.sqrt(v), constant(self.epsilon)))
+                              ops.add(ops.sqrt(v), _constant(self.epsilon, dtype)))
         rectified = ops.multiply(ops.multiply(step, adaptive), ops.cast(rectification, dtype))
         # rho_t <= 5 (the first 5 steps with beta_2 = 0.999): the adaptive rate's variance is
         # intractable, so the step is momentum SGD
         self.assign_sub(variable, ops.where(ops.greater(rho_t, 5.0), rectified, step))
 
-    def get_config(self):
-        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
-                "epsilon": self.epsilon}
-
 
 @keras.saving.register_keras_serializable(package="bundlelab")
-class TorchAdam(keras.optimizers.Optimizer):
+class TorchAdam(_AdamMoments):
     """Adam step for step as ``torch.optim.Adam`` and ``torch.optim.AdamW``.
 
     Keras' own Adam adds ``epsilon`` to ``sqrt(v)`` before the bias correction and torch after
@@ -120,44 +131,27 @@ class TorchAdam(keras.optimizers.Optimizer):
 
     def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8, l2=0.0,
                  **kwargs):
-        super().__init__(learning_rate=learning_rate, **kwargs)
-        self.beta_1, self.beta_2, self.epsilon, self.l2 = beta_1, beta_2, epsilon, l2
-
-    def build(self, variables):
-        if self.built:
-            return
-        super().build(variables)
-        self._m = self.add_optimizer_variables(variables, "m")
-        self._v = self.add_optimizer_variables(variables, "v")
+        super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
+                         epsilon=epsilon, **kwargs)
+        self.l2 = l2
 
     def update_step(self, gradient, variable, learning_rate):
         dtype = variable.dtype
-        index = self._get_variable_index(variable)
-        m, v = self._m[index], self._v[index]
         gradient = ops.cast(gradient, dtype)
         if self.l2:
-            gradient = ops.add(gradient, ops.multiply(ops.convert_to_tensor(self.l2, dtype),
-                                                      variable))
-
-        def constant(value, dtype=dtype):  # from the Python float, as in RAdam
-            return ops.convert_to_tensor(value, dtype)
-
-        self.assign(m, ops.add(m, ops.multiply(constant(1 - self.beta_1),
-                                               ops.subtract(gradient, m))))
-        self.assign(v, ops.add(ops.multiply(constant(self.beta_2), v),
-                               ops.multiply(constant(1 - self.beta_2), ops.square(gradient))))
+            gradient = ops.add(gradient, ops.multiply(_constant(self.l2, dtype), variable))
+        m, v = self._update_moments(gradient, variable)
         # the bias corrections in float64, as torch computes them (in Python floats)
         t = ops.cast(self.iterations + 1, "float64")
-        correction1 = 1 - ops.power(constant(self.beta_1, "float64"), t)
-        correction2 = 1 - ops.power(constant(self.beta_2, "float64"), t)
+        correction1 = 1 - ops.power(_constant(self.beta_1, "float64"), t)
+        correction2 = 1 - ops.power(_constant(self.beta_2, "float64"), t)
         step_size = ops.cast(ops.divide(ops.cast(learning_rate, "float64"), correction1), dtype)
         denominator = ops.add(ops.divide(ops.sqrt(v), ops.cast(ops.sqrt(correction2), dtype)),
-                              constant(self.epsilon))
+                              _constant(self.epsilon, dtype))
         self.assign_sub(variable, ops.multiply(step_size, ops.divide(m, denominator)))
 
     def get_config(self):
-        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
-                "epsilon": self.epsilon, "l2": self.l2}
+        return {**super().get_config(), "l2": self.l2}
 
 
 @keras.saving.register_keras_serializable(package="bundlelab")
