@@ -27,7 +27,17 @@ stays O(n_samples) per layer however deep the model is, and returns a
         def weight_amplitude(self, model):
             return max(abs(w).max() for w in ...)   # over all trainable weights
 
+        def update_format(self, model):             # optional
+            return "float32"                        # format of the trainable weights, or None
+
     register_adapter("myframework", MyFrameworkAdapter)
+
+The optional ``update_format(model)`` names the format the model's trainable parameters are
+updated in: ``"float32"`` for a float32 model trained under autocast/AMP or a Keras
+``mixed_float16`` policy (its variables stay float32 even though its activations are float16),
+``"float16"`` for a model whose parameters are float16 (``.half()``), ``"bfloat16"``,
+``"float64"``; None when it cannot tell.  :func:`measure_bundles` uses it when the caller
+passed no ``update_format`` (see ``docs/semantics.md``, "The update format").
 
 Outputs may be numpy arrays, CuPy arrays or torch tensors (CUDA tensors stay on the GPU).
 ``inference_batch_size`` is the number of samples per forward pass (it only bounds memory);
@@ -65,7 +75,14 @@ from ..training._backend import register_backend
 
 @runtime_checkable
 class ActivationAdapter(Protocol):
-    """What bundlelab needs from a framework to measure bundles inside its models."""
+    """What bundlelab needs from a framework to measure bundles inside its models.
+
+    An adapter may also offer ``update_format(model) -> str | None``: the format of the
+    model's trainable parameters (``"float32"`` for a float32 model under autocast/AMP or a
+    ``mixed_float16`` policy, ``"float16"`` for ``.half()``, None when unknown), which
+    :func:`measure_bundles` uses as the update format when the caller gives none.  It is
+    optional, so it is not a member here (``isinstance`` checks only the three below).
+    """
 
     name: str
 
@@ -142,8 +159,10 @@ def measure_bundles(
     *,
     layers: Iterable[str] | None = None,
     inference_batch_size: int = 256,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     weight_amplitude: float | Mapping[str, float] | None = None,
+    update_format: str | None = None,
+    sources: Mapping[str, str] | None = None,
     progress: bool | Callable[[int, dict[str, tuple]], None] = False,
     **options,
 ):
@@ -164,12 +183,24 @@ def measure_bundles(
         Layer names or glob patterns; default: every layer the adapter lists.
     inference_batch_size : int, default=256
         Samples per forward pass; it only bounds memory (a data loader keeps its batches).
-    batch_size : int, default=64
-        The training batch size |B| of the metric (``batch_size`` of :func:`find_bundles`).
+    batch_size : int, optional
+        The training batch size |B| of the metric (``batch_size`` of :func:`find_bundles`);
+        default 64.
     weight_amplitude : float or mapping of layer name to float, optional
         ``w``; default: ``adapter.weight_amplitude(model)`` (resolution mode).  A mapping gives
         each layer its own ``w``; the report's params then say ``weight_amplitude='layer'`` and
         hold the mapping as ``layer_weight_amplitudes``.
+    update_format : str, optional
+        The format of the weight update (``update_format`` of :func:`find_bundles`); default:
+        the adapter's optional ``update_format(model)`` (the format of the model's trainable
+        parameters), else ``'auto'``.
+    sources : mapping of str to str, optional
+        Where ``learning_rate``, ``batch_size``, ``weight_amplitude`` and ``update_format``
+        came from, as far as the caller knows (e.g. ``{"learning_rate": "optimizer",
+        "batch_size": "train loader"}``).  The rest is filled in: ``"model parameters"`` for
+        what was read from the model, ``"given"`` for a value passed here, ``"default"`` or
+        ``"assumed (float16 activations)"`` otherwise.  The report holds them as
+        ``params["sources"]``.
     progress : bool or callable, default=False
         True shows a progress bar over batches; a callable is called after each batch as
         ``progress(n_rows, shapes)`` with the batch's sample count and each layer's per-sample
@@ -181,20 +212,38 @@ def measure_bundles(
     -------
     bundlelab.BundleReport
     """
+    from .._provenance import check_sources, report_sources
     from ..bundles import BundleOptions
     from ..report import BundleReport
     from ..streaming import BundleStream
 
     check_keywords("measure_bundles()", options,
                    [f.name for f in dataclasses.fields(BundleOptions)
-                    if f.name not in ("batch_size", "weight_amplitude")])
+                    if f.name not in ("batch_size", "weight_amplitude", "update_format")])
     inference_batch_size = check_positive_int("inference_batch_size", inference_batch_size)
-    batch_size = check_positive_int("batch_size", batch_size)
+    caller_sources = check_sources(sources)
+    given = [name for name in ("learning_rate",) if name in options]
+    if batch_size is None:
+        batch_size = 64
+    else:
+        batch_size = check_positive_int("batch_size", batch_size)
+        given.append("batch_size")
     if not callable(progress):
         progress = check_bool("progress", progress)
+    if update_format is None:
+        update_format = _model_update_format(adapter, model)
+        if update_format is not None:
+            caller_sources.setdefault("update_format", "model parameters")
+    else:
+        given.append("update_format")
+    if update_format is not None:
+        options["update_format"] = update_format
     names = select_layers(adapter.layer_names(model, inputs), layers)
     if weight_amplitude is None:
         weight_amplitude = float(adapter.weight_amplitude(model))
+        caller_sources.setdefault("weight_amplitude", "model parameters")
+    else:
+        given.append("weight_amplitude")
     per_layer = isinstance(weight_amplitude, Mapping)
     if per_layer:
         missing = [name for name in names if name not in weight_amplitude]
@@ -248,13 +297,34 @@ def measure_bundles(
     if not seen:
         raise BundleLabError("the data yielded no samples")
     results = [streams[name].result() for name in names]
-    params = next(iter(streams.values())).options.params()
+    bundle_options = next(iter(streams.values())).options
+    params = bundle_options.params()
+    params["sources"] = report_sources(
+        given, caller_sources,
+        bundle_options.update_format if bundle_options.mode == "resolution" else None,
+        [result.dtype for result in results],
+    )
     if per_layer:
         params.update(
             weight_amplitude="layer",
             layer_weight_amplitudes={name: weight_amplitude[name] for name in names},
         )
     return BundleReport(results, params)
+
+
+def _model_update_format(adapter: Any, model: Any) -> str | None:
+    """The adapter's optional ``update_format(model)``: a format name, or None when the adapter
+    has no such method or cannot tell."""
+    from .._validation import UPDATE_FORMATS, check_choice
+
+    method = getattr(adapter, "update_format", None)
+    if not callable(method):
+        return None
+    found = method(model)
+    if found is None:
+        return None
+    formats = tuple(name for name in UPDATE_FORMATS if name not in ("auto", "activations"))
+    return check_choice(f"{type(adapter).__name__}.update_format(model)", found, formats)
 
 
 __all__ = [

@@ -22,7 +22,8 @@ class Rows:
     """Activations as a (n_samples, n_features) array on one device, in a kernel dtype.
 
     ``data`` is float32 or float64; float16/bfloat16 inputs are converted exactly to float32
-    and ``fmt`` remembers the format the arithmetic must be rounded to.
+    and ``fmt`` remembers the activations' own format (the update format the arithmetic is
+    rounded to is resolved from it, see :func:`bundlelab.bundles.resolve_update_format`).
     """
 
     data: Any

@@ -75,3 +75,13 @@ def select_layers(
             else:
                 raise unknown_layer_error(pattern, names, where=where)
     return [name for name in names if name in wanted]
+
+
+def announce(summary: str) -> None:
+    """Print an audit's layer-selection summary (what it picked, what it left out and why).
+
+    One line on stderr, never stdout: the CLI writes JSON and CSV reports there.
+    """
+    import sys
+
+    print(f"bundlelab: {summary}", file=sys.stderr, flush=True)

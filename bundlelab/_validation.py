@@ -19,6 +19,8 @@ from ._errors import BundleLabError
 MODES = ("resolution", "threshold")
 NONFINITE_POLICIES = ("raise", "exclude", "keep")
 DEVICES = ("auto", "cpu", "cuda")
+#: the format the weight update ``t = w - a * alpha / |B|`` is computed in (docs/semantics.md)
+UPDATE_FORMATS = ("auto", "activations", "float16", "bfloat16", "float32", "float64")
 
 
 def _invalid(name: str, expected: str, value: Any) -> BundleLabError:

@@ -27,7 +27,7 @@ from typing import Any
 
 from ._atomic import atomic_write_text
 from ._errors import BundleLabError
-from ._validation import check_bool, check_instance, check_positive_int, checked_keywords
+from ._validation import check_instance, check_positive_int, checked_keywords
 from .spec import Spec, dump, from_dict, layer_count, stage_depths, to_dict, truncate_stage_from
 from .training import (
     Backend,
@@ -38,6 +38,7 @@ from .training import (
     check_data,
     get_backend,
 )
+from .training._progress import resolve_progress
 
 AUTOTUNE_FORMAT = "bundlelab.autotune/1"
 STATE_FILE = "autotune.json"
@@ -129,7 +130,7 @@ AutotuneResult.__init__ = checked_keywords(AutotuneResult.__init__)  # type: ign
 def autotune(spec: Spec, data: Any, *, backend: str | Backend = "torch",
              config: TrainConfig | None = None, directory: str | os.PathLike | None = None,
              check_epochs: int = 1, max_restarts: int = 50,
-             progress: bool = False) -> AutotuneResult:
+             progress: bool | None = None) -> AutotuneResult:
     """Auto-tune the depth of ``spec`` on ``data`` by removing conflicting layers.
 
     Parameters
@@ -150,7 +151,8 @@ def autotune(spec: Spec, data: Any, *, backend: str | Backend = "torch",
         says, but never prune.
     max_restarts : int, default=50
         Stop with an error if the network is pruned more often than this.
-    progress : bool, default=False
+    progress : bool or None, default=None
+        Progress bars and a line per epoch on stderr; None: when stderr is a terminal.
 
     Returns
     -------
@@ -161,7 +163,7 @@ def autotune(spec: Spec, data: Any, *, backend: str | Backend = "torch",
     check_instance("config", config, TrainConfig, "a TrainConfig")
     check_epochs = check_positive_int("check_epochs", check_epochs)
     max_restarts = check_positive_int("max_restarts", max_restarts)
-    progress = check_bool("progress", progress)
+    progress = resolve_progress(progress)
     check_data(spec, data)
     backend = get_backend(backend)
     options = {"backend": backend.name, "spec": to_dict(spec), "config": config.to_dict(),

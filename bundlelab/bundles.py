@@ -3,7 +3,9 @@
 Two modes (see ``docs/semantics.md``):
 
 ``resolution`` (default; what the authors' released code computes)
-    ``t_i = fl(w - fl(fl(a_i * alpha) * fl(1/|B|)))`` in the activation's own format; samples
+    ``t_i = fl(w - fl(fl(a_i * alpha) * fl(1/|B|)))`` in the *update format* (the format the
+    weights are updated in: by default the activation's own, float32 for float16/bfloat16
+    activations, whose training updates float32 master weights); samples
     are bundled iff their transformed rows are IEEE-equal in every value.  Equality is an
     equivalence relation, so bundles are found by fingerprinting every row once (one parallel
     pass), grouping equal fingerprints, and confirming each group exactly.
@@ -16,6 +18,7 @@ Bundle ids are numbered by first occurrence on every backend.
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from dataclasses import dataclass
@@ -29,6 +32,7 @@ from ._validation import (
     DEVICES,
     MODES,
     NONFINITE_POLICIES,
+    UPDATE_FORMATS,
     check_bool,
     check_choice,
     check_int,
@@ -40,8 +44,9 @@ from ._validation import (
     short_repr,
 )
 from .entropy import bundle_stats, max_entropy
+from ._provenance import check_sources, report_sources
 from .kernels import Transform, get_kernel_backend
-from .kernels._formats import FloatFormat
+from .kernels._formats import FORMATS, FloatFormat, needs_rounding
 from .report import BundleReport, LayerResult
 
 #: the largest training batch size accepted: every int up to it is exact in float64, so
@@ -74,6 +79,9 @@ class BundleOptions:
         What to do with samples whose activations hold NaN or Inf.
     device : {'auto', 'cpu', 'cuda'}, default='auto'
         Where to compute; 'auto' follows the activations.
+    update_format : {'auto', 'activations', 'float16', 'bfloat16', 'float32', 'float64'}, \
+default='auto'
+        Format of the weight update ``t`` (resolution mode); see :func:`resolve_update_format`.
     """
 
     mode: str = "resolution"
@@ -84,6 +92,7 @@ class BundleOptions:
     epsilon: float = 0.0
     nonfinite: str = "raise"
     device: str = "auto"
+    update_format: str = "auto"
 
     def __post_init__(self):
         check_choice("mode", self.mode, MODES)
@@ -99,6 +108,7 @@ class BundleOptions:
         object.__setattr__(self, "epsilon", check_positive_float("epsilon", self.epsilon, allow_zero=True))
         check_choice("nonfinite", self.nonfinite, NONFINITE_POLICIES)
         check_choice("device", self.device, DEVICES)
+        check_choice("update_format", self.update_format, UPDATE_FORMATS)
         if self.mode == "threshold" and self.threshold_scale == 0.0:
             raise BundleLabError(
                 f"learning_rate / batch_size = {self.learning_rate!r} / {self.batch_size} "
@@ -116,6 +126,7 @@ class BundleOptions:
             "gamma": self.gamma,
             "epsilon": self.epsilon,
             "nonfinite": self.nonfinite,
+            "update_format": self.update_format,
         }
 
     def device_for(self, activations: Any) -> str:
@@ -140,6 +151,39 @@ class BundleOptions:
 
 # a one-line BundleLabError for an unknown keyword, at the call (the dataclass writes __init__)
 BundleOptions.__init__ = checked_keywords(BundleOptions.__init__)  # type: ignore[method-assign]
+
+
+@checked_keywords
+def resolve_update_format(update_format: str, activations_dtype: str) -> str:
+    """The format the weight update ``t = w - a * alpha / |B|`` is computed in.
+
+    Parameters
+    ----------
+    update_format : {'auto', 'activations', 'float16', 'bfloat16', 'float32', 'float64'}
+        ``'auto'``: the activations' format, except float16/bfloat16 activations, whose
+        training (mixed precision) updates float32 master weights: ``'float32'``.
+        ``'activations'``: the activations' format always (low-precision bundling).
+        A format name: that format.
+    activations_dtype : {'float16', 'bfloat16', 'float32', 'float64'}
+        The activations' format.
+
+    Returns
+    -------
+    str
+        A format name.
+
+    Examples
+    --------
+    >>> resolve_update_format("auto", "float16"), resolve_update_format("activations", "float16")
+    ('float32', 'float16')
+    """
+    check_choice("update_format", update_format, UPDATE_FORMATS)
+    check_choice("activations_dtype", activations_dtype, tuple(FORMATS))
+    if update_format == "activations" or (
+        update_format == "auto" and FORMATS[activations_dtype].native
+    ):
+        return activations_dtype
+    return "float32" if update_format == "auto" else update_format
 
 
 # -- resolution mode ---------------------------------------------------------------------------
@@ -203,28 +247,40 @@ def resolution_transform(fmt: FloatFormat, options: BundleOptions) -> Transform:
             "finite activation maps to t = w, so all samples fall into one bundle",
             UserWarning, stacklevel=2,
         )
+    if math.isinf(transform.weight_amplitude):
+        warnings.warn(
+            f"weight_amplitude={options.weight_amplitude!r} overflows {fmt.name}: t = inf for "
+            "almost every activation, so nearly all samples fall into one bundle; pass a wider "
+            "update_format",
+            UserWarning, stacklevel=2,
+        )
     return transform
 
 
 def distinct_nan_fingerprints(
-    backend, rows: Rows, transform: Transform, fingerprints: np.ndarray, nonfinite: np.ndarray,
-    first_index: int = 0,
+    backend, rows: Rows, fmt: FloatFormat, transform: Transform, fingerprints: np.ndarray,
+    nonfinite: np.ndarray, first_index: int = 0,
 ) -> np.ndarray:
     """``fingerprints`` with a distinct value for every row whose transformed values hold NaN.
 
     Such a row equals no row, not even itself, so it is a bundle of its own; giving each one its
     own fingerprint keeps thousands of identical NaN rows out of one candidate group (whose exact
     splitting would compare every pair).  A row's ``t`` holds NaN iff ``t_i == t_i`` fails, which
-    the exact comparison kernel answers.  Only rows flagged non-finite can have it, except when
-    ``1/|B|`` rounds to 0, where a finite ``a * alpha`` that overflows gives ``inf * 0``.
+    the exact comparison kernel answers (in the update format ``fmt``).  Only rows flagged
+    non-finite can have it, except where a finite activation can reach ``inf * 0`` or
+    ``inf - inf``: ``1/|B|`` rounded to 0 (``a * alpha`` may overflow), ``alpha`` rounded to 0
+    while a wide activation is narrowed (the cast may overflow), or ``w`` rounded to infinity.
     """
-    if transform.inverse_batch_size == 0.0:
+    if (transform.inverse_batch_size == 0.0 or not math.isfinite(transform.weight_amplitude)
+            or (transform.learning_rate == 0.0 and needs_rounding(rows.fmt, fmt))):
         candidates = np.arange(fingerprints.shape[0], dtype=np.int64)
     else:
         candidates = np.flatnonzero(nonfinite).astype(np.int64)
     if not candidates.size:
         return fingerprints
-    equal_to_itself = backend.pairs_equal(rows.data, candidates, candidates, rows.fmt, transform)
+    equal_to_itself = backend.pairs_equal(
+        rows.data, candidates, candidates, fmt, transform, rows.fmt
+    )
     nan_rows = candidates[~equal_to_itself]
     if not nan_rows.size:
         return fingerprints
@@ -234,17 +290,27 @@ def distinct_nan_fingerprints(
     return fingerprints
 
 
+def update_format_of(activations: FloatFormat, options: BundleOptions) -> FloatFormat:
+    """The format resolution mode computes ``t`` in for activations of format ``activations``
+    (threshold mode: float64, the format of its test)."""
+    if options.mode != "resolution":
+        return FORMATS["float64"]
+    return FORMATS[resolve_update_format(options.update_format, activations.name)]
+
+
 def _resolution_roots(
-    rows: Rows, options: BundleOptions, layer: str
+    rows: Rows, fmt: FloatFormat, options: BundleOptions, layer: str
 ) -> tuple[np.ndarray, np.ndarray]:
     backend = get_kernel_backend(rows.device)
-    transform = resolution_transform(rows.fmt, options)
-    fingerprints, nonfinite = backend.fingerprints(rows.data, rows.fmt, transform)
+    transform = resolution_transform(fmt, options)
+    fingerprints, nonfinite = backend.fingerprints(rows.data, fmt, transform, rows.fmt)
     keep = _check_nonfinite(nonfinite, options.nonfinite, layer)  # raise before the grouping
-    fingerprints = distinct_nan_fingerprints(backend, rows, transform, fingerprints, nonfinite)
+    fingerprints = distinct_nan_fingerprints(
+        backend, rows, fmt, transform, fingerprints, nonfinite
+    )
 
     def confirm(first, second):
-        return backend.pairs_equal(rows.data, first, second, rows.fmt, transform)
+        return backend.pairs_equal(rows.data, first, second, fmt, transform, rows.fmt)
 
     return group_fingerprints(fingerprints, confirm), keep
 
@@ -293,6 +359,7 @@ def _layer_result(
     layer: str,
     n_features: int,
     dtype: str,
+    update_format: str,
 ) -> LayerResult:
     ids = np.full(roots.shape[0], -1, dtype=np.int64)
     if keep.any():
@@ -317,6 +384,7 @@ def _layer_result(
         n_excluded=int((~keep).sum()),
         n_features=n_features,
         dtype=dtype,
+        update_format=update_format,
         bundle_ids=ids,
     )
 
@@ -335,6 +403,7 @@ def find_bundles(
     n_classes: int | None = None,
     nonfinite: str = "raise",
     device: str = "auto",
+    update_format: str = "auto",
     layer: str = "layer",
 ) -> LayerResult:
     """Bundles, conflicting bundles and bundle entropy of one layer's outputs.
@@ -369,6 +438,15 @@ def find_bundles(
         What to do with samples whose activations hold NaN or Inf.
     device : {'auto', 'cpu', 'cuda'}, default='auto'
         Where to compute; 'auto' follows the activations.
+    update_format : {'auto', 'activations', 'float16', 'bfloat16', 'float32', 'float64'}, \
+default='auto'
+        The format ``t = w - a * lr / batch_size`` is computed in (resolution mode): the
+        precision of the weight update.  ``'auto'``: the activations' format, but float32 for
+        float16/bfloat16 activations (mixed-precision training updates float32 master
+        weights).  ``'activations'``: always the activations' format (low-precision
+        bundling).  A format name: that format; activations are converted to it first, exactly
+        when it is wider, rounded to nearest-even (like a cast) when it is narrower.  The
+        result's ``update_format`` is the resolved name.
     layer : str, default='layer'
         Name used in the result and in error messages.
 
@@ -389,7 +467,7 @@ def find_bundles(
     options = BundleOptions(
         mode=mode, learning_rate=learning_rate, batch_size=batch_size,
         weight_amplitude=weight_amplitude, gamma=gamma, epsilon=epsilon, nonfinite=nonfinite,
-        device=device,
+        device=device, update_format=update_format,
     )
     return _find_bundles(activations, labels, options, n_classes=n_classes, layer=str(layer))
 
@@ -398,13 +476,14 @@ def _find_bundles(activations, labels, options: BundleOptions, *, n_classes, lay
     rows = as_rows(activations, device=options.device_for(activations), layer=layer)
     codes, classes = label_codes(labels, rows.n_samples, layer=layer)
     n_classes = check_n_classes(n_classes, len(classes))
+    fmt = update_format_of(rows.fmt, options)
     if options.mode == "resolution":
-        roots, keep = _resolution_roots(rows, options, layer)
+        roots, keep = _resolution_roots(rows, fmt, options, layer)
     else:
         roots, keep = _threshold_roots(rows, options, layer)
     return _layer_result(
         roots, keep, codes, n_classes, options,
-        layer=layer, n_features=rows.n_features, dtype=rows.fmt.name,
+        layer=layer, n_features=rows.n_features, dtype=rows.fmt.name, update_format=fmt.name,
     )
 
 
@@ -461,6 +540,7 @@ def analyze_layers(
     *,
     progress: bool = False,
     n_classes: int | None = None,
+    sources: Mapping[str, str] | None = None,
     **options,
 ) -> BundleReport:
     """Bundles of several layers, in the given (network) order.
@@ -478,16 +558,23 @@ def analyze_layers(
         Show a progress bar over layers.
     n_classes : int, optional
         ``N_c``; inferred from the labels when omitted.
+    sources : mapping of str to str, optional
+        Where ``learning_rate``, ``batch_size``, ``weight_amplitude`` and ``update_format``
+        came from (e.g. ``{"learning_rate": "optimizer"}``); the report's
+        ``params["sources"]`` holds these, ``"given"`` for the other keywords passed, and
+        ``"default"`` (or ``"assumed (float16 activations)"``) for the rest.
     **options
-        Any keyword of :func:`find_bundles` (mode, learning_rate, batch_size, ...).
+        Any keyword of :func:`find_bundles` (mode, learning_rate, batch_size, update_format,
+        ...).
 
     Returns
     -------
     BundleReport
     """
     bundle_options = BundleOptions.from_keywords(
-        "analyze_layers()", options, also=("progress", "n_classes")
+        "analyze_layers()", options, also=("progress", "n_classes", "sources")
     )
+    caller_sources = check_sources(sources)
     progress = check_bool("progress", progress)
     items = layer_items(layers)
     if not items:
@@ -503,4 +590,10 @@ def analyze_layers(
         results.append(
             _find_bundles(activations, labels, bundle_options, n_classes=n_classes, layer=name)
         )
-    return BundleReport(results, bundle_options.params())
+    params = bundle_options.params()
+    params["sources"] = report_sources(
+        options, caller_sources,
+        bundle_options.update_format if bundle_options.mode == "resolution" else None,
+        [result.dtype for result in results],
+    )
+    return BundleReport(results, params)

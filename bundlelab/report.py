@@ -4,11 +4,16 @@ The JSON schema (``bundlelab.report/1``) is stable and documented in ``docs/repo
 
     {"schema": "bundlelab.report/1",
      "params": {"mode": ..., "learning_rate": ..., "batch_size": ..., "weight_amplitude": ...,
-                "gamma": ..., "epsilon": ...},
+                "gamma": ..., "epsilon": ..., "nonfinite": ..., "update_format": ...,
+                "sources": {"learning_rate": ..., "batch_size": ..., "weight_amplitude": ...,
+                            "update_format": ...}},
      "first_conflicting_layer": "<layer name>" | null,
      "layers": [{"layer", "n_samples", "n_bundles", "n_conflicting", "entropy",
                  "largest_bundle", "fully_conflicting", "n_classes", "max_entropy",
-                 "n_excluded", "n_features", "dtype", ["bundle_ids"]}, ...]}
+                 "n_excluded", "n_features", "dtype", "update_format", ["bundle_ids"]}, ...]}
+
+Fields are only added within a schema version: a record written before ``update_format``
+existed was computed in its activations' format, and reads back with ``update_format = dtype``.
 """
 
 from __future__ import annotations
@@ -41,6 +46,19 @@ RECORD_FIELDS = (
     "n_excluded",
     "n_features",
     "dtype",
+    "update_format",
+)
+
+#: CSV columns after :data:`RECORD_FIELDS`: the parameters that scale ``t`` and where each came
+#: from (``params["sources"]``), repeated on every row so that each row stands alone
+PARAM_COLUMNS = (
+    "update_format_source",
+    "weight_amplitude",
+    "weight_amplitude_source",
+    "learning_rate",
+    "learning_rate_source",
+    "batch_size",
+    "batch_size_source",
 )
 
 
@@ -74,9 +92,12 @@ class LayerResult:
     n_features : int
         Values per sample (the flattened layer output).
     dtype : str
-        Floating-point format the bundles were computed in.
+        Floating-point format of the activations.
     bundle_ids : numpy.ndarray of int64, shape (n_samples + n_excluded,)
         Bundle id per input sample, numbered by first occurrence; -1 for excluded samples.
+    update_format : str, optional
+        Format the weight update ``t = w - a * alpha / |B|`` was computed in (resolution mode;
+        ``'float64'`` in threshold mode, the format of its test).  Defaults to ``dtype``.
     """
 
     layer: str
@@ -92,6 +113,12 @@ class LayerResult:
     n_features: int
     dtype: str
     bundle_ids: np.ndarray = field(repr=False)
+    update_format: str | None = None
+
+    def __post_init__(self):
+        if self.update_format is None:
+            # what bundlelab computed before the update format was its own option
+            object.__setattr__(self, "update_format", self.dtype)
 
     @property
     def is_conflicting(self) -> bool:
@@ -114,8 +141,11 @@ _FIELD_TYPES = {
     "layer": (str,), "n_samples": (int,), "n_bundles": (int,), "n_conflicting": (int,),
     "entropy": (int, float), "largest_bundle": (int,), "fully_conflicting": (bool,),
     "n_classes": (int,), "max_entropy": (int, float), "n_excluded": (int,), "n_features": (int,),
-    "dtype": (str,),
+    "dtype": (str,), "update_format": (str,),
 }
+
+#: record fields a report written by an earlier version may lack -> how to fill them in
+_ADDED_FIELDS = {"update_format": lambda record: record.get("dtype")}
 
 
 def _layer_from_record(record: Any, index: int) -> LayerResult:
@@ -125,9 +155,9 @@ def _layer_from_record(record: Any, index: int) -> LayerResult:
         raise BundleLabError(f"{where} must be an object, got {type(record).__name__}")
     fields = {}
     for name in RECORD_FIELDS:
-        if name not in record:
+        if name not in record and name not in _ADDED_FIELDS:
             raise BundleLabError(f"{where} has no {name!r} field")
-        value = record[name]
+        value = record[name] if name in record else _ADDED_FIELDS[name](record)
         types = _FIELD_TYPES[name]
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             raise BundleLabError(
@@ -233,7 +263,9 @@ class BundleReport(Sequence[LayerResult]):
 
     @checked_keywords
     def to_csv(self, path=None) -> str:
-        """One CSV row per layer (columns :data:`RECORD_FIELDS`).
+        """One CSV row per layer: the columns :data:`RECORD_FIELDS`, then
+        :data:`PARAM_COLUMNS` (``w``, ``alpha``, ``|B|`` and where each, and the update format,
+        came from; empty where the params do not say).
 
         Parameters
         ----------
@@ -245,14 +277,33 @@ class BundleReport(Sequence[LayerResult]):
         str
         """
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=RECORD_FIELDS, lineterminator="\n")
+        writer = csv.DictWriter(
+            buffer, fieldnames=RECORD_FIELDS + PARAM_COLUMNS, lineterminator="\n"
+        )
         writer.writeheader()
         for result in self.layers:
-            writer.writerow(result.to_record())
+            writer.writerow({**result.to_record(), **self._param_columns(result.layer)})
         text = buffer.getvalue()
         if path is not None:
             atomic_write_text(path, text)
         return text
+
+    def _param_columns(self, layer: str) -> dict[str, Any]:
+        params = self.params
+        sources = params.get("sources") if isinstance(params.get("sources"), dict) else {}
+        weight = params.get("weight_amplitude", "")
+        per_layer = params.get("layer_weight_amplitudes")
+        if weight == "layer" and isinstance(per_layer, dict):
+            weight = per_layer.get(layer, "")
+        return {
+            "update_format_source": sources.get("update_format", ""),
+            "weight_amplitude": weight,
+            "weight_amplitude_source": sources.get("weight_amplitude", ""),
+            "learning_rate": params.get("learning_rate", ""),
+            "learning_rate_source": sources.get("learning_rate", ""),
+            "batch_size": params.get("batch_size", ""),
+            "batch_size_source": sources.get("batch_size", ""),
+        }
 
     def to_dataframe(self):
         """A pandas DataFrame, one row per layer (needs ``pip install 'bundlelab[pandas]'``)."""

@@ -30,6 +30,7 @@ from .bundles import (
     distinct_nan_fingerprints,
     group_fingerprints,
     resolution_transform,
+    update_format_of,
 )
 from .kernels import get_kernel_backend
 from .report import LayerResult
@@ -44,7 +45,7 @@ class BundleStream:
         Layer name for the result and errors.
     **options
         Keywords of :func:`bundlelab.find_bundles` (mode, learning_rate, batch_size,
-        weight_amplitude, gamma, epsilon, nonfinite, device).
+        weight_amplitude, gamma, epsilon, nonfinite, device, update_format).
 
     Examples
     --------
@@ -107,11 +108,12 @@ class BundleStream:
             self._n_features, self._fmt, self._device = rows.n_features, rows.fmt, device
         backend = get_kernel_backend(device)
         if self.options.mode == "resolution":
-            transform = resolution_transform(rows.fmt, self.options)
-            fingerprints, nonfinite = backend.fingerprints(rows.data, rows.fmt, transform)
+            fmt = update_format_of(rows.fmt, self.options)
+            transform = resolution_transform(fmt, self.options)
+            fingerprints, nonfinite = backend.fingerprints(rows.data, fmt, transform, rows.fmt)
             # NaN equals nothing: each row whose t holds NaN gets a fingerprint of its own
             fingerprints = distinct_nan_fingerprints(
-                backend, rows, transform, fingerprints, nonfinite, self._n_samples
+                backend, rows, fmt, transform, fingerprints, nonfinite, self._n_samples
             )
             self._fingerprints.append(fingerprints)
         else:
@@ -168,6 +170,7 @@ class BundleStream:
         return _layer_result(
             roots, keep, codes, check_n_classes(n_classes, len(classes)), self.options,
             layer=self.layer, n_features=self._n_features, dtype=self._fmt.name,
+            update_format=update_format_of(self._fmt, self.options).name,
         )
 
 

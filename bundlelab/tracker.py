@@ -12,6 +12,7 @@ import numpy as np
 from ._atomic import atomic_write_text
 from ._errors import BundleLabError
 from ._validation import check_int, check_optional_int, checked_keywords
+from ._provenance import check_sources
 from .bundles import BundleOptions, analyze_layers, layer_items
 from .report import BundleReport
 
@@ -26,6 +27,10 @@ class BundleTracker:
     ----------
     n_classes : int, optional
         ``N_c`` for every step; inferred from each step's labels when omitted.
+    sources : mapping of str to str, optional
+        Where ``learning_rate``, ``batch_size``, ``weight_amplitude`` and ``update_format``
+        came from (e.g. ``{"learning_rate": "optimizer", "batch_size": "train loader"}``), for
+        every step's ``params["sources"]`` (see :func:`bundlelab.analyze_layers`).
     **options
         Keywords of :func:`bundlelab.find_bundles` used for every step (mode, learning_rate,
         batch_size, ...); checked here, so a misspelt one fails at construction.
@@ -43,12 +48,19 @@ class BundleTracker:
     """
 
     @checked_keywords
-    def __init__(self, *, n_classes: int | None = None, **options):
+    def __init__(
+        self, *, n_classes: int | None = None, sources: Mapping[str, str] | None = None,
+        **options,
+    ):
         # validated now: a misspelt or bad option fails here, not at the first record()
-        checked = BundleOptions.from_keywords("BundleTracker()", options, also=("n_classes",))
+        checked = BundleOptions.from_keywords(
+            "BundleTracker()", options, also=("n_classes", "sources")
+        )
         self.options: dict[str, Any] = {name: getattr(checked, name) for name in options}
         if n_classes is not None:
             self.options["n_classes"] = check_optional_int("n_classes", n_classes, low=1)
+        if sources is not None:
+            self.options["sources"] = check_sources(sources)
         self.steps: list[int] = []
         self.reports: list[BundleReport] = []
 

@@ -28,16 +28,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-# torch's and Numba's OpenMP pools otherwise spin against each other: 2-3x slower on 2 cores
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import torch
+from torch import nn
 
-import bundlelab  # noqa: E402
+import bundlelab
 
 LR, BATCH_SIZE = 0.1, 64
 FIRST_BIAS = {"none": (0.0, 1.0), "full": (-1.5, -0.5)}

@@ -6,10 +6,6 @@ variable must be set before numba.cuda is first imported, hence here.
 
 import os
 
-# torch's OpenMP pool and Numba's threads spin against each other on a small machine (a
-# training test took twice its time); let idle OpenMP threads sleep. Before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 if os.environ.get("BUNDLELAB_TEST_REAL_GPU") != "1":
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
     # pytest has already imported numba to resolve the NumbaPerformanceWarning filter of

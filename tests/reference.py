@@ -5,8 +5,11 @@ authors' released code), not from the library.  Everything is done with Python l
 samples so that each step can be read and checked by hand; it is meant for N of a few dozen.
 
 resolution mode
-    t_i = fl(w - fl(fl(a_i * alpha) * fl(1 / |B|))) in the activation's own format; i and j
-    are bundled iff t_i == t_j in every component (IEEE equality: +0 == -0, NaN != anything).
+    t_i = fl(w - fl(fl(a_i * alpha) * fl(1 / |B|))) in the update format: by default
+    ("auto") the activation's own format, float32 for float16/bfloat16 activations; each
+    activation is first converted to the update format (one rounding, ties to even, when it
+    narrows).  i and j are bundled iff t_i == t_j in every component (IEEE equality:
+    +0 == -0, NaN != anything).
     float64, float32 and float16 use numpy arithmetic in that dtype (numpy rounds every float16
     operation correctly).  bfloat16 is computed exactly with :class:`fractions.Fraction` and
     rounded to bfloat16 (8 significand bits, ties to even) by :func:`round_fraction` after every
@@ -94,9 +97,20 @@ def _sub(x: float, y: float, fmt: str) -> float:
 # --------------------------------------------------------------------------------------------
 # the transform of resolution mode
 # --------------------------------------------------------------------------------------------
+def reference_update_format(update_format: str, activations_dtype: str) -> str:
+    """The format the update is computed in (the library's rule, written out here)."""
+    if update_format == "activations":
+        return activations_dtype
+    if update_format == "auto":
+        return "float32" if activations_dtype in ("float16", "bfloat16") else activations_dtype
+    return update_format
+
+
 def transformed_rows(rows: np.ndarray, fmt: str, learning_rate: float, batch_size: int,
                      weight_amplitude: float) -> list[list[float]]:
-    """t = fl(w - fl(fl(a * alpha) * fl(1/|B|))) per value, as lists of Python floats."""
+    """t = fl(w - fl(fl(a * alpha) * fl(1/|B|))) per value in ``fmt``, as lists of Python
+    floats; each activation is first converted to ``fmt`` (a numpy cast from its exact float64
+    value, or :func:`round_fraction` for bfloat16)."""
     n, d = rows.shape
     out = []
     if fmt in ("float64", "float32", "float16"):
@@ -108,7 +122,8 @@ def transformed_rows(rows: np.ndarray, fmt: str, learning_rate: float, batch_siz
             for i in range(n):
                 row = []
                 for k in range(d):
-                    a = np.array(rows[i, k], dtype=dt)
+                    # float() is exact for every activation format; the cast rounds once
+                    a = np.array(float(rows[i, k]), dtype=np.float64).astype(dt)
                     step1 = (a * alpha).astype(dt)
                     step2 = (step1 * inv_b).astype(dt)
                     t = (w - step2).astype(dt)
@@ -123,7 +138,9 @@ def transformed_rows(rows: np.ndarray, fmt: str, learning_rate: float, batch_siz
         for i in range(n):
             row = []
             for k in range(d):
-                a = float(rows[i, k])  # bfloat16 -> float64 is exact
+                a = float(rows[i, k])  # exact for every activation format
+                if math.isfinite(a):
+                    a = round_fraction(Fraction(a), fmt)  # a no-op for bfloat16 activations
                 t = _sub(w, _mul(_mul(a, alpha, fmt), inv_b, fmt), fmt)
                 row.append(t)
             out.append(row)
@@ -198,6 +215,7 @@ def reference_bundles(
     epsilon: float = 0.0,
     nonfinite: str = "keep",
     n_classes: int | None = None,
+    update_format: str = "auto",
 ) -> dict:
     """Bundles and per-layer numbers of activations ``a`` (shape (N, ...)) with ``labels``.
 
@@ -221,7 +239,8 @@ def reference_bundles(
     active = [i for i in range(n) if finite[i] or nonfinite == "keep"]
 
     if mode == "resolution":
-        values = transformed_rows(rows, fmt, learning_rate, batch_size, weight_amplitude)
+        values = transformed_rows(rows, reference_update_format(update_format, fmt),
+                                  learning_rate, batch_size, weight_amplitude)
         same = lambda i, j: _equal_rows(values[i], values[j])  # noqa: E731
     elif mode == "threshold":
         values = [[float(rows[i, k]) for k in range(rows.shape[1])] for i in range(n)]

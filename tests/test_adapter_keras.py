@@ -335,7 +335,7 @@ def test_a_dead_layer_is_reported_conflicting_and_a_healthy_net_is_not(digits):
 # -- training ----------------------------------------------------------------------------------
 
 
-def test_callback_records_every_epoch_with_the_optimizer_learning_rate(digits, tmp_path):
+def test_callback_records_every_epoch_with_the_optimizer_learning_rate(digits, tmp_path, capsys):
     x, y = digits
     model = _mlp(dead_layer=False)
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
@@ -357,6 +357,12 @@ def test_callback_records_every_epoch_with_the_optimizer_learning_rate(digits, t
     assert saved["schema"] == "bundlelab.tracker/1" and saved["steps"] == [1, 2, 3]
     assert len(saved["records"]) == 9
     assert every_second.tracker.steps == [2] and every_second.tracker.layer_names == ["fc2"]
+    # the default selection is announced once per fit, not per epoch; a chosen one never
+    assert capsys.readouterr().err.count("bundlelab: 3 activations tapped") == 1
+    assert tracker.reports[-1].params["selection"] == "3 activations tapped"
+    assert every_second.tracker.reports[0].params["selection"] == (
+        "1 layer tapped, as named by layers="
+    )
 
 
 def test_callback_every_2_measures_after_epochs_2_and_4(digits):
@@ -400,6 +406,11 @@ def test_layer_choice_shared_layers_ops_and_the_registry(rng):
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="sparse_categorical_crossentropy")
     report = audit(model, x, y, batch_size=16)
     assert report.params["learning_rate"] == 0.05 and report.params["batch_size"] == 16
+    assert report.params["sources"] == {
+        "learning_rate": "optimizer", "batch_size": "given",
+        "weight_amplitude": "model parameters", "update_format": "model parameters",
+    }
+    assert report.params["selection"] == "4 activations tapped"
     via_registry = measure_bundles(get_adapter("keras"), model, x, y, learning_rate=0.05,
                                    batch_size=16)
     for a, b in zip(report, via_registry):
@@ -414,8 +425,12 @@ def test_layer_choice_shared_layers_ops_and_the_registry(rng):
     assert per_layer.params["layer_weight_amplitudes"] == {
         "shared": own["d1"], "shared:2": own["d2"], "relu": own["d3"], "d4": own["d4"],
     }
-    fixed = audit(model, x, y, weight_amplitude=0.25)
+    assert per_layer.params["sources"]["weight_amplitude"] == "model parameters"
+    fixed = audit(model, x, y, weight_amplitude=0.25, learning_rate=0.5)
     assert fixed.params["weight_amplitude"] == 0.25
+    assert fixed.params["sources"]["weight_amplitude"] == "given"
+    assert fixed.params["sources"]["learning_rate"] == "given"
+    assert fixed.params["sources"]["batch_size"] == "default"
 
 
 # -- bad input: one line that says what to do --------------------------------------------------

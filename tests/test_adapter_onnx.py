@@ -117,7 +117,8 @@ def test_sklearn_mlp_through_the_cli_matches_find_bundles_on_numpy_activations(
 
     code, out, err = cli(capsys, "audit", tmp_path / "mlp.onnx", "--data", tmp_path / "digits.npz",
                          "-f", "json", "--lr", "0.5")
-    assert code == 0 and err == ""
+    # stderr holds one line: what the default picked (skl2onnx's output softmax is no layer)
+    assert code == 0 and err == "bundlelab: 2 activations tapped (2 Relu)\n"
     data = json.loads(out)
     hidden, w = sklearn_hidden(sklearn_mlp, x)
     assert data["schema"] == "bundlelab.report/1"
@@ -211,7 +212,7 @@ def test_constant_layer_is_fully_conflicting_and_healthy_layer_has_zero_entropy(
     onnx.save(model, tmp_path / "dead.onnx")
     np.savez(tmp_path / "data.npz", x=x, labels=labels)
     code, out, err = cli(capsys, "audit", tmp_path / "dead.onnx", "--data", tmp_path / "data.npz")
-    assert code == 0 and err == ""
+    assert code == 0 and err == "bundlelab: 2 activations tapped (2 Relu)\n"
     text = " ".join(out.split())
     assert "the first conflicting layer is h1 (layer 2 of 2)" in text
     assert "From h1 on, every sample is in one single bundle" in text
@@ -502,7 +503,7 @@ def test_progress_off_a_terminal_goes_to_stderr_only(bad_inputs, capsys, monkeyp
                          "--inference-batch-size", "8", "-f", "json")
     assert code == 0 and json.loads(out)["schema"] == "bundlelab.report/1"
     assert [line.split(" (")[0] for line in err.splitlines()] == [
-        "bundlelab: batch 1 done, 8 samples", "bundlelab: batch 2 done, 16 samples",
+        "bundlelab: 2 activations tapped", "bundlelab: batch 1 done, 8 samples", "bundlelab: batch 2 done, 16 samples",
         "bundlelab: batch 3 done, 20 samples"]
 
 
@@ -542,7 +543,8 @@ def test_audit_equals_measure_bundles_on_the_same_seeded_subset(dead_layer_files
     from_file = audit(path, data, labels_key="y", n_samples=100, seed=7, **options)
     from_arrays = audit(load_model(path), {"x": x}, labels, n_samples=100, seed=7, **options)
     for report in (from_file, from_arrays):
-        assert report.params == expected.params
+        # audit() adds what it selected (decisions §2: report.params["selection"])
+        assert report.params == {**expected.params, "selection": "2 activations tapped (2 Relu)"}
         assert [r.to_record(include_ids=True) for r in report] == [
             r.to_record(include_ids=True) for r in expected]
     assert audit(path, x, labels, n_samples=None).names == ["h0", "h1"]

@@ -263,8 +263,34 @@ class FunctionalReLU(nn.Module):
         return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
 
 
-def test_without_activation_modules_top_level_children_but_the_last_are_tapped():
-    assert TorchAdapter().layer_names(FunctionalReLU(), torch.randn(4, 4)) == ["fc1", "fc2"]
+class Linear3(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc3(self.fc2(self.fc1(x)))
+
+
+def test_functional_activations_are_taps_named_after_the_module_that_calls_them(rng):
+    model, x = FunctionalReLU(), torch.randn(40, 4)
+    names = ["forward:relu", "forward:relu:2"]
+    assert TorchAdapter().layer_names(model, x) == names
+    outputs = next(TorchAdapter().iter_layer_outputs(model, x, layers=names,
+                                                     inference_batch_size=64))
+    with torch.no_grad():
+        a1 = torch.relu(model.fc1(x))
+        a2 = torch.relu(model.fc2(a1))
+    torch.testing.assert_close(outputs["forward:relu"], a1)
+    torch.testing.assert_close(outputs["forward:relu:2"], a2)
+    y = rng.integers(0, 2, size=40)
+    assert audit(model, x, y, layers=[nn.ReLU]).names == names  # by type: F.relu is a ReLU
+    assert audit(model, x, y, layers="forward:relu:2").names == ["forward:relu:2"]
+    assert audit(model, x, y, layers="*:relu*").names == names
+
+
+def test_without_any_activation_top_level_children_but_the_last_are_tapped():
+    assert TorchAdapter().layer_names(Linear3(), torch.randn(4, 4)) == ["fc1", "fc2"]
 
 
 class Recurrent(nn.Module):

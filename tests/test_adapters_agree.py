@@ -147,3 +147,125 @@ def test_a_layer_called_twice_gives_name_and_name_2_in_torch_and_keras():
     outputs = keras.layers.Dense(2, name="logits")(shared(shared(inputs)))
     names = KerasAdapter().layer_names(keras.Model(inputs, outputs), x)
     assert names == ["shared", "shared:2"]
+
+
+# -- a small ResNet exported to ONNX: the torch audit and the ONNX audit line up by name -----------
+
+
+class BasicBlock(torch.nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(channels)
+        self.relu = torch.nn.ReLU()
+        self.conv2 = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))  # torchvision calls one ReLU module twice
+        return self.relu(self.bn2(self.conv2(out)) + x)
+
+
+class SmallResNet(torch.nn.Module):
+    def __init__(self, channels=8):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, channels, 3, padding=1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(channels)
+        self.relu = torch.nn.ReLU()
+        self.layer1 = torch.nn.Sequential(BasicBlock(channels), BasicBlock(channels))
+        self.layer2 = torch.nn.Sequential(BasicBlock(channels), BasicBlock(channels))
+        self.fc = torch.nn.Linear(channels, 3)
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(self.relu(self.bn1(self.conv1(x)))))
+        return self.fc(torch.nn.functional.silu(x).mean((2, 3)))  # a functional call too
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(0)
+    model = SmallResNet().eval()
+    with torch.no_grad():  # trained-looking batch norms, so folding them changes the weights
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.0)
+                module.bias.uniform_(-0.5, 0.5)
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.01, 0.05)
+    # Every sample twice, the copy labelled differently one time in three: copies give equal
+    # activations in either framework (bundles of two, some conflicting), while distinct samples
+    # differ far above float32's spacing near w = 1, so the last-bit differences between torch's
+    # convolutions and onnxruntime's on the folded weights cannot change a count.
+    rng = np.random.default_rng(3)
+    unique = rng.normal(size=(80, 3, 8, 8)).astype(np.float32)
+    x = np.concatenate([unique, unique])
+    labels = np.concatenate([np.arange(80) % 3, (np.arange(80) + (np.arange(80) % 3 == 0)) % 3])
+    return model, x, labels
+
+
+def _export(model, x, path, dynamo):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            torch.onnx.export(model, (torch.from_numpy(x[:2]),), str(path), dynamo=True,
+                              input_names=["x"], verbose=False,
+                              dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+        else:
+            torch.onnx.export(model, (torch.from_numpy(x[:2]),), str(path), dynamo=False,
+                              opset_version=17, input_names=["x"],
+                              dynamic_axes={"x": {0: "batch"}})
+    proto = onnx.load(str(path))
+    proto.ir_version = min(proto.ir_version, 10)
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy-exporter", "dynamo-exporter"])
+def test_torch_and_onnx_audits_of_one_model_agree_layer_by_layer(resnet, tmp_path, dynamo):
+    """With the same w, the torch audit of the module and the ONNX audit of its export name the
+    same layers (the module names, 'layer1.0.relu:2' for the second call, 'forward:silu' for a
+    functional call) and count the same bundles, although the export folded batch norm into
+    the convolutions (the activations differ in the last bits only)."""
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    from bundlelab.adapters.onnx import audit as onnx_audit
+    from bundlelab.adapters.torch import audit as torch_audit
+
+    model, x, labels = resnet
+    path = _export(model, x, tmp_path / "resnet.onnx", dynamo)
+    options = dict(n_samples=None, weight_amplitude=1.0, learning_rate=0.05, batch_size=8)
+    onnx_report = onnx_audit(path, x, labels, **options)
+    torch_report = torch_audit(model, torch.from_numpy(x), labels, **options)
+    names = ["relu", "layer1.0.relu", "layer1.0.relu:2", "layer1.1.relu", "layer1.1.relu:2",
+             "layer2.0.relu", "layer2.0.relu:2", "layer2.1.relu", "layer2.1.relu:2",
+             "forward:silu"]
+    assert onnx_report.names == torch_report.names == names
+    for ours, theirs in zip(onnx_report, torch_report):
+        assert (ours.n_bundles, ours.n_conflicting) == (theirs.n_bundles, theirs.n_conflicting)
+        assert ours.entropy == pytest.approx(theirs.entropy, abs=1e-12)
+    assert [layer.n_bundles for layer in onnx_report] == [80] * len(names)  # pairs of copies
+    assert all(layer.n_conflicting == 27 for layer in onnx_report)  # 27 copies relabelled
+    # blocks and globs line up too
+    blocks = dict(n_samples=None, weight_amplitude=1.0, layers="blocks")
+    assert onnx_audit(path, x, labels, **blocks).names == ["layer1.0", "layer1.1", "layer2.0",
+                                                           "layer2.1"]
+    assert torch_audit(model, torch.from_numpy(x), labels, **blocks).names == [
+        "layer1.0", "layer1.1", "layer2.0", "layer2.1"]
+    assert onnx_audit(path, x, labels, n_samples=None, layers="layer2*").names == names[5:9]
+
+
+def test_onnx_audit_says_its_w_comes_from_folded_batch_norm(resnet, tmp_path):
+    from bundlelab.adapters.onnx import audit as onnx_audit
+    from bundlelab.adapters.torch import audit as torch_audit
+
+    model, x, labels = resnet
+    path = _export(model, x, tmp_path / "resnet.onnx", dynamo=False)
+    onnx_report = onnx_audit(path, x[:40], labels[:40])
+    torch_report = torch_audit(model, torch.from_numpy(x[:40]), labels[:40])
+    assert onnx_report.params["sources"]["weight_amplitude"] == (
+        "ONNX weights, batch norm folded into 9 conv")
+    assert torch_report.params["sources"]["weight_amplitude"] == "model parameters"
+    # the folded weights are larger than any trained one: the two w differ
+    assert onnx_report.params["weight_amplitude"] > torch_report.params["weight_amplitude"]
+    given = onnx_audit(path, x[:40], labels[:40], weight_amplitude=2.0)
+    assert given.params["sources"]["weight_amplitude"] == "given"

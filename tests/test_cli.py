@@ -37,7 +37,8 @@ def cli(capsys, *argv):
 
 def test_json_report_matches_find_bundles(dump, capsys):
     path, layers, labels = dump
-    code, out, err = cli(capsys, "analyze", path, "--format", "json", "--lr", "0.01", "--bundle-ids")
+    code, out, err = cli(capsys, "analyze", path, "--format", "json", "--lr", "0.01", "--bundle-ids",
+                         "--weight-amplitude", "1")
     assert code == 0 and err == ""
     data = json.loads(out)
     assert data["schema"] == "bundlelab.report/1" and data["params"]["learning_rate"] == 0.01
@@ -70,7 +71,7 @@ def test_csv_and_output_file_with_format_from_suffix(dump, capsys, tmp_path):
 
 def test_table_marks_the_first_conflicting_layer(dump, capsys):
     path, _, _ = dump
-    code, out, err = cli(capsys, "analyze", path)
+    code, out, err = cli(capsys, "analyze", path, "--weight-amplitude", "1")
     assert code == 0 and err == ""
     lines = out.splitlines()
     marked = [line for line in lines if "block2/conv" in line][0]
@@ -129,6 +130,13 @@ def test_demo_reports_the_deep_narrow_net_as_conflicting(tmp_path, capsys):
     assert not any(r["n_conflicting"] for r in healthy)
     assert narrow[-1]["fully_conflicting"] and narrow[-1]["n_samples"] == 1797
     assert "Demo:" in err  # notes go to stderr when stdout carries JSON
+    # the demo knows its networks: w is their largest weight, not an unannounced 1.0
+    params = json.loads(out)["params"]
+    from bundlelab.io.demo import demo_weight_amplitude
+
+    assert params["weight_amplitude"] == demo_weight_amplitude() > 1.0
+    assert params["sources"]["weight_amplitude"] == "the demo networks' weights"
+    assert "w was not given" not in err
 
     code, out, _ = cli(capsys, "analyze", "--demo", "--output-dir", tmp_path)
     text = " ".join(out.split())
@@ -217,7 +225,7 @@ def test_layer_names_are_shown_literally(tmp_path, capsys):
 def test_long_runs_off_a_terminal_report_progress_on_stderr_only(dump, capsys, monkeypatch):
     monkeypatch.setattr("bundlelab.cli._app.LONG_RUN_S", -1.0)
     path, _, _ = dump
-    code, out, err = cli(capsys, "analyze", path, "-f", "json")
+    code, out, err = cli(capsys, "analyze", path, "-f", "json", "--weight-amplitude", "1")
     assert code == 0 and json.loads(out)["schema"] == "bundlelab.report/1"
     assert err.splitlines() == [
         line for line in err.splitlines() if line.startswith("bundlelab: layer ")
@@ -339,8 +347,13 @@ def test_analyze_and_audit_defaults_are_find_bundles_defaults():
     flags = {"lr": "learning_rate"}
     for command in ("analyze", "audit"):
         params = cli_params(command)
-        for name in ("lr", "batch_size", "mode", "gamma", "epsilon", "nonfinite", "device", "weight_amplitude"):
-            if name not in params or (command == "audit" and name == "weight_amplitude"):
+        for name in ("lr", "batch_size", "mode", "gamma", "epsilon", "nonfinite", "device", "weight_amplitude",
+                     "update_format"):
+            if name not in params or (command == "audit" and name in ("weight_amplitude", "update_format")):
+                continue
+            if command == "analyze" and name == "weight_amplitude":
+                # None: the Python default w=1.0, with a warning and "default (not given)" in the report
+                assert params[name].default is None and "1.0 with a warning" in params[name].help
                 continue
             assert _value(params[name].default) == python_defaults[flags.get(name, name)], (command, name)
 
@@ -356,8 +369,13 @@ def test_audit_defaults_are_the_python_audit_defaults():
     pairs = {"labels": "labels_key", "n_samples": "n_samples", "seed": "seed", "all_nodes": "all_nodes",
              "lr": "learning_rate", "batch_size": "batch_size", "weight_amplitude": "weight_amplitude",
              "providers": "providers", "inference_batch_size": "inference_batch_size", "layers": "layers"}
+    core_defaults = bundlelab.BundleOptions()
     for cli_name, name in pairs.items():
-        assert _value(params[cli_name].default) == python_defaults[name], cli_name
+        expected = python_defaults[name]
+        if expected is None and name in ("learning_rate", "batch_size"):
+            # None in Python means "not given": the core default, reported as "default"
+            expected = getattr(core_defaults, name)
+        assert _value(params[cli_name].default) == expected, cli_name
 
 
 def test_training_defaults_are_the_python_defaults_or_the_help_says_why():
@@ -461,7 +479,8 @@ def test_audit_is_a_thin_call_to_the_python_audit(dump, capsys, monkeypatch, tmp
     assert call == {"model": tmp_path / "m.onnx", "data": tmp_path / "d.npz", "weight_amplitude": None,
                     "labels_key": "y", "layers": ["block*"], "all_nodes": True, "n_samples": 40, "seed": 3,
                     "inference_batch_size": 24, "providers": "cpu", "learning_rate": 0.01, "batch_size": 32,
-                    "mode": "resolution", "gamma": 1e-8, "epsilon": 0.0, "nonfinite": "raise"}
+                    "mode": "resolution", "gamma": 1e-8, "epsilon": 0.0, "nonfinite": "raise",
+                    "update_format": None}
     assert "m.onnx on 40 samples of d.npz" in " ".join(out.split()) and "2x3" in out
 
 
@@ -470,7 +489,8 @@ def test_audit_is_a_thin_call_to_the_python_audit(dump, capsys, monkeypatch, tmp
 
 def test_a_closed_pipe_ends_quietly(dump):
     path, _, _ = dump
-    process = subprocess.Popen([sys.executable, "-m", "bundlelab.cli", "analyze", str(path), "-f", "csv"],
+    process = subprocess.Popen([sys.executable, "-m", "bundlelab.cli", "analyze", str(path), "-f", "csv",
+                                "--weight-amplitude", "1"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     process.stdout.close()  # like `bundlelab analyze ... | head -0`
     assert process.stderr.read() == b"" and process.wait(timeout=60) == 1

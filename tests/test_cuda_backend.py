@@ -141,6 +141,46 @@ def test_threshold_assign_continues_from_existing_leaders(rng, monkeypatch):
     assert assign[7 - 3] == 1  # row 7 joins leader 2 (position 1) across chunks
 
 
+# -- update formats other than the activations' own (issue 11 §1) ----------------------------
+
+#: (activation dtype, update format) pairs that differ: widening, narrowing, narrow to narrow
+MIXED_PAIRS = [(dtype, fmt) for dtype in DTYPES for fmt in DTYPES if dtype != fmt]
+
+
+@pytest.mark.parametrize("dtype, update_format", MIXED_PAIRS)
+def test_fingerprints_and_pairs_in_another_update_format_equal_cpu(rng, dtype, update_format):
+    a = _activations(rng, 14, 7, dtype).astype(np.float64)
+    a[3] = a[0] * 1.0009765625  # a few ulps of float16 apart: bundled in the narrow formats
+    a = a.astype(DTYPES[dtype])
+    cpu_rows, gpu_rows = _rows_for(a, "cpu"), _rows_for(a, "cuda")
+    fmt = FORMATS[update_format]
+    transform = Transform.for_format(fmt, 0.75, 0.5, 2)
+    expected, expected_bad = CpuBackend().fingerprints(cpu_rows.data, fmt, transform, cpu_rows.fmt)
+    got, got_bad = cuda_kernels.CudaBackend().fingerprints(gpu_rows.data, fmt, transform,
+                                                           gpu_rows.fmt)
+    assert got_bad.tolist() == expected_bad.tolist()
+    plain = ~np.isnan(cpu_rows.data).any(axis=1)
+    np.testing.assert_array_equal(got[plain], expected[plain])
+    first, second = np.array([0, 1, 5, 6, 2]), np.array([3, 4, 12, 13, 9])
+    assert cuda_kernels.CudaBackend().pairs_equal(
+        gpu_rows.data, first, second, fmt, transform, gpu_rows.fmt
+    ).tolist() == CpuBackend().pairs_equal(
+        cpu_rows.data, first, second, fmt, transform, cpu_rows.fmt
+    ).tolist()
+
+
+@pytest.mark.parametrize("dtype, update_format", [("float16", "auto"), ("float32", "float64"),
+                                                  ("float64", "float16"), ("bfloat16", "float16")])
+def test_find_bundles_in_another_update_format_matches_cpu(rng, dtype, update_format):
+    a = _activations(rng, 14, 5, dtype)
+    labels = rng.integers(0, 3, a.shape[0])
+    options = dict(nonfinite="keep", update_format=update_format)
+    cpu = bundlelab.find_bundles(a, labels, device="cpu", **options)
+    gpu = bundlelab.find_bundles(a, labels, device="cuda", **options)
+    _assert_same_result(cpu, gpu)
+    assert gpu.update_format == cpu.update_format != "auto"
+
+
 # -- public API -------------------------------------------------------------------------------
 
 

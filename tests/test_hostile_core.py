@@ -302,6 +302,7 @@ def test_constant_that_rounds_to_zero_in_the_format_warns(dtype, options, value)
     import ml_dtypes
 
     np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype
+    options = {**options, "update_format": "activations"}  # the narrow formats' own constants
     a = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]).astype(np_dtype)
     for run in (lambda: bundlelab.find_bundles(a, [0, 1, 0], **options),
                 stream_of(a, [0, 1, 0], **options)):
@@ -346,7 +347,7 @@ def test_overflow_times_zero_rows_never_bundle_in_memory_or_streamed():
     """float16 with 1/|B| == 0: a finite a whose a * alpha overflows gives inf * 0 = NaN."""
     a = np.array([[60000.0], [60000.0], [1.0], [2.0]], dtype=np.float16)
     labels = [0, 1, 0, 1]
-    options = dict(learning_rate=10.0, batch_size=2**26)
+    options = dict(learning_rate=10.0, batch_size=2**26, update_format="activations")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         in_memory = bundlelab.find_bundles(a, labels, **options)
@@ -433,9 +434,9 @@ def test_identical_nan_rows_are_not_compared_pairwise(monkeypatch):
     compared = []
     original = CpuBackend.pairs_equal
 
-    def counting(self, rows, first, second, fmt, transform):
+    def counting(self, rows, first, second, fmt, transform, source=None):
         compared.append(len(first))
-        return original(self, rows, first, second, fmt, transform)
+        return original(self, rows, first, second, fmt, transform, source)
 
     monkeypatch.setattr(CpuBackend, "pairs_equal", counting)
     n = 3000

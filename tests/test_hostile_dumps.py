@@ -471,6 +471,21 @@ def _base_dump(fmt: str, folder):
     if fmt == "safetensors":
         safetensors_numpy.save_file({**layers, "labels": labels}, str(folder / "d.safetensors"))
         return folder / "d.safetensors"
+    if fmt == "pt":
+        torch = pytest.importorskip("torch")
+        torch.save({**{k: torch.from_numpy(v) for k, v in layers.items()},
+                    "labels": torch.from_numpy(labels)}, folder / "d.pt")
+        return folder / "d.pt"
+    if fmt == "thingsvision":
+        for name, array in layers.items():
+            (folder / name).mkdir()
+            if name == "half":
+                with h5py.File(folder / name / "features.hdf5", "w") as file:
+                    file.create_dataset("features", data=array)
+            else:
+                np.save(folder / name / "features.npy", array)
+        np.save(folder / "targets.npy", labels)
+        return folder
     with h5py.File(folder / "d.h5", "w") as file:
         group = file.create_group("net")
         for name, array in layers.items():
@@ -480,7 +495,7 @@ def _base_dump(fmt: str, folder):
     return folder / "d.h5"
 
 
-FORMATS = ["npz", "npz-deflated", "npy-dir", "safetensors", "hdf5"]
+FORMATS = ["npz", "npz-deflated", "npy-dir", "safetensors", "hdf5", "pt", "thingsvision"]
 
 
 def _mutate(data: bytes, rnd: random.Random) -> bytes:
@@ -505,7 +520,7 @@ def _fuzz(fmt: str, tmp_path, capsys, n_cases: int, seed: int) -> None:
     outcomes = {"ok": 0, "error": 0}
     for case in range(n_cases):
         target = _base_dump(fmt, tmp_path / f"case{case}")
-        victims = [target] if target.is_file() else sorted(target.glob("*.npy"))
+        victims = [target] if target.is_file() else sorted(p for p in target.rglob("*") if p.is_file())
         victim = rnd.choice(victims)
         victim.write_bytes(_mutate(victim.read_bytes(), rnd))
         for command in ("analyze", "info"):
@@ -534,3 +549,76 @@ def test_fuzz_truncated_and_bit_flipped_dumps_are_read_or_one_line(fmt, tmp_path
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_fuzz_many_more_broken_dumps(fmt, tmp_path, capsys):
     _fuzz(fmt, tmp_path, capsys, n_cases=400, seed=1)
+
+
+# -- torch .pt dicts and thingsvision folders: the same rules ------------------------------------
+
+
+class _Payload:
+    """Unpickling this would run a shell command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pt_pickled_objects_are_refused_and_never_run(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    marker = tmp_path / "pwned"
+    torch.save({"layer": torch.zeros(N, 2), "labels": torch.arange(N), "x": _Payload(marker)},
+               tmp_path / "evil.pt")
+    for command in ("analyze", "info"):
+        one_line_error(*cli(capsys, command, tmp_path / "evil.pt"), "never unpickles")
+    assert not marker.exists()
+
+
+def test_pt_tensor_declaring_more_than_its_storage_is_refused(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    # a zero stride lets one stored float declare 4 TiB
+    torch.save({"layer": torch.zeros(1).expand(N, 1 << 40), "labels": torch.arange(N)},
+               tmp_path / "forged.pt")
+    one_line_error(*cli(capsys, "info", tmp_path / "forged.pt"), "declares shape", "nothing was read")
+
+
+def test_pt_compressed_members_and_huge_pickles_are_refused(tmp_path, capsys, monkeypatch):
+    torch = pytest.importorskip("torch")
+    torch.save({"layer": torch.zeros(N, 2), "labels": torch.arange(N)}, tmp_path / "d.pt")
+    with zipfile.ZipFile(tmp_path / "d.pt") as source, \
+            zipfile.ZipFile(tmp_path / "deflated.pt", "w", zipfile.ZIP_DEFLATED) as target:
+        for member in source.infolist():
+            target.writestr(member.filename, source.read(member))
+    one_line_error(*cli(capsys, "info", tmp_path / "deflated.pt"), "compressed with method 8")
+    monkeypatch.setattr("bundlelab.io.torch_dump.MAX_PICKLE_BYTES", 16)
+    one_line_error(*cli(capsys, "info", tmp_path / "d.pt"), "its pickle takes")
+
+
+def test_thingsvision_layer_folders_that_lead_outside_are_refused(tmp_path, capsys):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    np.save(outside / "features.npy", np.zeros((N, 2), np.float32))
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    np.save(dump / "labels.npy", LABELS)
+    (dump / "stolen").symlink_to(outside, target_is_directory=True)
+    one_line_error(*cli(capsys, "info", dump), "leads out of the dump directory")
+    (dump / "stolen").unlink()
+    (dump / "conv").mkdir()
+    (dump / "conv" / "features.npy").symlink_to(outside / "features.npy")
+    one_line_error(*cli(capsys, "analyze", dump), "leads out of the dump directory")
+
+
+def test_order_files_are_bounded_and_checked(tmp_path, capsys, monkeypatch):
+    save_dump(tmp_path / "d.npz", {"a": np.zeros((N, 2), np.float32)}, LABELS)
+    (tmp_path / "order.txt").write_text("a\n" * 10)
+    one_line_error(*cli(capsys, "analyze", tmp_path / "d.npz", "--order", tmp_path / "order.txt"),
+                   "names the layer 'a' twice")
+    monkeypatch.setattr("bundlelab.io.dumps.MAX_ORDER_FILE_BYTES", 8)
+    one_line_error(*cli(capsys, "analyze", tmp_path / "d.npz", "--order", tmp_path / "order.txt"),
+                   "more than a list of layer names")
+    one_line_error(*cli(capsys, "analyze", tmp_path / "d.npz", "--order", tmp_path / "nothing.txt"),
+                   "no layer order file")
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00")
+    one_line_error(*cli(capsys, "analyze", tmp_path / "d.npz", "--order", tmp_path / "bin.txt"),
+                   "cannot read the layer order")

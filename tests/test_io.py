@@ -315,10 +315,15 @@ def _npy_bytes(array) -> bytes:
 
 def test_missing_labels_list_the_available_arrays(tmp_path, layers, labels):
     path = write_npz(tmp_path, layers, labels)
-    with pytest.raises(BundleLabError) as excinfo:
-        open_dump(path, labels_key="label")
-    message = one_line_error(excinfo)
-    assert "'layer10', 'layer2', 'layer3', 'labels'" in message and "--labels labels" in message
+    # the dump opens without its labels (bundlelab info lists it); reading them is the error
+    with open_dump(path, labels_key="label") as dump:
+        assert not dump.has_labels and dump.layer_names == ["layer10", "layer2", "layer3", "labels"]
+        for read in (lambda: dump.labels, lambda: analyze_dump(dump)):
+            with pytest.raises(BundleLabError) as excinfo:
+                read()
+            message = one_line_error(excinfo)
+            assert "'layer10', 'layer2', 'layer3', 'labels'" in message
+            assert "--labels labels" in message and "could be labels: 'labels'" in message
 
 
 @pytest.mark.parametrize(
@@ -349,16 +354,21 @@ def test_empty_dumps(tmp_path, labels):
 
 
 def test_layers_that_cannot_be_analysed_fail_before_any_work(tmp_path, labels):
+    # a non-float array named exactly stays an error; unnamed ones are skipped with a note
+    # (tests/test_dump_layouts.py), so a dump of nothing but them is an error too
     cases = {
-        "ints": ({"good": np.zeros((N, 2), np.float32), "ints": np.zeros((N, 2), np.int64)}, "integer"),
-        "length": ({"short": np.zeros((N - 1, 2), np.float32)}, f"has {N - 1} samples"),
-        "strings": ({"names": np.array(["a"] * N)}, "refused"),
+        "ints": ({"good": np.zeros((N, 2), np.float32), "ints": np.zeros((N, 2), np.int64)},
+                 "integer", ["good", "ints"]),
+        "length": ({"short": np.zeros((N - 1, 2), np.float32)}, f"has {N - 1} samples", None),
+        "strings": ({"names": np.array(["a"] * N)}, "refused", None),
+        "only_ints": ({"ids": np.arange(N)}, "no float layer: layer 'ids': integer", None),
     }
-    for name, (layers, fragment) in cases.items():
+    for name, (layers, fragment, selected) in cases.items():
         np.savez(tmp_path / f"{name}.npz", **layers, labels=labels)  # save_dump refuses "length"
         calls = []
         with pytest.raises(BundleLabError) as excinfo:
-            analyze_dump(tmp_path / f"{name}.npz", progress=lambda *a: calls.append(a))
+            analyze_dump(tmp_path / f"{name}.npz", layers=selected,
+                         progress=lambda *a: calls.append(a), weight_amplitude=1.0)
         assert fragment in one_line_error(excinfo) and not calls
 
 

@@ -31,6 +31,18 @@ for name in ("float32", "float64"):
     f = FORMATS[name]
     fp, _ = get_kernel_backend("cpu").fingerprints(a.astype(name), f, Transform.for_format(f, 1.0, 1e-3, 64))
     out["fingerprints/" + name] = [int(v) for v in fp.ravel()]
+# update formats other than the activations' own: widening, narrowing (with rounding of a)
+big = a * np.float32(3000.0)  # float16 rounding of a matters at this scale
+for dtype, update_format in (("float16", "float32"), ("float32", "float64"), ("float64", "float32"),
+                             ("float32", "float16"), ("float16", "bfloat16")):
+    x = big.astype(dtype)
+    out[dtype + "->" + update_format] = find_bundles(
+        x, labels, update_format=update_format, learning_rate=0.5).bundle_ids.tolist()
+    f = FORMATS[update_format]
+    fp, _ = get_kernel_backend("cpu").fingerprints(
+        x.astype(np.float32) if dtype == "float16" else x, f,
+        Transform.for_format(f, 1.0, 1e-3, 64), FORMATS[dtype])
+    out["fingerprints/" + dtype + "->" + update_format] = [int(v) for v in fp.ravel()]
 print(json.dumps(out))
 """
 
@@ -46,6 +58,7 @@ def test_jit_and_interpreted_kernels_agree():
     assert compiled == interpreted
     assert compiled["float32"][:6] == [0, 1, 2, 3, 4, 5] and compiled["float32"][6:] == [0, 1, 2, 3, 4, 5]
     assert compiled["float32/threshold"][8] == 2
+    assert compiled["float16->float32"] == compiled["float32"]  # float16 values, float32 updates
 
 
 def test_kernel_layout():

@@ -578,8 +578,9 @@ def test_resolution_collapses_values_below_resolution_at_w(dtype):
     spacing = EPS[dtype] / 2  # t lies just below w = 1, where the spacing is eps/2
     unit = spacing / (1e-3 / 64)
     a = cast(np.array([[0.0], [0.1 * unit], [8.0 * unit]]), dtype)
-    result = bundlelab.find_bundles(a, [0, 1, 0])
-    ref = reference_bundles(a, [0, 1, 0])
+    # the resolution of the activations' own format (low-precision bundling)
+    result = bundlelab.find_bundles(a, [0, 1, 0], update_format="activations")
+    ref = reference_bundles(a, [0, 1, 0], update_format="activations")
     assert result.bundle_ids.tolist() == ref["bundle_ids"] == [0, 0, 1]
 
 
@@ -601,9 +602,11 @@ def test_finite_activations_whose_transform_overflows_are_not_nonfinite(dtype, p
     big = {"float64": 1e308, "float32": 3e38, "float16": 60000.0, "bfloat16": 3e38}[dtype]
     a = cast([[big], [0.9 * big], [1.0]], dtype)
     labels = [0, 1, 0]
+    # computed in the activations' format, where big * 100 overflows
     result = bundlelab.find_bundles(a, labels, learning_rate=100.0, batch_size=1,
-                                    nonfinite=policy)
-    ref = reference_bundles(a, labels, learning_rate=100.0, batch_size=1)
+                                    nonfinite=policy, update_format="activations")
+    ref = reference_bundles(a, labels, learning_rate=100.0, batch_size=1,
+                            update_format="activations")
     assert ref["bundle_ids"] == [0, 0, 1]
     assert result.bundle_ids.tolist() == ref["bundle_ids"]
     assert result.n_excluded == 0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bundlelab import BundleReport, BundleTracker, analyze_layers
-from bundlelab.report import RECORD_FIELDS
+from bundlelab.report import PARAM_COLUMNS, RECORD_FIELDS
 
 
 @pytest.fixture
@@ -47,7 +47,12 @@ def test_json_round_trip_and_schema(report, tmp_path):
 
 
 def test_csv_and_dataframe(report):
-    rows = list(csv.DictReader(io.StringIO(report.to_csv())))
+    reader = csv.DictReader(io.StringIO(report.to_csv()))
+    rows = list(reader)
+    # each row states its update format, w, alpha, |B| and where each came from
+    assert reader.fieldnames == list(RECORD_FIELDS + PARAM_COLUMNS)
+    assert rows[0]["update_format"] == "float32" and rows[0]["weight_amplitude"] == "1.0"
+    assert rows[0]["learning_rate_source"] == "default"
     assert [row["layer"] for row in rows] == report.names
     assert float(rows[2]["entropy"]) == pytest.approx(report["fc3"].entropy)
     frame = report.to_dataframe()

@@ -14,6 +14,7 @@ from bundlelab.search import (
     cheapest_architecture,
     conv_fabric,
     extract,
+    fit_to_budget,
     get_cost,
     resnet_fabric,
     rounds,
@@ -367,3 +368,81 @@ def test_deterministic_switches_turn_on_the_gates_above_one_half():
     from bundlelab.search import deterministic_switches
 
     assert deterministic_switches(np.array([0.2, 0.5, 0.51])).tolist() == [False, False, True]
+
+
+# -- the final budget step (a departure from the paper) ------------------------------------
+
+
+def _cost_of(graph, switches, name="flops"):
+    alive, live = graph.real_architecture(np.asarray(switches)[None])
+    return float(get_cost(name)(graph, alive, live)[0])
+
+
+def _slow_budget_step(graph, probabilities, budget, name="flops"):
+    """The documented rule, one gate at a time, without batching: the reference."""
+    switches = np.asarray(probabilities) > 0.5
+    dropped = []
+    while _cost_of(graph, switches, name) > budget:
+        for gate in sorted(np.flatnonzero(switches), key=lambda g: (probabilities[g], g)):
+            trial = switches.copy()
+            trial[gate] = False
+            if graph.real_architecture(trial)[0][graph.output]:
+                switches = trial
+                dropped.append(int(gate))
+                break
+        else:
+            break
+    return switches, dropped
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.4, 0.8])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_budget_step_drops_the_least_likely_gates_until_the_architecture_fits(fraction, seed):
+    spec = resnet_fabric(2, k=2, filters=(4, 8))
+    graph = GatedGraph(spec)
+    cost = get_cost("flops")
+    full = _cost_of(graph, graph.all_on())
+    minimum = cheapest_architecture(graph, cost)[1]
+    budget = minimum + fraction * (full - minimum)
+    probabilities = np.random.default_rng(seed).uniform(0.5001, 1.0, graph.n_gates)
+    switches, final, dropped = fit_to_budget(graph, probabilities, cost, budget)
+    expected, expected_dropped = _slow_budget_step(graph, probabilities, budget)
+    assert dropped == expected_dropped and np.array_equal(switches, expected)
+    assert final == _cost_of(graph, switches)
+    assert graph.real_architecture(switches)[0][graph.output]  # a path is kept
+    # probabilities of the dropped gates come in ascending order, and none kept is lower
+    # than a dropped one unless the path needed it
+    assert [probabilities[g] for g in dropped] == sorted(probabilities[g] for g in dropped)
+    if final <= budget:
+        assert not dropped or _cost_of(graph, switches | np.isin(
+            np.arange(graph.n_gates), dropped[-1:])) > budget
+
+
+def test_an_architecture_within_the_budget_is_left_as_it_is():
+    graph = GatedGraph(resnet_fabric(1, k=2, filters=(4, 8)))
+    probabilities = np.full(graph.n_gates, 0.9)
+    full = _cost_of(graph, graph.all_on())
+    switches, cost, dropped = fit_to_budget(graph, probabilities, get_cost("flops"), full)
+    assert switches.all() and cost == full and dropped == []
+
+
+def test_a_budget_no_path_fits_ends_over_it_on_a_single_path():
+    graph = GatedGraph(resnet_fabric(2, k=2, filters=(4, 8)))
+    cost = get_cost("flops")
+    minimum = cheapest_architecture(graph, cost)[1]
+    switches, final, dropped = fit_to_budget(graph, np.full(graph.n_gates, 0.9), cost,
+                                             minimum / 2)
+    assert final > minimum / 2 and dropped
+    assert graph.real_architecture(switches)[0][graph.output]
+    # nothing more can go: each gate still on carries the only path
+    for gate in np.flatnonzero(switches):
+        trial = switches.copy()
+        trial[gate] = False
+        assert not graph.real_architecture(trial)[0][graph.output]
+
+
+def test_the_budget_step_is_an_option_on_by_default():
+    assert SearchConfig(budget=1e5).budget_step is True
+    assert SearchConfig(budget=1e5, budget_step=False).to_dict()["budget_step"] is False
+    with pytest.raises(BundleLabError, match="budget_step"):
+        SearchConfig(budget=1e5, budget_step="yes")

@@ -10,6 +10,7 @@ from bundlelab import BundleLabError
 from bundlelab.cli import run as cli_run
 from bundlelab.datasets import load_dataset
 from bundlelab.search import (
+    BudgetWarning,
     BudgetedSearch,
     GatedGraph,
     SearchConfig,
@@ -23,7 +24,8 @@ from bundlelab.training import TrainConfig
 
 torch = pytest.importorskip("torch")
 
-CONFIG = TrainConfig(optimizer="adamw", n_samples=128, device="cpu", augment=False)
+CONFIG = TrainConfig(optimizer="adamw", learning_rate=1e-3, n_samples=128, device="cpu",
+                     augment=False)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +120,10 @@ def test_sweep_retrains_audits_and_compares_with_the_family(digits, fabric, tmp_
     assert result.family[0]["name"] == family[0].name
     assert [c["budget"] for c in result.checks] == budgets
     assert (tmp_path / "front.png").read_bytes()[:4] == b"\x89PNG"
-    assert (tmp_path / "sweep.csv").read_text().startswith("name,budget,lam,cost")
+    assert (tmp_path / "sweep.csv").read_text().startswith(
+        "name,budget,lam,cost,met_budget,dropped_gates,budget_note")
+    assert all(p["met_budget"] and "within the budget" in p["budget_note"]
+               for p in result.points)
 
 
 def cli(capsys, *argv):
@@ -222,3 +227,35 @@ def test_unknown_keywords_are_one_line_at_the_call(digits, fabric, call, fragmen
     with pytest.raises(BundleLabError) as error:
         call(fabric, digits)
     assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+def _stuck_gates_search(fabric, digits, budget, **options):
+    # gates that barely learn: the deterministic architecture keeps every gate on
+    settings = SearchConfig(budget=budget, warmup_epochs=0, search_epochs=1,
+                            gate_learning_rate=1e-6, **options)
+    return BudgetedSearch(fabric, digits, settings, config=CONFIG).run()
+
+
+def test_the_final_budget_step_fits_an_architecture_over_its_budget(digits, fabric):
+    graph = GatedGraph(fabric)
+    full = get_cost("flops")(graph, *graph.real_architecture(graph.all_on()[None]))[0]
+    budget = (cheapest(fabric) + full) / 2
+    found = _stuck_gates_search(fabric, digits, budget)
+    assert found.met_budget and found.cost <= budget and found.dropped_gates
+    assert found.cost == get_cost("flops")(
+        GatedGraph(found.spec), *GatedGraph(found.spec).real_architecture(
+            GatedGraph(found.spec).all_on()[None]))[0]
+    assert f"-within-{budget:g}" in found.spec.name
+    assert "within the budget" in found.budget_note and "\n" not in found.budget_note
+    summary = found.summary()
+    assert summary["dropped_gates"] == [list(g) for g in found.dropped_gates]
+    assert summary["gates_on"] == graph.n_gates - len(found.dropped_gates)
+
+
+def test_without_the_budget_step_an_architecture_over_budget_is_said_in_one_line(digits, fabric):
+    budget = cheapest(fabric) * 1.01
+    with pytest.warns(BudgetWarning, match="over the budget") as caught:
+        found = _stuck_gates_search(fabric, digits, budget, budget_step=False)
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)
+    assert not found.met_budget and found.cost > budget and not found.dropped_gates
+    assert f"-over-{budget:g}" in found.spec.name

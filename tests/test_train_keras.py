@@ -374,3 +374,14 @@ def test_a_backend_named_in_keras_json_is_kept(tmp_path, monkeypatch):
     assert _configured_backend() == "jax"
     monkeypatch.setenv("KERAS_BACKEND", "torch")
     assert _configured_backend() == "torch"
+
+
+@pytest.mark.parametrize("optimizer", ["ranger", "adamw"])
+def test_the_schedule_reaches_the_keras_optimizer_and_divergence_is_watched(optimizer):
+    trainee = KerasBackend().build(CONV, TrainConfig(optimizer=optimizer, device="cpu"))
+    trainee.set_learning_rate(0.0125)
+    inner = getattr(trainee.model.optimizer, "inner", trainee.model.optimizer)
+    assert float(keras.ops.convert_to_numpy(inner.learning_rate)) == pytest.approx(0.0125)
+    largest = trainee.largest_values()
+    assert set(measured_layers(CONV)) <= set(largest)
+    assert all(0 < v < 10 for v in largest.values())

@@ -15,12 +15,22 @@ Layers (taps)
     by the layer; a layer called several times per forward pass (a shared ``ReLU``) gives the
     taps ``name``, ``name:2``, ``name:3``, ... in execution order, as in the torch adapter.  Only
     hidden calls with one floating-point output are taps; the model's outputs (the logits) never
-    are.  By default the taps are the calls that end in a non-linearity (a non-linear
-    ``activation``, activation layers, ``keras.ops`` activations).  ``layers=`` picks any calls
-    instead: layer names (a name selects every call of that layer), tap names (``"relu:2"``),
-    glob patterns (``"block*"``) or layer classes (``layers=[keras.layers.ReLU]``).  Subclassed
-    models have no graph to tap: build them with the Functional API, or compute the layer
-    outputs yourself and pass them to :func:`bundlelab.analyze_layers`.
+    are.  The layers of a nested model (a Sequential or Functional model used as a layer, e.g.
+    ``Sequential([Input, base_model, GlobalAveragePooling2D(), Dense])``) are taps too, named
+    ``"outer/inner"`` (deeper nesting joins every level with ``"/"``; a nested model called
+    twice: ``"base:2/..."``).  By default the taps are the calls that end in a non-linearity (a
+    non-linear ``activation``, activation layers, ``keras.ops`` activations, layers whose class
+    is named like an activation), except those of gating branches: squeeze-excitation branches
+    (from where they leave the main path to the ``Multiply`` that scales it) and softmax
+    weights that feed a product (attention).  ``layers="all"`` keeps those; ``layers="blocks"``
+    takes the outputs of the repeated blocks (repeated nested models or layers made of layers,
+    else numbered layer names such as ``block_3_...``, ``conv2_block1_...``).  What the
+    default picked and left out is printed once (stderr) and kept in
+    ``report.params["selection"]``.  ``layers=`` picks any calls instead: layer names (a name
+    selects every call of that layer), tap names (``"relu:2"``, ``"base/block_1_relu"``), glob
+    patterns (``"block*"``, ``"base/*"``) or layer classes (``layers=[keras.layers.ReLU]``).
+    Subclassed models have no graph to tap: build them with the Functional API, or compute
+    the layer outputs yourself and pass them to :func:`bundlelab.analyze_layers`.
 Inference
     A *side model* ``keras.Model(model.inputs, [outputs of the chosen taps])`` shares the model's
     layers and weights and runs ``inference_batch_size`` samples at a time with
@@ -42,7 +52,14 @@ Training hyperparameters
     ``learning_rate`` as given, else the compiled optimizer's current rate
     (``model.optimizer.learning_rate``, schedules followed), else the core's default 1e-3.
     ``batch_size`` (|B|) as given, else the core's default 64: Keras does not tell a model's
-    ``fit`` batch size, so pass the one ``fit`` trains with.
+    ``fit`` batch size, so pass the one ``fit`` trains with.  ``report.params["sources"]`` says
+    where each came from ("given", "optimizer", "default", "model parameters").
+Update format
+    The weight update is evaluated in the format of the model's trainable variables
+    (:meth:`KerasAdapter.update_format`): float32 under a ``mixed_float16`` or
+    ``mixed_bfloat16`` policy, whose layers output float16/bfloat16 but update float32
+    variables.  ``update_format="activations"`` evaluates it in the activations' format
+    instead (low-precision bundling).
 During training
     :class:`BundleCallback` records ``H^l(t)`` during ``model.fit`` into a
     :class:`bundlelab.BundleTracker`, with t = the number of epochs completed, measuring when

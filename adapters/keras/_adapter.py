@@ -12,7 +12,12 @@ from ..._validation import check_positive_int, checked_keywords
 from ._data import checked_inputs
 from ._forward import inference_context, to_array
 from ._import import keras
-from ._taps import Tap, hidden_taps, model_graph, select_taps
+from ._choice import Selection, choose_taps
+from ._taps import Tap, hidden_taps, model_graph, tap_tensors
+
+#: formats an update can be evaluated in, narrowest first (a model's variables in several
+#: formats update in the widest: that is where mixed-precision training keeps its master copy)
+_UPDATE_FORMATS = ("bfloat16", "float16", "float32", "float64")
 
 
 class KerasAdapter:
@@ -23,10 +28,14 @@ class KerasAdapter:
     ----------
     layers : str, layer class, or iterable of them, optional
         Which hidden layers :meth:`layer_names` lists: layer names (every call of the layer),
-        tap names (``"relu:2"``: the second call of a shared layer), glob patterns
-        (``"block*_relu"``) or layer classes (``keras.layers.ReLU``).  Default: each hidden
-        layer call that ends in a non-linearity (a non-linear ``activation``, activation layers,
-        ``keras.ops`` activations), never the model's output layers.
+        tap names (``"relu:2"``: the second call of a shared layer; ``"base/block_1_relu"``:
+        a layer inside the nested model ``base``), glob patterns (``"block*_relu"``,
+        ``"base/*"``) or layer classes (``keras.layers.ReLU``); ``"all"``: every hidden call
+        that ends in a non-linearity; ``"blocks"``: the outputs of the repeated blocks.
+        Default: each hidden call that ends in a non-linearity (a non-linear ``activation``,
+        activation layers, ``keras.ops`` activations, layers named like an activation), inside
+        nested models too, except those of gating branches (squeeze-excitation, attention
+        softmax weights); never the model's output layers.
 
     Examples
     --------
@@ -40,10 +49,13 @@ class KerasAdapter:
     def __init__(self, *, layers: Any = None):
         self.layers = layers
 
+    def selection(self, model: Any, inputs: Any = None) -> Selection:
+        """The selected taps, in execution order, with a one-line summary of the choice."""
+        return choose_taps(model_graph(model, inputs), self.layers)
+
     def taps(self, model: Any, inputs: Any = None) -> list[Tap]:
         """The selected taps, in execution order."""
-        graph = model_graph(model, inputs)
-        return select_taps(hidden_taps(graph), self.layers, graph.name)
+        return self.selection(model, inputs).taps
 
     def layer_names(self, model: Any, inputs: Any = None) -> list[str]:
         """Names of the selected taps, in execution order."""
@@ -61,7 +73,7 @@ class KerasAdapter:
         layers = select_layers(list(taps), layers, where=f"model {graph.name!r}")
         arrays = checked_inputs(graph, inputs)
         symbolic_inputs = graph.inputs[0] if len(graph.inputs) == 1 else list(graph.inputs)
-        side_model = keras.Model(symbolic_inputs, [taps[name].tensor for name in layers])
+        side_model = keras.Model(symbolic_inputs, tap_tensors([taps[name] for name in layers]))
         n_samples = int(arrays[0].shape[0])
         for start in range(0, n_samples, inference_batch_size):
             batch = [
@@ -84,17 +96,31 @@ class KerasAdapter:
             )
         return amplitude
 
+    def update_format(self, model: Any) -> str | None:
+        """The format of the model's trainable variables: where a weight update is computed.
+
+        Under a mixed-precision policy (``mixed_float16``, ``mixed_bfloat16``) layers compute
+        and output float16/bfloat16 but keep float32 variables, so this is ``"float32"``.
+        Variables in several formats give the widest; None when there are no trainable
+        floating-point variables.
+        """
+        formats = {keras.backend.standardize_dtype(v.dtype) for v in model.trainable_weights}
+        known = [f for f in _UPDATE_FORMATS if f in formats]
+        return known[-1] if known else None
+
     def layer_weight_amplitudes(self, model: Any, taps: Sequence[Tap]) -> dict[str, float]:
         """Per tap: max |w| of its own layer, else of the nearest ancestors with weights.
 
         A parameter-free call (ReLU, Add, keras.ops.relu) takes the largest amplitude among
         the layers with weights nearest to it in the graph (breadth first through its
-        inputs); the model's amplitude when no layer with weights precedes it.
+        inputs, out of a nested model through the inputs of its call); the model's amplitude
+        when no layer with weights precedes it.
         """
         model_amplitude = None
         amplitudes = {}
         for tap in taps:
             frontier, visited, found = [tap.node], set(), None
+            scopes = list(tap.scopes)
             while frontier and found is None:
                 values = [max_abs(getattr(n.operation, "trainable_weights", [])) for n in frontier]
                 values = [v for v in values if v is not None]
@@ -103,6 +129,8 @@ class KerasAdapter:
                     break
                 visited.update(id(n) for n in frontier)
                 frontier = [p for n in frontier for p in n.parent_nodes if id(p) not in visited]
+                if not frontier and scopes:  # the nested model's inputs: go on outside it
+                    frontier = scopes.pop().node.parent_nodes
             if found is None:
                 if model_amplitude is None:
                     model_amplitude = self.weight_amplitude(model)

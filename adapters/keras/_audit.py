@@ -6,6 +6,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..._selection import announce
 from ..._validation import (
     check_bool,
     check_choice,
@@ -23,7 +24,7 @@ from ._data import training_subset
 
 WEIGHT_AMPLITUDE_MODES = ("model", "layer")
 #: keywords passed on to the core (see :func:`bundlelab.find_bundles`)
-CORE_OPTIONS = ("gamma", "epsilon", "nonfinite")
+CORE_OPTIONS = ("gamma", "epsilon", "nonfinite", "update_format")
 _DEFAULTS = BundleOptions()
 
 
@@ -35,6 +36,7 @@ class Measurement:
     layers: Any
     learning_rate: float | None  # None: the compiled optimizer's rate, else the core's default
     batch_size: int
+    batch_size_given: bool
     weight_amplitude: str | float
     inference_batch_size: int
     options: dict = field(default_factory=dict)  # mode and CORE_OPTIONS
@@ -57,33 +59,54 @@ class Measurement:
             weight_amplitude = check_positive_float("weight_amplitude", weight_amplitude,
                                                     allow_zero=True)
         # BundleOptions checks and converts mode, |B| and CORE_OPTIONS
+        batch_size_given = batch_size is not None
+        if not batch_size_given:
+            batch_size = _DEFAULTS.batch_size
         core = BundleOptions(batch_size=batch_size, mode=mode, **options)
         return cls(
             layers=layers, learning_rate=learning_rate, batch_size=core.batch_size,
+            batch_size_given=batch_size_given,
             weight_amplitude=weight_amplitude,
             inference_batch_size=check_positive_int("inference_batch_size", inference_batch_size),
             options={key: getattr(core, key) for key in ("mode", *options)},
         )
 
-    def run(self, model: Any, inputs: list, labels: Any, *, progress: bool = False) -> BundleReport:
-        """The report of ``model`` on all of ``(inputs, labels)``."""
-        learning_rate = self.learning_rate
+    def run(
+        self, model: Any, inputs: list, labels: Any, *, progress: bool = False,
+        announce_selection: bool = True,
+    ) -> BundleReport:
+        """The report of ``model`` on all of ``(inputs, labels)``.
+
+        The layer-selection summary is stored as ``report.params["selection"]``, and printed
+        (once, on stderr) when the layers were the default and ``announce_selection``.
+        """
+        learning_rate, lr_source = self.learning_rate, "given"
         if learning_rate is None:
-            learning_rate = optimizer_learning_rate(model)
+            learning_rate, lr_source = optimizer_learning_rate(model), "optimizer"
         if learning_rate is None:
-            learning_rate = _DEFAULTS.learning_rate
+            learning_rate, lr_source = _DEFAULTS.learning_rate, "default"
         adapter = KerasAdapter(layers=self.layers)
+        selection = adapter.selection(model, inputs)
+        if announce_selection and self.layers is None:
+            announce(selection.summary)
         weight_amplitude = self.weight_amplitude
+        sources = {
+            "learning_rate": lr_source,
+            "batch_size": "given" if self.batch_size_given else "default",
+        }
         if weight_amplitude == "layer":
-            weight_amplitude = adapter.layer_weight_amplitudes(model, adapter.taps(model, inputs))
+            weight_amplitude = adapter.layer_weight_amplitudes(model, selection.taps)
+            sources["weight_amplitude"] = "model parameters"
         elif weight_amplitude == "model":
             weight_amplitude = None  # measure_bundles asks the adapter
-        return measure_bundles(
-            adapter, model, inputs, labels,
+        report = measure_bundles(
+            adapter, model, inputs, labels, layers=[tap.name for tap in selection.taps],
             inference_batch_size=self.inference_batch_size, batch_size=self.batch_size,
-            learning_rate=learning_rate, weight_amplitude=weight_amplitude, progress=progress,
-            **self.options,
+            learning_rate=learning_rate, weight_amplitude=weight_amplitude, sources=sources,
+            progress=progress, **self.options,
         )
+        report.params["selection"] = selection.summary
+        return report
 
 
 @checked_keywords
@@ -96,7 +119,7 @@ def audit(
     n_samples: int | None = 2048,
     seed: int = 0,
     learning_rate: float | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     weight_amplitude: str | float = "model",
     mode: str = "resolution",
     inference_batch_size: int = 256,
@@ -114,9 +137,12 @@ def audit(
     y : array-like of shape (n_total,) or (n_total, n_classes)
         Training labels: class ids, or one-hot rows (their argmax is the class).
     layers : str, layer class, or iterable of them, optional
-        Layer names (every call), tap names (``"relu:2"``), glob patterns or layer classes
-        (see :class:`KerasAdapter`); default: every hidden layer call that ends in a
-        non-linearity, never the output layer.
+        Layer names (every call), tap names (``"relu:2"``, ``"base/block_1_relu"`` inside the
+        nested model ``base``), glob patterns or layer classes, or ``"all"`` / ``"blocks"``
+        (see :class:`KerasAdapter`); default: every hidden call that ends in a non-linearity,
+        nested models included, except gating branches (squeeze-excitation, attention
+        weights), never the output layer.  What the default picked and left out is printed
+        once (stderr); ``report.params["selection"]`` always says it.
     n_samples : int or None, default=2048
         Training samples measured (the paper's 2048), chosen with ``seed`` and kept in data
         order; None or more than there are: all.
@@ -124,9 +150,9 @@ def audit(
     learning_rate : float, optional
         The training learning rate α; default: the compiled optimizer's current rate
         (``model.optimizer.learning_rate``), else 1e-3.
-    batch_size : int, default=64
+    batch_size : int, optional
         The training batch size |B| (``batch_size`` of ``model.fit``; Keras cannot tell it, so
-        pass it).
+        pass it); default 64, reported as a default in ``report.params["sources"]``.
     weight_amplitude : {'model', 'layer'} or float, default='model'
         ``w``: max |w| over ``model.trainable_weights`` (the authors' choice); ``'layer'``:
         each layer's own weights (a parameter-free layer: the nearest preceding layers with
@@ -137,7 +163,9 @@ def audit(
     progress : bool, default=False
         Show a progress bar over forward passes.
     **options
-        gamma, epsilon, nonfinite: see :func:`bundlelab.find_bundles`.
+        gamma, epsilon, nonfinite, update_format: see :func:`bundlelab.find_bundles`.  The
+        update format defaults to the format of the model's trainable variables (float32 under
+        a ``mixed_float16`` policy, whose activations are float16).
 
     Returns
     -------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..._selection import announce
 from ..._validation import check_positive_int, checked_keywords
 from ...tracker import BundleTracker
 from ._adapter import KerasAdapter
@@ -30,7 +31,8 @@ class BundleCallback(keras.callbacks.Callback):
         Training inputs and labels, as for :func:`audit`.
     layers, n_samples, seed, learning_rate, batch_size, weight_amplitude, mode,
     inference_batch_size
-        As for :func:`audit`; pass ``batch_size`` = the ``batch_size`` given to ``fit``.
+        As for :func:`audit`; pass ``batch_size`` = the ``batch_size`` given to ``fit``.  What
+        the default ``layers`` picked is printed once, when training begins.
     every : int, default=1
         Measure after every ``every``-th epoch.
     path : str or path-like, optional
@@ -61,7 +63,7 @@ class BundleCallback(keras.callbacks.Callback):
         n_samples: int | None = 2048,
         seed: int = 0,
         learning_rate: float | None = None,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         weight_amplitude: str | float = "model",
         mode: str = "resolution",
         inference_batch_size: int = 256,
@@ -82,13 +84,19 @@ class BundleCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         # fail before the first epoch, not after it: bad shapes, unknown layer names
         checked_inputs(model_graph(self.model, self._inputs), self._inputs)
-        KerasAdapter(layers=self._measurement.layers).layer_names(self.model, self._inputs)
+        selection = KerasAdapter(layers=self._measurement.layers).selection(
+            self.model, self._inputs
+        )
+        if self._measurement.layers is None:  # once per fit, not once per measurement
+            announce(selection.summary)
 
     def on_epoch_end(self, epoch, logs=None):
         t = epoch + 1  # Keras passes the index of the epoch that ended
         if t % self.every:
             return
-        report = self._measurement.run(self.model, self._inputs, self._labels)
+        report = self._measurement.run(
+            self.model, self._inputs, self._labels, announce_selection=False
+        )
         self.tracker.record(t, report)
         if self.path is not None:
             self.tracker.to_json(self.path)

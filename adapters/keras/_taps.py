@@ -24,25 +24,50 @@ _ACTIVATION_LAYERS = (
 
 
 @dataclass(frozen=True)
+class Scope:
+    """One call of a nested model (a Sequential or Functional model used as a layer).
+
+    Attributes
+    ----------
+    name : str
+        The call's tap-name prefix: the nested model's name (``"name:k"`` for its k-th call),
+        joined with ``"/"`` to the names of the models around it.
+    node : keras Node
+        The call, in the graph of the model around it.
+    graph : keras Functional
+        The nested model's own graph (a Sequential's ``_functional``).
+    """
+
+    name: str
+    node: Any
+    graph: Any
+
+
+@dataclass(frozen=True)
 class Tap:
     """One call of a layer (or of a ``keras.ops`` function) inside the model's graph.
 
     Attributes
     ----------
     name : str
-        The tap's name: the layer's name, ``"name:k"`` for its k-th call (k >= 2).
+        The tap's name: the layer's name, ``"name:k"`` for its k-th call (k >= 2); inside a
+        nested model, prefixed with the nested model's name and ``"/"`` (``"base/block_1_relu"``,
+        deeper nesting joins every level with ``"/"``).
     node : keras Node
         The call: its operation, its inputs (``parent_nodes``) and its output.
     tensor : KerasTensor
-        The call's output.
+        The call's output, in the graph of the model that holds the call (``scopes[-1]``).
     nonlinear : bool
-        Whether the call ends in a non-linearity (a tap measured by default).
+        Whether the call ends in a non-linearity.
+    scopes : tuple of Scope
+        The nested-model calls around this one, outermost first (empty at the top level).
     """
 
     name: str
     node: Any
     tensor: Any
     nonlinear: bool
+    scopes: tuple = ()
 
     @property
     def operation(self) -> Any:
@@ -50,8 +75,10 @@ class Tap:
 
     @property
     def layer(self) -> str:
-        """The name of the layer called (every call of it shares this name)."""
-        return self.node.operation.name
+        """The name of the layer called (every call of it shares this name), prefixed with the
+        nested models that hold it (``"base/block_1_relu"``)."""
+        prefix = self.scopes[-1].name + "/" if self.scopes else ""
+        return prefix + self.node.operation.name
 
 
 Tap.__init__ = checked_keywords(Tap.__init__)  # type: ignore[method-assign]
@@ -94,66 +121,135 @@ def _is_activation_function(name: str) -> bool:
     return function is not keras.activations.linear
 
 
-def _ends_in_nonlinearity(operation: Any) -> bool:
-    """Dense/Conv/... with a non-linear ``activation``, activation layers, ``keras.ops.relu``..."""
+def _named_like_an_activation(operation: Any) -> bool:
+    """A class named like a Keras activation (``Gelu``, ``GELU``, ``HardSwish``, ``Mish``):
+    activations are recognised by what they compute, not by what they inherit from, so a
+    custom ``class GELU(keras.layers.Layer)`` counts as ``keras.layers.ReLU`` does."""
+    name = type(operation).__name__
+    return any(_is_activation_function(n) for n in {_snake_case(name), name.lower()})
+
+
+def is_composite(operation: Any) -> bool:
+    """A layer made of other layers (a nested model, a custom block layer)."""
+    return bool(getattr(operation, "_layers", None))
+
+
+def ends_in_nonlinearity(operation: Any) -> bool:
+    """Dense/Conv/... with a non-linear ``activation``, activation layers, ``keras.ops.relu``,
+    and layers or ops whose class is named like an activation."""
     if isinstance(operation, _ACTIVATION_LAYERS):
         return True
     activation = getattr(operation, "activation", None)
     if callable(activation):  # Dense, Conv*, Activation, recurrent layers
         return activation is not keras.activations.linear
-    if not isinstance(operation, keras.layers.Layer):  # a keras.ops call in a Functional graph
-        return _is_activation_function(_snake_case(type(operation).__name__))
-    return False
+    if is_composite(operation) or getattr(operation, "weights", None):
+        return False  # a block or a layer with weights computes more than an activation
+    return _named_like_an_activation(operation)
 
 
-def _nodes_in_execution_order(graph: Any) -> list:
+def nodes_in_execution_order(graph: Any) -> list:
+    """The graph's calls in the order Keras runs them."""
     # Keras runs a Functional graph depth by depth, deepest (nearest the inputs) first.  The
     # node order is only exposed privately (``_nodes_by_depth``, stable since Keras 3.0).
     by_depth = graph._nodes_by_depth
     return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
 
 
+def nested_graph(operation: Any) -> Any:
+    """The graph of a nested Sequential or Functional model, else None (a plain layer, or a
+    subclassed model, which has no graph to look into)."""
+    if isinstance(operation, keras.Sequential):
+        return getattr(operation, "_functional", None)
+    if isinstance(operation, keras.Model) and getattr(operation, "_nodes_by_depth", None):
+        return operation
+    return None
+
+
 def hidden_taps(graph: Any) -> list[Tap]:
-    """Every hidden call with one floating-point output, in execution order.
+    """Every hidden call with one floating-point output, in execution order, nested models
+    included.
 
     A layer called k times (a shared layer) is tapped at every call, as ``name``, ``name:2``,
-    ..., ``name:k`` in execution order (the torch adapter's rule).  Input layers, the model's
-    outputs (the logits) and calls with several or non-float outputs are not tapped.
+    ..., ``name:k`` in execution order (the torch adapter's rule).  The calls inside a nested
+    model come right before the nested model's own call, named ``"outer/inner"``; an output of
+    the nested model is a hidden tap unless it is an output of the whole model.  Input layers,
+    the model's outputs (the logits) and calls with several or non-float outputs are not
+    tapped.
     """
-    outputs = {id(tensor) for tensor in graph.outputs}
-    nodes = [
-        node for node in _nodes_in_execution_order(graph)
-        if not node.is_input
-        and len(node.outputs) == 1
-        and id(node.outputs[0]) not in outputs
-        and keras.backend.is_float_dtype(node.outputs[0].dtype)
-    ]
+    return _taps_of(graph, (), {id(tensor) for tensor in graph.outputs})
+
+
+def _taps_of(graph: Any, scopes: tuple, excluded: set) -> list[Tap]:
+    prefix = scopes[-1].name + "/" if scopes else ""
     calls: Counter = Counter()
+    nested_calls: Counter = Counter()
     taps = []
-    for node in nodes:
+    for node in nodes_in_execution_order(graph):
+        if node.is_input:
+            continue
         operation = node.operation
+        inner = nested_graph(operation)
+        if inner is not None:
+            nested_calls[id(operation)] += 1
+            count = nested_calls[id(operation)]
+            scope = Scope(
+                prefix + (operation.name if count == 1 else f"{operation.name}:{count}"),
+                node, inner,
+            )
+            # an output of the nested model is the model's output only where this call's is
+            inner_excluded = {
+                id(a) for a, b in zip(inner.outputs, node.outputs) if id(b) in excluded
+            }
+            taps.extend(_taps_of(inner, (*scopes, scope), inner_excluded))
+        if (
+            len(node.outputs) != 1
+            or id(node.outputs[0]) in excluded
+            or not keras.backend.is_float_dtype(node.outputs[0].dtype)
+        ):
+            continue
         calls[id(operation)] += 1
         count = calls[id(operation)]
         name = operation.name if count == 1 else f"{operation.name}:{count}"
-        taps.append(Tap(name, node, node.outputs[0], _ends_in_nonlinearity(operation)))
+        taps.append(Tap(prefix + name, node, node.outputs[0], ends_in_nonlinearity(operation),
+                        scopes))
     return taps
 
 
-def select_taps(taps: Sequence[Tap], layers: Any, model_name: str) -> list[Tap]:
-    """The taps named by ``layers``, in execution order.
+def tap_tensors(taps: Sequence[Tap], level: int = 0) -> list:
+    """The taps' outputs as tensors of the top-level graph, for a side model.
 
-    ``layers``: None (every tap that ends in a non-linearity), or a name, glob pattern or layer
-    class, or an iterable of them.  A layer's name selects every call of it; a tap name
-    (``"relu:2"``) selects that call only; a glob matches tap names and layer names.
+    A tap inside a nested model is an output of a new model built on the nested model's own
+    graph (``keras.Model(inner.inputs, [inner tensors])``), called where the nested model is
+    called: it shares the nested layers and weights, and calling it on symbolic tensors adds
+    no node to the user's layers (Keras only computes output specs through the inner graph).
     """
-    if layers is None:
-        chosen = [tap for tap in taps if tap.nonlinear]
-        if not chosen:
-            raise BundleLabError(
-                f"model {model_name!r} has no hidden layer that ends in a non-linearity; name the "
-                "layers to measure with layers=[...]"
-            )
-        return chosen
+    tensors: list = [None] * len(taps)
+    groups: dict[int, list[int]] = {}
+    for i, tap in enumerate(taps):
+        if len(tap.scopes) == level:
+            tensors[i] = tap.tensor
+        else:
+            groups.setdefault(id(tap.scopes[level].node), []).append(i)
+    for indices in groups.values():
+        scope = taps[indices[0]].scopes[level]
+        inner = tap_tensors([taps[i] for i in indices], level + 1)
+        inputs = scope.graph.inputs
+        sub_model = keras.Model(inputs[0] if len(inputs) == 1 else list(inputs), inner)
+        outputs = sub_model(*scope.node.arguments.args, **scope.node.arguments.kwargs)
+        outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+        for i, output in zip(indices, outputs):
+            tensors[i] = output
+    return tensors
+
+
+def match_taps(taps: Sequence[Tap], layers: Any, model_name: str) -> list[Tap]:
+    """The taps named by ``layers`` (a name, glob pattern or layer class, or an iterable of
+    them), in execution order.
+
+    A layer's name selects every call of it; a tap name (``"relu:2"``) selects that call
+    only; a glob matches tap names and layer names (``"base/*"``: everything inside the
+    nested model ``base``).
+    """
     items = [layers] if isinstance(layers, (str, type)) else list(layers)
     names: set[str] = set()
     for item in items:
@@ -173,8 +269,8 @@ def select_taps(taps: Sequence[Tap], layers: Any, model_name: str) -> list[Tap]:
                 )
         else:
             raise BundleLabError(
-                "The 'layers' parameter must hold layer names, glob patterns or layer classes. "
-                f"Got {item!r} instead."
+                "The 'layers' parameter must hold layer names, glob patterns, layer classes, "
+                f"or be 'all' or 'blocks'. Got {item!r} instead."
             )
         names.update(hits)
     return [tap for tap in taps if tap.name in names]

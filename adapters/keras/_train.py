@@ -141,6 +141,24 @@ class KerasTrainee:
         )
         self.model.optimizer.build(self.model.trainable_variables)
 
+    def set_learning_rate(self, learning_rate: float) -> None:
+        """The learning rate of the next steps (the schedule of the run sets it per step);
+        Lookahead hands it to its inner optimizer."""
+        self.model.optimizer.learning_rate = float(learning_rate)
+
+    def largest_values(self) -> dict[str, float]:
+        """Largest ``|value|`` of each layer's weights and batch-norm statistics, by layer name
+        (``inf`` where one is not finite): what the run watches for divergence."""
+        largest: dict[str, float] = {}
+        for layer in self.model.layers:
+            values = [np.abs(np.asarray(keras.ops.convert_to_numpy(w), dtype=np.float64))
+                      for w in layer.weights if "float" in str(w.dtype)]
+            values = [v for v in values if v.size]
+            if values:
+                top = max(float(np.nan_to_num(v, nan=np.inf).max()) for v in values)
+                largest[layer.name] = top
+        return largest
+
     def train_epoch(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
         """One optimizer step per ``(inputs, labels)`` batch, in training mode.
 

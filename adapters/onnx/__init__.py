@@ -14,15 +14,32 @@ Loading
     pointing out) before any of it is read.  onnxruntime then reads the external data from
     that folder; the weight amplitude reads it tensor by tensor.  Nothing is ever unpickled.
 Layers (taps)
-    By default the outputs of activation nodes (:data:`ACTIVATION_OPS`, ``Clip`` with a lower
-    bound of 0 as in ReLU6, and ``x * Sigmoid(x)`` as SiLU), in topological order;
-    ``all_nodes=True`` taps every node's float outputs.  Graph outputs (the logits), and
-    ``Identity`` copies of them, are never layers, nor are tensors that do not depend on the
-    model's inputs.  A layer is named after its tensor; tensor names that are bare numbers
-    (older exporters) are prefixed with their node's name (``Relu_3:12``); a name met again
-    gets the suffix ``:2``, ``:3``, ... (the torch and Keras rule for repeated calls).  The taps
-    become extra graph outputs, typed by ``onnx.shape_inference`` where it can; where it cannot
-    (custom ops), the output is added untyped and onnxruntime infers its type.
+    By default the outputs of activations, in topological order: activation nodes
+    (:data:`ACTIVATION_OPS`, ``Clip`` with a lower bound of 0 as in ReLU6) and the activations
+    exporters write as arithmetic below the opset that has them as one op -- GELU as
+    ``x * 0.5 * (1 + Erf(x / sqrt 2))`` or its Tanh approximation, SiLU/Swish as
+    ``x * Sigmoid(x)``, HardSwish as ``x * HardSigmoid(x)`` or ``x * Clip(x + 3, 0, 6) / 6``,
+    Mish as ``x * Tanh(Softplus(x))`` -- tapped at the pattern's final product.  Left out of
+    the default, kept by ``layers='all'``: squeeze-excitation gates (an activation whose output
+    scales a larger tensor by broadcast, and the activation inside its branch) and attention
+    weights (a ``Softmax`` multiplied into values).  ``layers='blocks'`` taps the outputs of
+    repeated blocks (``layer1.0``, ``blocks.3``); ``all_nodes=True`` taps every node's float
+    outputs, leaving out (and naming) the tensors whose first axis is not the batch.  Graph
+    outputs (the logits), and ``Identity`` copies of them, are never layers, nor are tensors
+    that do not depend on the model's inputs.
+Names
+    A torch export records which module wrote each node (the legacy exporter in node names,
+    ``/layer1/layer1.0/relu_1/Relu``; the dynamo exporter in ``pkg.torch.onnx.name_scopes``
+    metadata); a layer is then named as the torch adapter names it: the activation module
+    (``layer1.0.relu``, ``layer1.0.relu:2`` for its second call) or the function call
+    attributed to the module that made it (``layer1.0:relu``, ``forward:silu``).  Otherwise a
+    layer is named after its tensor; tensor names that are bare numbers (older exporters) are
+    prefixed with their node's name (``Relu_3:12``); a name met again gets the suffix ``:2``,
+    ``:3``, ... .  Names and glob patterns given to ``layers=`` match the layer names, the
+    tensor names with or without their leading ``/`` (``'layer4*'`` matches
+    ``/layer4/layer4.0/relu/Relu_output_0``) and the module names.  The taps become extra graph
+    outputs, typed by ``onnx.shape_inference`` where it can; where it cannot (custom ops), the
+    output is added untyped and onnxruntime infers its type.
 Batches
     A dynamic batch axis is fed ``inference_batch_size`` samples at a time.  A model exported
     with a fixed batch size B is fed exactly B samples at a time whatever
@@ -37,7 +54,13 @@ Weight amplitude ``w``
     ONNX does not record which tensors were trainable, and exporters fold batch norm into the
     convolution weights: pass ``weight_amplitude=`` to :func:`audit` or
     :func:`bundlelab.adapters.measure_bundles` (CLI: ``--weight-amplitude``) when you know the
-    training-time value.
+    training-time value.  Where a torch exporter folded batch norm (the dynamo exporter's
+    rewrite metadata, the legacy exporter's ``onnx::Conv_*`` weights), the audit's
+    ``params["sources"]["weight_amplitude"]`` says so.
+Update format
+    :meth:`OnnxAdapter.update_format`: the float format of the weights Conv, Gemm and MatMul
+    nodes read (``'float16'`` for a half-precision export), the format of the weight update
+    unless ``update_format=`` is given.
 """
 
 from __future__ import annotations

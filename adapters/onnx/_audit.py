@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ..._errors import BundleLabError
-from ..._selection import select_layers
+from ..._selection import announce
 from ..._validation import (
     check_int,
     check_keywords,
@@ -48,9 +48,10 @@ def audit(
     seed: int = 0,
     inference_batch_size: int | None = None,
     providers: Any = "cpu",
-    learning_rate: float = 1e-3,
-    batch_size: int = 64,
+    learning_rate: float | None = None,
+    batch_size: int | None = None,
     weight_amplitude: float | None = None,
+    update_format: str | None = None,
     progress: Callable[[int, dict[str, tuple]], None] | None = None,
     **options: Any,
 ) -> BundleReport:
@@ -71,9 +72,19 @@ def audit(
     labels_key : str, default='labels'
         The array of the file or folder that holds the labels.
     layers : str or list of str, optional
-        Layer names or glob patterns; default: every activation output but the logits.
+        None (default): every activation output but the logits, the squeeze-excitation gates
+        (a sigmoid that scales a larger tensor by broadcast, and the activation inside its
+        branch) and attention softmaxes; ``'all'``: those too; ``'blocks'``: the outputs of
+        the repeated blocks (``layer1.0``, ``blocks.3``: from the module scopes of a torch
+        export); else layer names or glob patterns, matched against the layer names, the
+        tensor names (``'layer4*'`` matches ``/layer4/...``) and the torch module names.
+        The default prints what it picked and left out once on stderr
+        (:func:`bundlelab._selection.announce`); every report holds that line in
+        ``params["selection"]``.
     all_nodes : bool, default=False
-        Tap every node's float outputs instead of the activation nodes' only.
+        Tap every node's float outputs instead of the activation nodes' only; the tensors
+        whose first axis is not the batch (found on two probe batches) are left out and
+        named in the summary.
     n_samples : int or None, default=2048
         Training samples measured: the sorted indices
         ``np.random.default_rng(seed).choice(N, n_samples, replace=False)``; None or at least
@@ -85,12 +96,20 @@ def audit(
         outputs near :data:`AUDIT_BATCH_BYTES` (256 MiB), at most 256.
     providers : str or list of str, default='cpu'
         ``'cpu'``, ``'cuda'`` or onnxruntime provider names.
-    learning_rate : float, default=1e-3
-        The training learning rate α of the metric.
-    batch_size : int, default=64
-        The training batch size |B| of the metric.
+    learning_rate : float, optional
+        The training learning rate α of the metric; default 1e-3 (the report's
+        ``params["sources"]`` says "default").
+    batch_size : int, optional
+        The training batch size |B| of the metric; default 64.
     weight_amplitude : float, optional
-        ``w``; default: the largest ``|value|`` of the model's float weights.
+        ``w``; default: the largest ``|value|`` of the model's float weights.  Where a torch
+        exporter folded batch norm into the convolutions, those are not the trained weights:
+        ``params["sources"]["weight_amplitude"]`` then says so; pass the torch model's value.
+    update_format : str, optional
+        The format of the weight update (see :func:`bundlelab.find_bundles`); default: the
+        format of the weights that Conv, Gemm and MatMul nodes read when it is float32 or
+        float64 (:meth:`OnnxAdapter.update_format`), else ``'auto'`` (float32 master weights
+        assumed for a half-precision file, and said so in the report).
     progress : callable, optional
         Called after each forward pass as ``progress(n_rows, shapes)``: the pass's sample count
         and each layer's per-sample output shape (``{layer: shape}``).
@@ -106,8 +125,10 @@ def audit(
     n_samples = check_optional_int("n_samples", n_samples, low=1)
     seed = check_seed("seed", seed)
     inference_batch_size = check_optional_int("inference_batch_size", inference_batch_size, low=1)
-    learning_rate = check_positive_float("learning_rate", learning_rate)
-    batch_size = check_positive_int("batch_size", batch_size)
+    if learning_rate is not None:
+        options["learning_rate"] = check_positive_float("learning_rate", learning_rate)
+    if batch_size is not None:
+        batch_size = check_positive_int("batch_size", batch_size)
     if not isinstance(labels_key, str):
         raise BundleLabError(
             f"The 'labels_key' parameter must be a str. Got {short_repr(labels_key)} instead."
@@ -117,9 +138,8 @@ def audit(
             "The 'progress' parameter must be None or a callable progress(n_rows, shapes). Got "
             f"{short_repr(progress)} instead."
         )
-    adapter = OnnxAdapter(all_nodes=all_nodes, providers=providers)
+    adapter = OnnxAdapter(all_nodes=all_nodes, providers=providers, layers=layers)
     onnx_model = adapter.model(model)
-    names = _selected_layers(adapter, onnx_model, layers, all_nodes)
     inputs, targets = _training_data(onnx_model, data, labels, labels_key)
     n_total = targets.shape[0]
     if n_samples is not None and n_samples < n_total:
@@ -127,17 +147,26 @@ def audit(
         inputs = {name: array[chosen] for name, array in inputs.items()}
         targets = targets[chosen]
     onnx_model.feeds(inputs)  # a shape or type that does not fit fails before the first batch
+    taps = _selected_taps(adapter, onnx_model, inputs, all_nodes)
+    if layers is None:
+        announce(adapter.summary)
     if inference_batch_size is None:
-        taps = {tap.layer: tap for tap in adapter.layers(onnx_model)}
         inference_batch_size = onnx_model.fixed_batch_size or automatic_batch_size(
-            onnx_model.sample_bytes([taps[name] for name in names])
+            onnx_model.sample_bytes(taps)
         )
-    return measure_bundles(
-        adapter, onnx_model, inputs, targets, layers=names,
+    sources = {}
+    note = adapter.weight_note(onnx_model)
+    if weight_amplitude is None and note:
+        sources["weight_amplitude"] = note
+    report = measure_bundles(
+        adapter, onnx_model, inputs, targets, layers=[tap.layer for tap in taps],
         inference_batch_size=inference_batch_size, batch_size=batch_size,
-        learning_rate=learning_rate, weight_amplitude=weight_amplitude,
+        weight_amplitude=weight_amplitude,
+        update_format=update_format, sources=sources,
         progress=False if progress is None else progress, **options,
     )
+    report.params["selection"] = adapter.summary
+    return report
 
 
 @checked_keywords
@@ -161,14 +190,12 @@ def automatic_batch_size(sample_bytes: int | None) -> int:
     return int(max(1, min(MAX_INFERENCE_BATCH, AUDIT_BATCH_BYTES // max(sample_bytes, 1))))
 
 
-def _selected_layers(adapter: OnnxAdapter, onnx_model: Any, layers: Any,
-                     all_nodes: bool) -> list[str]:
-    available = adapter.layer_names(onnx_model)
-    patterns = [layers] if isinstance(layers, str) else layers
+def _selected_taps(adapter: OnnxAdapter, onnx_model: Any, inputs: Any,
+                   all_nodes: bool) -> list:
     try:
-        return select_layers(available, patterns, where=onnx_model.name)
+        return adapter.selected(onnx_model, inputs)
     except BundleLabError as exc:
-        if all_nodes:
+        if all_nodes or "all_nodes=True" in str(exc) or adapter.selection in ("all", "blocks"):
             raise
         raise BundleLabError(
             f"{exc} (only activation outputs are layers; all_nodes=True taps every node)"

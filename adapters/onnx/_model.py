@@ -35,6 +35,20 @@ SETTING_INPUTS = {
 }
 
 
+#: nodes whose constant inputs are the trained weights the update format is read from
+_WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+#: nodes that only convert a stored weight before such a node reads it
+_WEIGHT_CONVERSIONS = frozenset({"Cast", "Transpose", "DequantizeLinear", "Identity", "Reshape"})
+_UPDATE_FORMATS = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.DOUBLE: "float64",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.BFLOAT16: "bfloat16",
+}
+#: metadata the dynamo exporter's optimizer leaves on the nodes it rewrote
+_REWRITE_RULE = "pkg.onnxscript.rewriter.rule_name"
+
+
 @checked_keywords
 def load_model(path: str | Path) -> "OnnxModel":
     """Read an ONNX model file, checking that external data stays inside its folder.
@@ -149,6 +163,8 @@ class OnnxModel:
         self.nodes = topological_order(graph, known)
         self.types = inferred_types(proto)
         self._candidates: dict[bool, list[Tap]] = {}
+        #: all_nodes -> (tensor, shape) of candidates shape inference proved have no batch axis
+        self.unbatched: dict[bool, list[tuple[str, tuple]]] = {}
         self._sessions: dict[tuple, Any] = {}
         self._layers: dict[tuple, list[Tap]] = {}
 
@@ -170,7 +186,9 @@ class OnnxModel:
     def candidate_taps(self, *, all_nodes: bool = False) -> list[Tap]:
         """Tensors that can be layers, in topological order, before onnxruntime has typed them."""
         if all_nodes not in self._candidates:
-            self._candidates[all_nodes] = find_taps(self, all_nodes=all_nodes)
+            self.unbatched[all_nodes] = []
+            self._candidates[all_nodes] = find_taps(
+                self, all_nodes=all_nodes, unbatched=self.unbatched[all_nodes])
         return self._candidates[all_nodes]
 
     def layers(self, *, all_nodes: bool = False, providers: Any = None) -> list[Tap]:
@@ -194,10 +212,11 @@ class OnnxModel:
     def session(self, taps: Sequence[Tap], providers: Any = None) -> Any:
         """An onnxruntime session whose graph outputs include ``taps`` (cached)."""
         names = resolve_providers(providers)
-        key = (tuple(tap.tensor for tap in taps), tuple(names))
+        tensors = list(dict.fromkeys(tap.tensor for tap in taps))  # a block output may be a tap
+        key = (tuple(tensors), tuple(names))
         if key not in self._sessions:
             self._sessions.clear()  # one session at a time: they hold the weights
-            self._sessions[key] = new_session(self, [tap.tensor for tap in taps], names)
+            self._sessions[key] = new_session(self, tensors, names)
         return self._sessions[key]
 
     def run(self, session: Any, tensors: list[str], feeds: dict[str, np.ndarray]) -> list:
@@ -239,6 +258,44 @@ class OnnxModel:
                 "--weight-amplitude) if you still want to measure it"
             )
         return amplitude
+
+    def weight_format(self) -> str | None:
+        """The float format of the constants that Conv, Gemm and MatMul nodes read as weights
+        (through a Cast, Transpose or DequantizeLinear), the widest where they differ; None
+        when no such node reads a float constant."""
+        producers = {name: node for node in self.nodes for name in node.output}
+        found = set()
+        for node in self.nodes:
+            if node.op_type not in _WEIGHTED_OPS:
+                continue
+            for name in node.input[1:]:
+                for _ in range(3):  # a weight stored in another form is converted first
+                    producer = producers.get(name)
+                    if name in self.constants or producer is None or (
+                        producer.op_type not in _WEIGHT_CONVERSIONS or not producer.input
+                    ):
+                        break
+                    name = producer.input[0]
+                tensor = self.constants.get(name)
+                if tensor is not None and tensor.data_type in _UPDATE_FORMATS:
+                    found.add(_UPDATE_FORMATS[tensor.data_type])
+        widest = [name for name in ("float64", "float32", "bfloat16", "float16") if name in found]
+        return widest[0] if widest else None
+
+    def folded_batch_norm(self) -> str | None:
+        """A note when a torch exporter folded batch norm into convolution weights (their
+        largest value is then not a trained parameter's), else None."""
+        fused = sum(
+            any(p.key == _REWRITE_RULE and "BatchNorm" in p.value for p in node.metadata_props)
+            for node in self.nodes
+        )
+        if not fused and self.proto.producer_name == "pytorch":
+            # the legacy exporter's constant folding renames the weights it computed
+            fused = sum(node.op_type == "Conv" and len(node.input) > 1
+                        and node.input[1].startswith("onnx::") for node in self.nodes)
+        if not fused:
+            return None
+        return f"ONNX weights, batch norm folded into {fused} conv"
 
     def array(self, tensor: Any) -> np.ndarray:
         """A TensorProto of the model as a numpy array (external data read from base_dir)."""

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..._errors import BundleLabError
 from ..._validation import check_positive_int, checked_keywords
-from ._data import _as_data
+from ._data import _as_data, _DictKeys
 from ._forward import _check_model, _device, _plan, _tap_outputs, _to_device
 from ._tracing import Tap, Trace, trace_model
 
@@ -21,10 +21,18 @@ class TorchAdapter:
 
     Parameters
     ----------
-    layers : list of str or nn.Module types, optional
-        Module names, glob patterns or module types to tap; default: every activation call.
+    layers : list of str or nn.Module types, 'all' or 'blocks', optional
+        Module or tap names, glob patterns or module types to tap; ``"all"``: every
+        activation, gates included; ``"blocks"``: the repeated blocks' outputs; default: every
+        activation call (module or function) but the gates.
     device : torch.device or str, optional
         Where the inputs are sent; default: the device of the model's parameters.
+    input_key : str, optional
+        For dict batches (``{"pixel_values": x, "labels": y}``): the key of the input, passed
+        to the model positionally; default: every key but ``label_key``, passed as keywords
+        (``model(**inputs)``, the Hugging Face convention).
+    label_key : str, default='labels'
+        For dict batches: the key of the labels.
 
     Examples
     --------
@@ -35,13 +43,22 @@ class TorchAdapter:
     name = "torch"
 
     @checked_keywords
-    def __init__(self, *, layers: Any = None, device: Any = None):
+    def __init__(self, *, layers: Any = None, device: Any = None, input_key: str | None = None,
+                 label_key: str = "labels"):
         self.layers = layers
         self.device = device
+        self.keys = _DictKeys(input_key, label_key)
+        self._remembered: tuple | None = None
+
+    def _remember(self, model: nn.Module, inputs: Any, trace: Trace) -> None:
+        """Reuse ``trace`` for these very ``model`` and ``inputs`` (one tracing pass, not two)."""
+        self._remembered = (model, inputs, trace)
 
     def trace(self, model: nn.Module, inputs: Any) -> Trace:
         """The tracing pass (see :func:`trace_model`)."""
-        return trace_model(model, inputs, device=self.device)
+        if self._remembered and self._remembered[0] is model and self._remembered[1] is inputs:
+            return self._remembered[2]
+        return trace_model(model, _as_data(inputs, model, self.keys), device=self.device)
 
     def layer_names(self, model: nn.Module, inputs: Any = None) -> list[str]:
         """Names of the selected taps, in execution order (a tracing pass on ``inputs``)."""
@@ -61,7 +78,7 @@ class TorchAdapter:
         A ``DataLoader`` is iterated as it is (``inference_batch_size`` does not apply to it).
         """
         _check_model(model)
-        data = _as_data(inputs, model)
+        data = _as_data(inputs, model, self.keys)
         device = _device(model, self.device)
         plan = _plan(model, layers)
         for x, y in data.batches(check_positive_int("inference_batch_size", inference_batch_size)):
@@ -80,6 +97,25 @@ class TorchAdapter:
         """``w``: max ``|w|`` over the model's trainable parameters (all if none is trainable)."""
         _check_model(model)
         return _amplitude(model.parameters(), "the model")
+
+    def update_format(self, model: nn.Module) -> str | None:
+        """The format of the weight update: the dtype of the model's trainable parameters.
+
+        ``"float32"`` for a float32 model, also when it runs under ``torch.autocast`` (its
+        parameters, which the optimiser updates, stay float32); ``"float16"`` after
+        ``.half()``; ``"bfloat16"`` after ``.bfloat16()``.  With parameters of several
+        formats, the one holding most elements; None when no parameter is a float.
+        """
+        _check_model(model)
+        parameters = [p for p in model.parameters() if p.is_floating_point()]
+        chosen = [p for p in parameters if p.requires_grad] or parameters
+        sizes: dict[torch.dtype, int] = {}
+        for p in chosen:
+            sizes[p.dtype] = sizes.get(p.dtype, 0) + p.numel()
+        if not sizes:
+            return None
+        dtype = max(sizes, key=sizes.get)
+        return str(dtype).removeprefix("torch.")
 
     def layer_weight_amplitudes(self, model: nn.Module, taps: Sequence[Tap]) -> dict[str, float]:
         """Per-layer ``w`` of each tap (see the module docstring)."""

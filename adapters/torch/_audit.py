@@ -14,11 +14,12 @@ from ..._validation import (
     check_positive_int,
     checked_keywords,
 )
+from ..._selection import announce
 from ...bundles import BundleOptions
 from ...report import BundleReport
 from .. import measure_bundles
 from ._adapter import TorchAdapter
-from ._data import _training_subset
+from ._data import _DictKeys, _training_subset
 from ._forward import _check_model
 
 _DEFAULTS = BundleOptions()
@@ -42,6 +43,8 @@ def audit(
     inference_batch_size: int = 256,
     device: Any = None,
     progress: bool = False,
+    input_key: str | None = None,
+    label_key: str = "labels",
     **options,
 ) -> BundleReport:
     """Conflicting bundles of a PyTorch model's hidden layers on a subset of its training set.
@@ -55,9 +58,15 @@ def audit(
         The TRAINING set (see the module docstring).
     labels : array-like of shape (n_samples,), optional
         Labels for a tensor or array ``data``; datasets and loaders carry their own.
-    layers : list of str or nn.Module types, optional
-        Module names (every call of the module), glob patterns, or module types; default: the
-        output of every activation module call, in execution order, never the logits.
+    layers : list of str or nn.Module types, 'all' or 'blocks', optional
+        Default (None): the output of every activation call (an activation module of any
+        library, or ``F.relu``/``x.sigmoid()``/... in a ``forward``), in execution order,
+        leaving out the gates (squeeze-excitation scales, broadcast multipliers, softmax
+        attention weights) and the logits; it prints once (stderr) what it picked and left
+        out.  ``"all"``: every activation, gates included.  ``"blocks"``: the output of every
+        repeated block (basic blocks, inverted residuals, transformer blocks).  Or module or
+        tap names (a module name: every call of it), glob patterns, or module types.
+        ``report.params["selection"]`` says what was picked, in one line.
     n_samples : int or None, default=2048
         Training samples measured (chosen with ``seed``); None or more than there are: all.
     seed : int, default=0
@@ -80,8 +89,16 @@ def audit(
         Where the inputs are sent; default: the device of the model's parameters.
     progress : bool, default=False
         Show a progress bar over batches.
+    input_key : str, optional
+        For data yielding dict batches (``{"pixel_values": x, "labels": y}``): the key of the
+        input, passed to the model positionally; default: every key but ``label_key``, passed
+        as keywords (``model(**inputs)``, the Hugging Face convention).
+    label_key : str, default='labels'
+        For dict batches: the key of the labels.
     **options
-        gamma, epsilon, nonfinite: see :func:`bundlelab.find_bundles`.
+        gamma, epsilon, nonfinite, update_format: see :func:`bundlelab.find_bundles`
+        (``update_format`` defaults to the dtype of the model's trainable parameters: float32
+        for a float32 model, also under ``torch.autocast``; float16 after ``.half()``).
 
     Returns
     -------
@@ -89,27 +106,37 @@ def audit(
     """
     check_keywords("audit()", options, CORE_OPTIONS)
     _check_model(model)
-    subset = _training_subset(data, labels, n_samples=n_samples, seed=seed, model=model)
+    keys = _DictKeys(input_key, label_key)
+    subset = _training_subset(data, labels, n_samples=n_samples, seed=seed, model=model,
+                              keys=keys)
     return _measure(
         model, subset, layers=layers, optimizer=optimizer, train_loader=train_loader,
         learning_rate=learning_rate, batch_size=batch_size,
         weight_amplitude=weight_amplitude, mode=mode, inference_batch_size=inference_batch_size,
         device=device, progress=check_bool("progress", progress), options=options,
+        announce_selection=layers is None, keys=keys,
     )
 
 
 def _measure(
     model, subset, *, layers, optimizer, train_loader, learning_rate, batch_size,
     weight_amplitude, mode, inference_batch_size, device, progress, options,
+    announce_selection=False, keys=None,
 ) -> BundleReport:
-    learning_rate, batch_size = _training_hyperparameters(
+    (learning_rate, batch_size), sources = _training_hyperparameters(
         optimizer, train_loader, learning_rate, batch_size
     )
     inference_batch_size = check_positive_int("inference_batch_size", inference_batch_size)
-    adapter = TorchAdapter(layers=layers, device=device)
+    adapter = TorchAdapter(layers=layers, device=device, **_keywords(keys))
     options = dict(options, mode=mode, learning_rate=learning_rate)
+    trace = adapter.trace(model, subset)
+    taps = trace.select(layers)
+    adapter._remember(model, subset, trace)  # measure_bundles asks for the layers again
+    selection = trace.summary(layers, taps)
+    if announce_selection:
+        announce(selection)
+    sources["weight_amplitude"] = "model parameters"
     if weight_amplitude == "layer":
-        taps = adapter.trace(model, subset).select(layers)
         w = adapter.layer_weight_amplitudes(model, taps)
     elif weight_amplitude == "model":
         w = adapter.weight_amplitude(model)
@@ -120,18 +147,33 @@ def _measure(
         )
     else:
         w = check_positive_float("weight_amplitude", weight_amplitude, allow_zero=True)
-    return measure_bundles(
+        sources["weight_amplitude"] = "given"
+    report = measure_bundles(
         adapter, model, subset, inference_batch_size=inference_batch_size,
-        batch_size=batch_size, weight_amplitude=w, progress=progress, **options,
+        batch_size=batch_size, weight_amplitude=w, progress=progress, sources=sources,
+        **options,
     )
+    report.params["selection"] = selection
+    return report
+
+
+def _keywords(keys) -> dict:
+    return {} if keys is None else {"input_key": keys.input_key, "label_key": keys.label_key}
 
 
 #: keywords passed on to the core (see :func:`bundlelab.find_bundles`)
-CORE_OPTIONS = ("gamma", "epsilon", "nonfinite")
+CORE_OPTIONS = ("gamma", "epsilon", "nonfinite", "update_format")
 
 
 def _training_hyperparameters(optimizer, train_loader, learning_rate, batch_size):
-    """α and |B|: given, else read from the optimizer and the loader, else the defaults."""
+    """(α, |B|): given, else read from the optimizer and the loader, else the defaults; and
+    where each came from (``report.params["sources"]``)."""
+    sources = {
+        "learning_rate": "given" if learning_rate is not None else (
+            "optimizer" if optimizer is not None else "default"),
+        "batch_size": "given" if batch_size is not None else (
+            "train loader" if train_loader is not None else "default"),
+    }
     if learning_rate is None and optimizer is not None:
         groups = getattr(optimizer, "param_groups", None)
         if not groups or "lr" not in groups[0]:
@@ -155,4 +197,4 @@ def _training_hyperparameters(optimizer, train_loader, learning_rate, batch_size
     return (
         check_positive_float("learning_rate", learning_rate),
         check_positive_int("batch_size", batch_size),
-    )
+    ), sources

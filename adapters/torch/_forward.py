@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from ..._errors import BundleLabError
+from ._activations import ACTIVATION_FUNCTIONS, ATTENTION_FUNCTIONS, module_role
+from ._functional import ROOT, CapturingMode, module_stack
 
 
 def _check_model(model: Any) -> None:
@@ -77,30 +80,57 @@ def _hooks(modules: dict, before: Callable | None, after: Callable):
             handle.remove()
 
 
-def _plan(model: nn.Module, layers: Sequence[str]) -> dict[nn.Module, tuple[str, dict[int, str]]]:
-    """module -> (its name, {call number: tap name}) for the hooks of a measuring pass."""
+@dataclass
+class _Plan:
+    """What a measuring pass taps: module calls, and functional calls (see :mod:`._functional`)."""
+
+    modules: dict[nn.Module, tuple[str, dict[int, str]]]  # module -> (name, {call: tap})
+    functions: dict[tuple[str, str], dict[int, str]]  # (owner, function) -> {call: tap}
+
+
+def _plan(model: nn.Module, layers: Sequence[str]) -> _Plan:
+    """The hooks of a measuring pass: which call of which module or function is which tap."""
     modules = dict(model.named_modules())
-    plan: dict[nn.Module, tuple[str, dict[int, str]]] = {}
+    plan = _Plan({}, {})
     for tap in layers:
         name, call = tap, 1
         if tap not in modules:
             prefix, _, suffix = tap.rpartition(":")
-            if not (suffix.isdigit() and prefix in modules):
-                close = difflib.get_close_matches(tap, [n for n in modules if n], n=3)
-                hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-                raise BundleLabError(f"the model has no module call named {tap!r}{hint}")
-            name, call = prefix, int(suffix)
-        plan.setdefault(modules[name], (name, {}))[1][call] = tap
+            if suffix.isdigit() and prefix in modules:
+                name, call = prefix, int(suffix)
+            else:
+                function = _functional_tap(tap, modules)
+                if function is None:
+                    close = difflib.get_close_matches(tap, [n for n in modules if n], n=3)
+                    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+                    raise BundleLabError(f"the model has no module call named {tap!r}{hint}")
+                owner, function_name, call = function
+                plan.functions.setdefault((owner, function_name), {})[call] = tap
+                continue
+        plan.modules.setdefault(modules[name], (name, {}))[1][call] = tap
     return plan
 
 
-def _tap_outputs(model: nn.Module, x: Any, plan: dict) -> dict[str, torch.Tensor]:
+def _functional_tap(tap: str, modules: dict) -> tuple[str, str, int] | None:
+    """(owner, function, call) of a functional tap name (``"block1:relu:2"``), else None."""
+    head, _, suffix = tap.rpartition(":")
+    call = 1
+    if suffix.isdigit():
+        call, (head, _, suffix) = int(suffix), head.rpartition(":")
+    if suffix not in ACTIVATION_FUNCTIONS | ATTENTION_FUNCTIONS:
+        return None
+    if head != ROOT and head not in modules:
+        return None
+    return head, suffix, call
+
+
+def _tap_outputs(model: nn.Module, x: Any, plan: _Plan) -> dict[str, torch.Tensor]:
     outputs: dict[str, torch.Tensor] = {}
     calls: dict[nn.Module, int] = {}
 
     def after(module, args, output):
         calls[module] = call = calls.get(module, 0) + 1
-        tap = plan[module][1].get(call)
+        tap = plan.modules[module][1].get(call)
         if tap is None:
             return
         if not isinstance(output, torch.Tensor):
@@ -108,7 +138,15 @@ def _tap_outputs(model: nn.Module, x: Any, plan: dict) -> dict[str, torch.Tensor
         # a clone: later in-place ops of the forward pass must not change what we measure
         outputs[tap] = output.detach().clone(memory_format=torch.contiguous_format)
 
-    with _hooks(plan, None, after), _inference(model):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_hooks(plan.modules, None, after))
+        stack.enter_context(_inference(model))
+        if plan.functions:
+            # only when a functional call is tapped: the mode sees every torch call of the pass
+            names = {module: name for name, module in model.named_modules() if name}
+            running = stack.enter_context(module_stack(names))
+            layer_modules = {n for m, n in names.items() if module_role(m) is not None}
+            stack.enter_context(CapturingMode(running, layer_modules, plan.functions, outputs))
         _call(model, x)
     return outputs
 

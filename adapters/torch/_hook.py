@@ -13,7 +13,7 @@ from ...bundles import BundleOptions
 from ...report import BundleReport
 from ...tracker import BundleTracker
 from ._audit import CORE_OPTIONS, _measure
-from ._data import _training_subset
+from ._data import _DictKeys, _training_subset
 from ._forward import _check_model
 
 
@@ -39,8 +39,9 @@ class BundleHook:
     every : int, default=1
         Measure when t is a multiple of ``every``.
     layers, n_samples, seed, optimizer, train_loader, learning_rate, batch_size,
-    weight_amplitude, mode, inference_batch_size, device
-        As for :func:`audit`.
+    weight_amplitude, mode, inference_batch_size, device, input_key, label_key
+        As for :func:`audit` (the default selection is announced once, at the first
+        measurement).
     tensorboard : SummaryWriter or path, optional
         Also write the scalars ``{tag}/entropy/{layer}`` and ``{tag}/n_bundles/{layer}``
         (``:`` in a layer name becomes ``_``) under step t: to a writer (any object with
@@ -48,7 +49,7 @@ class BundleHook:
         directory (needs tensorboard).
     tag : str, default='bundles'
     **options
-        gamma, epsilon, nonfinite: see :func:`bundlelab.find_bundles`.
+        gamma, epsilon, nonfinite, update_format: see :func:`bundlelab.find_bundles`.
 
     Attributes
     ----------
@@ -87,6 +88,8 @@ class BundleHook:
         device: Any = None,
         tensorboard: Any = None,
         tag: str = "bundles",
+        input_key: str | None = None,
+        label_key: str = "labels",
         **options,
     ):
         check_keywords("BundleHook()", options, CORE_OPTIONS)
@@ -103,7 +106,10 @@ class BundleHook:
             inference_batch_size=check_positive_int("inference_batch_size", inference_batch_size),
             device=device, progress=False, options=options,
         )
-        self._subset = _training_subset(data, labels, n_samples=n_samples, seed=seed, model=model)
+        keys = _DictKeys(input_key, label_key)
+        self._measure_options.update(keys=keys, announce_selection=layers is None)
+        self._subset = _training_subset(data, labels, n_samples=n_samples, seed=seed, model=model,
+                                        keys=keys)
         self.tracker = BundleTracker()
         self._writer, self._owns_writer = _summary_writer(tensorboard)
 
@@ -124,6 +130,7 @@ class BundleHook:
         """Measure now and record the report under ``step``."""
         step = check_int("step", step, low=0)
         report = _measure(self.model, self._subset, **self._measure_options)
+        self._measure_options["announce_selection"] = False  # once per hook, not per epoch
         self.tracker.record(step, report)
         if self._writer is not None:
             for tag, value in _scalars(report, self.tag).items():

@@ -53,6 +53,10 @@ class Lookahead(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.inner.load_state_dict(state_dict["inner"])
+        # torch's load_state_dict gives the inner optimizer new group and state objects:
+        # share those, or a schedule setting "lr" here would no longer reach the steps
+        self.param_groups = self.inner.param_groups
+        self.state = self.inner.state
         for slow, saved in zip(self.slow, state_dict["slow"]):
             slow.copy_(saved)
         self.steps = int(state_dict["steps"])

@@ -73,6 +73,30 @@ class TorchTrainee:
             raise BundleLabError("the training set is empty")
         return {"loss": float(loss_sum) / seen, "accuracy": int(correct) / seen}
 
+    def set_learning_rate(self, learning_rate: float) -> None:
+        """The learning rate of the next steps (the schedule of the run sets it per step)."""
+        for group in self.optimizer.param_groups:  # Lookahead shares its inner groups
+            group["lr"] = learning_rate
+
+    def largest_values(self) -> dict[str, float]:
+        """Largest ``|value|`` of each layer's weights and batch-norm statistics, by node id
+        (``inf`` where one is not finite): what the run watches for divergence."""
+        node_of = {key: node for node, key in self.model.node_keys.items()}
+        largest: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            tensors = [*self.model.named_parameters(), *self.model.named_buffers()]
+            for name, tensor in tensors:
+                if not tensor.is_floating_point() or not tensor.numel():
+                    continue
+                parts = name.split(".")
+                node = node_of.get(parts[1], parts[1]) if parts[0] == "nodes" else parts[0]
+                value = torch.nan_to_num(tensor.detach().abs().max().float(), nan=float("inf"))
+                largest[node] = value if node not in largest else torch.maximum(largest[node],
+                                                                                value)
+        # one synchronisation for the whole model
+        values = torch.stack(list(largest.values())).cpu().tolist() if largest else []
+        return dict(zip(largest, values))
+
     def evaluate(self, x: np.ndarray, y: np.ndarray, *,
                  inference_batch_size: int) -> dict[str, float]:
         step = check_positive_int("inference_batch_size", inference_batch_size)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from .._errors import BundleLabError
+from .._validation import UPDATE_FORMATS
 from ._app import (
     BATCH_SIZE,
     EPSILON,
@@ -26,8 +28,10 @@ from ._app import (
     Progress,
     app,
     bundle_options,
+    choices,
     describe_params,
     emit_report,
+    note,
     output_format,
     plain_text,
     printable,
@@ -36,9 +40,26 @@ from ._app import (
     stdout_console,
 )
 
+UpdateFormat = choices("UpdateFormat", UPDATE_FORMATS)
+
 HELP = {
-    "dump": "Activation dump: .npz, .safetensors, .h5/.hdf5, or a directory of .npy files.",
-    "weight_amplitude": "w: the largest absolute weight of the model (resolution mode).",
+    "dump": (
+        "Activation dump: .npz, .safetensors, .h5/.hdf5, .pt (a dict of tensors), or a "
+        "directory of .npy files or of thingsvision layer folders."
+    ),
+    "weight_amplitude": (
+        "w: the largest absolute weight of the model (resolution mode); 1.0 with a warning "
+        "when not given."
+    ),
+    "update_format": (
+        "Format of the weight update t = w - a*lr/|B| (auto: the activations' format, float32 "
+        "for float16/bfloat16 activations, as mixed-precision training updates float32 master "
+        "weights; activations: the activations' own format)."
+    ),
+    "order": (
+        "Layer order instead of the one stored in the dump: a text file with one layer name per "
+        "line, or 'layers' for the order of --layers."
+    ),
     "layers": "Layers to analyse: names or glob patterns; repeat the option or use commas.",
     "device": "Where to compute (auto: the GPU when CuPy and a GPU are there).",
     "chunk_rows": "Stream every layer in chunks of N samples (default: only layers too big).",
@@ -55,20 +76,27 @@ DEMO_OUTRO = (
 
 @app.command()
 def analyze(
+    context: typer.Context,
     dump: Optional[Path] = typer.Argument(
         None, metavar="DUMP", show_default=False, help=HELP["dump"]
     ),
     labels: str = LABELS,
     lr: float = LR,
     batch_size: int = BATCH_SIZE,
-    weight_amplitude: float = typer.Option(
-        1.0, "--weight-amplitude", help=HELP["weight_amplitude"]
+    weight_amplitude: Optional[float] = typer.Option(
+        None, "--weight-amplitude", show_default=False, help=HELP["weight_amplitude"]
+    ),
+    update_format: UpdateFormat = typer.Option(
+        UpdateFormat("auto"), "--update-format", help=HELP["update_format"]
     ),
     mode: Mode = MODE,
     gamma: float = GAMMA,
     epsilon: float = EPSILON,
     layers: Optional[List[str]] = typer.Option(
         None, "--layers", "-l", show_default=False, help=HELP["layers"]
+    ),
+    order: Optional[str] = typer.Option(
+        None, "--order", metavar="FILE|layers", show_default=False, help=HELP["order"]
     ),
     nonfinite: Nonfinite = NONFINITE,
     device: Device = typer.Option(Device("auto"), "--device", help=HELP["device"]),
@@ -89,7 +117,10 @@ def analyze(
     update form a bundle; a bundle holding several classes is conflicting, and from the first
     conflicting layer on the network cannot tell those samples apart.
 
-    Layers too big for memory are streamed in row chunks. Try it: bundlelab analyze --demo
+    Layers too big for memory are streamed in row chunks. Arrays that are not float
+    activations (image ids, indices) are skipped with a note. The layer order is the one stored
+    in the dump, else sorted by name (--order to give one); the report says which.
+    Try it: bundlelab analyze --demo
     """
     if demo == (dump is not None):
         raise BundleLabError(
@@ -97,35 +128,60 @@ def analyze(
             if demo else "missing DUMP: pass an activation dump, or --demo to try a generated one"
         )
     options = bundle_options(
-        mode=mode.value, learning_rate=lr, batch_size=batch_size,
-        weight_amplitude=weight_amplitude, gamma=gamma, epsilon=epsilon,
+        mode=mode.value, learning_rate=lr, batch_size=batch_size, gamma=gamma, epsilon=epsilon,
         nonfinite=nonfinite.value, device=device.value,
     )
+    # only what the command line gave counts as given (report params["sources"])
+    if weight_amplitude is not None:
+        options.update(bundle_options(weight_amplitude=weight_amplitude))
+    if _source(context, "update_format") == "given":
+        options.update(bundle_options(update_format=update_format.value))
+    sources = {"learning_rate": _source(context, "lr"),
+               "batch_size": _source(context, "batch_size")}
     out_format = output_format(fmt, output)
     require_plot(plot)
     if demo:
-        from ..io.demo import write_demo_dump
+        from ..io.demo import demo_weight_amplitude, write_demo_dump
 
         dump = Path(write_demo_dump(output_dir))
-    from ..io import analyze_dump, open_dump, select_layers
+        if weight_amplitude is None:  # the demo knows its networks' weights
+            weight_amplitude = demo_weight_amplitude()
+            options.update(bundle_options(weight_amplitude=weight_amplitude))
+            sources["weight_amplitude"] = "the demo networks' weights"
+    from ..io import analyze_dump, open_dump
+    from ..io.analysis import W_NOT_GIVEN, ordered_selection
 
     with open_dump(dump, labels_key=labels) as opened:
-        names = select_layers(opened.layer_names, layers, where=opened.path.name)
+        names, order_text = ordered_selection(opened, layers, order)
+        if order is not None:  # the order was applied here: analyse the names as they stand
+            opened.reorder(names)
         infos = [opened.info(name) for name in names]
         with Progress(sum(info.n_samples for info in infos), "analysing") as progress:
-            report = analyze_dump(
-                opened, layers=names, chunk_rows=chunk_rows,
-                progress=_per_layer(progress, len(infos)), **options,
-            )
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=W_NOT_GIVEN[:20])
+                report = analyze_dump(
+                    opened, layers=layers, chunk_rows=chunk_rows, sources=sources,
+                    progress=_per_layer(progress, len(infos)), **options,
+                )
+        report.params["layer_order"] = order_text
         shapes = {info.name: info.shape[1:] for info in infos}
         n_labels = len(opened.labels)
+    if weight_amplitude is None and mode.value == "resolution":
+        note(f"warning: {W_NOT_GIVEN}")
 
     emit_report(
         report, out_format, output=output, plot=plot, bundle_ids=bundle_ids,
-        title=f"{printable(dump.name)}, {describe_params(report.params)}", shapes=shapes,
+        title=f"{printable(dump.name)}, {describe_params(report)}, layer order: {order_text}",
+        shapes=shapes,
         intro=_demo_intro(dump, n_labels) if demo else None,
         outro=DEMO_OUTRO if demo else None,
     )
+
+
+def _source(context: typer.Context, key: str) -> str:
+    """'given' when the option was on the command line, else 'default'."""
+    source = context.get_parameter_source(key)
+    return "given" if source is not None and source.name == "COMMANDLINE" else "default"
 
 
 def _demo_intro(dump: Path, n_samples: int) -> str:
@@ -160,27 +216,54 @@ def info(
     dump: Path = typer.Argument(..., metavar="DUMP", show_default=False, help=HELP["dump"]),
     labels: str = LABELS,
 ) -> None:
-    """List the layers of an activation dump (shape, dtype, size) and its labels, reading none."""
+    """List the arrays of an activation dump (shape, dtype, size, role), its labels and layer
+    order, reading no layer. Works on a dump without labels: it says which arrays could be."""
     from rich.table import Table
 
     from ..io import open_dump
+    from ..io.dumps import FLOAT_DTYPES
 
     with open_dump(dump, labels_key=labels) as opened:
+        candidates = opened.label_candidates()
         table = Table(title=plain_text(f"{opened.path.name} ({opened.format})"),
                       title_justify="left")
-        for column in ("layer", "samples", "shape", "dtype", "size"):
-            table.add_column(column, justify="left" if column in ("layer", "dtype") else "right")
-        for name in opened.layer_names:
-            layer = opened.info(name)
-            table.add_row(plain_text(name), str(layer.n_samples), shape_text(layer.shape[1:]),
-                          plain_text(layer.dtype), _size(layer.nbytes))
-        values = opened.labels
-        n_classes = _n_classes(values)
+        for column in ("array", "samples", "shape", "dtype", "size", "role"):
+            table.add_column(column, justify="right" if column in ("samples", "size") else "left")
+        layers = set(opened.layer_names)
+        n_layers = 0
+        for name, array in opened.arrays.items():
+            if not array.shape:  # scalars (a step counter, h5py.Empty) hold no samples
+                continue
+            role = _role(name, array, opened, layers, candidates, FLOAT_DTYPES)
+            n_layers += role == "layer"
+            table.add_row(plain_text(name), str(array.n_samples), shape_text(array.shape[1:]),
+                          plain_text(array.dtype), _size(array.nbytes), role)
         console = stdout_console()
         console.print(table)
-        console.print(plain_text(
-            f"{len(opened)} layers; labels {labels!r}: {len(values)} samples, {n_classes} classes"
-        ))
+        summary = f"{n_layers} layers, layer order: {opened.order}; "
+        if opened.has_labels:
+            values = opened.labels
+            summary += (f"labels {opened.labels_key!r}: {len(values)} samples, "
+                        f"{_n_classes(values)} classes")
+        elif candidates:
+            listed = ", ".join(repr(name) for name in candidates[:6])
+            summary += (f"no labels array {labels!r}; could be labels: {listed} "
+                        f"(pass --labels {candidates[0]})")
+        else:
+            summary += (f"no labels array {labels!r}, and none could be labels (a 1-D integer "
+                        "or string array with one value per sample): save the class labels")
+        console.print(plain_text(summary))
+
+
+def _role(name, array, dump, layers, candidates, float_dtypes) -> str:
+    """What an array is to the analysis: layer, labels, a label candidate, or left out."""
+    if dump.has_labels and name == dump.labels_key:
+        return "labels"
+    if name not in layers:
+        return "scalar" if not array.shape else "not listed in the order"
+    if array.dtype not in float_dtypes:
+        return "could be labels (skipped)" if name in candidates else "skipped: not float"
+    return "layer"
 
 
 def _n_classes(labels) -> int:

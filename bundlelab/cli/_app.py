@@ -287,9 +287,8 @@ def output_format(fmt: Optional[Enum], output: Optional[Path]) -> str:
 
 def load_data(data: str, *, n_train, n_test, image_size, seed):
     """A data set of :mod:`bundlelab.datasets` (train, autotune, search)."""
-    # Before the framework is imported: idle OpenMP threads (torch's) sleep instead of spinning
-    # against Numba's, which doubled the time of a training epoch on a 2-core machine.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # No process-wide OMP_WAIT_POLICY: it also put torch's own workers to sleep after every
+    # operation (epochs 4x slower); Numba's pool is chosen per library (kernels/_threads.py).
     from ..datasets import load_dataset
 
     with flags_in_errors():
@@ -297,12 +296,44 @@ def load_data(data: str, *, n_train, n_test, image_size, seed):
                             seed=seed)
 
 
-def describe_params(params: dict) -> str:
+def describe_params(report) -> str:
+    """The numbers that scale ``t`` and where each came from, for a report's title: e.g.
+    ``resolution mode, float32 updates (assumed (float16 activations)), w=1 (default),
+    lr=0.001 (given), |B|=64 (default)``.
+
+    ``report`` is a :class:`~bundlelab.BundleReport` (whose layers say which update format
+    was used) or its ``params`` alone (which hold the requested value, e.g. ``auto``).
+    """
+    params = report if isinstance(report, dict) else report.params
+    sources = params.get("sources")
+    sources = sources if isinstance(sources, dict) else {}
+
+    def sourced(key: str, text: str) -> str:
+        source = sources.get(key)
+        return f"{text} ({source})" if source else text
+
     if params.get("mode") == "threshold":
-        rule = f"threshold mode, gamma={params['gamma']:g}"
+        parts = [f"threshold mode, gamma={params.get('gamma', 1e-8):g}"]
     else:
-        rule = f"resolution mode, w={params.get('weight_amplitude', 1.0):g}"
-    return f"{rule}, lr={params.get('learning_rate'):g}, batch size {params.get('batch_size')}"
+        parts = ["resolution mode", sourced("update_format", _update_formats(report))]
+        weight = params.get("weight_amplitude", 1.0)
+        weight = "per layer" if weight == "layer" else f"{weight:g}"
+        parts.append(sourced("weight_amplitude", f"w={weight}"))
+    parts.append(sourced("learning_rate", f"lr={params.get('learning_rate', 1e-3):g}"))
+    parts.append(sourced("batch_size", f"|B|={params.get('batch_size', 64)}"))
+    return ", ".join(parts)
+
+
+def _update_formats(report) -> str:
+    """``"float32 updates"`` (``"float32/float64 updates"`` when layers differ) from a report's
+    layers; from params alone, what was requested (a report written before the option
+    computed in the activations' format)."""
+    if isinstance(report, dict) or not len(report):
+        params = report if isinstance(report, dict) else report.params
+        requested = str(params.get("update_format", "activations"))
+        return {"activations": "updates in the activations' format",
+                "auto": "updates in the auto format"}.get(requested, f"{requested} updates")
+    return "/".join(dict.fromkeys(result.update_format for result in report)) + " updates"
 
 
 def shape_text(shape: tuple) -> str:

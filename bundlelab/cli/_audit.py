@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from .._errors import BundleLabError
+from .._validation import UPDATE_FORMATS
 from ._app import (
     BATCH_SIZE,
     EPSILON,
@@ -36,6 +37,7 @@ from ._app import (
 )
 
 Provider = choices("Provider", ("cpu", "cuda"))
+UpdateFormat = choices("UpdateFormat", UPDATE_FORMATS)
 
 HELP = {
     "model": "An ONNX model file (.onnx); its external data must lie in the same folder.",
@@ -44,9 +46,16 @@ HELP = {
     "n_samples": "Measure a seeded random subset of this many samples (all when the data holds "
     "fewer).",
     "seed": "Seed of the random subset.",
-    "layers": "Layers to measure (tensor names or glob patterns); repeat the option or use "
-    "commas. Default: every activation output.",
-    "all_nodes": "Tap every node's float outputs, not only the activations'.",
+    "layers": "Layers to measure: names or glob patterns (matched against the layer names, the "
+    "tensor names with or without their leading '/', and the torch module names); repeat the "
+    "option or use commas. 'all': every activation, squeeze-excitation gates and attention "
+    "softmaxes included; 'blocks': the outputs of the repeated blocks (layer1.0, blocks.3) of a "
+    "torch export. Default: every activation output but the gates and softmaxes.",
+    "all_nodes": "Tap every node's float outputs, not only the activations' (tensors whose "
+    "first axis is not the batch are skipped and named).",
+    "update_format": "Format of the weight update t = w - a*lr/|B| (default: the format of "
+    "the model's Conv/Gemm/MatMul weights if float32/float64, else float32; auto: the activations' format, float32 for "
+    "float16/bfloat16 activations; activations: the activations' own format).",
     "weight_amplitude": "w: the largest absolute weight (default: max |value| over the "
     "model's float weights).",
     "providers": "onnxruntime execution provider (cuda needs onnxruntime-gpu).",
@@ -58,6 +67,7 @@ HELP = {
 
 @app.command()
 def audit(
+    context: typer.Context,
     model: Path = typer.Argument(..., metavar="MODEL", show_default=False, help=HELP["model"]),
     data: Path = typer.Option(..., "--data", "-d", show_default=False, help=HELP["data"]),
     labels: str = LABELS,
@@ -71,6 +81,9 @@ def audit(
     batch_size: int = BATCH_SIZE,
     weight_amplitude: Optional[float] = typer.Option(
         None, "--weight-amplitude", show_default=False, help=HELP["weight_amplitude"]
+    ),
+    update_format: Optional[UpdateFormat] = typer.Option(
+        None, "--update-format", show_default=False, help=HELP["update_format"]
     ),
     mode: Mode = MODE,
     gamma: float = GAMMA,
@@ -89,7 +102,11 @@ def audit(
 
     MODEL is an ONNX file (ONNX only: export a PyTorch model with torch.onnx.export, a Keras
     model with tf2onnx; a TorchScript file is not read). Every activation output (Relu,
-    Sigmoid, Tanh, Gelu, ...) except the logits is a layer; --all-nodes taps every node.
+    Sigmoid, Tanh, Gelu, and GELU, SiLU, HardSwish or Mish written as arithmetic) except the
+    logits, squeeze-excitation gates and attention softmaxes is a layer, named after the
+    torch module when the export records it; stderr says what was picked and left out.
+    --layers all keeps the gates, --layers blocks taps the repeated blocks' outputs,
+    --all-nodes taps every node.
     The model runs in batches on a seeded random subset of --n-samples samples of DATA, and
     each layer's outputs are bundled as by analyze (w defaults to the model's largest weight).
     The same as bundlelab.adapters.onnx.audit in Python.
@@ -100,6 +117,11 @@ def audit(
         gamma=gamma, epsilon=epsilon, nonfinite=nonfinite.value,
     )
     options["weight_amplitude"] = weight_amplitude  # None: the model's largest weight
+    for key in ("learning_rate", "batch_size"):  # the report says given or default
+        if not _given(context, "lr" if key == "learning_rate" else key):
+            options[key] = None
+    selection = layers[0] if layers and len(layers) == 1 and layers[0] in ("all", "blocks") \
+        else layers
     out_format = output_format(fmt, output)
     require_plot(plot)
     from ..adapters.onnx import audit as audit_model
@@ -119,20 +141,29 @@ def audit(
         try:
             with flags_in_errors():
                 report = audit_model(
-                    model, data, labels_key=labels, layers=layers, all_nodes=all_nodes,
+                    model, data, labels_key=labels, layers=selection, all_nodes=all_nodes,
+                    update_format=None if update_format is None else update_format.value,
                     n_samples=n_samples, seed=seed, inference_batch_size=inference_batch_size,
                     providers=providers.value, progress=on_batch, **options,
                 )
         except BundleLabError as exc:
-            if "all_nodes=True" not in str(exc):
+            text = str(exc)
+            if "all_nodes=True" not in text and "layers='all'" not in text:
                 raise
-            # the Python audit's hint names its keyword; here it is a flag
-            raise BundleLabError(str(exc).replace("all_nodes=True", "--all-nodes")) from None
+            # the Python audit's hints name its keywords; here they are flags
+            raise BundleLabError(text.replace("all_nodes=True", "--all-nodes").replace(
+                "layers='all'", "--layers all")) from None
     n_measured = report[0].n_samples if len(report) else 0
     emit_report(
         report, out_format, output=output, plot=plot, bundle_ids=False,
         title=f"{model.name} on {n_measured} samples of {data.name}, "
-        f"{describe_params(report.params)}",
+        f"{describe_params(report)}",
         shapes=shapes,
     )
 
+
+
+def _given(context: typer.Context, key: str) -> bool:
+    """Whether the option was on the command line (the report says "given", else "default")."""
+    source = context.get_parameter_source(key)
+    return source is not None and source.name == "COMMANDLINE"

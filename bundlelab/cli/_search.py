@@ -15,7 +15,6 @@ from .._errors import BundleLabError
 from ._app import (
     BATCH_SIZE,
     DATA,
-    LR,
     NO_AUGMENT,
     N_TEST,
     N_TRAIN,
@@ -42,6 +41,10 @@ def _penalties() -> tuple[str, ...]:
 Penalty = choices("Penalty", _penalties())
 
 HELP = {
+    "budget_step": "Final budget step (a departure from the paper, docs/search.md): when the "
+    "architecture of the gates with p > 0.5 costs more than the budget, turn off the gates of "
+    "lowest probability, keeping an input-to-output path, until it fits; sweep.csv states the "
+    "final cost against the budget.",
     "supernet": "A super-network spec file (.yaml/.json; optional edges are the gates), or "
     "resnet-fabric-N (N = 6n+2: 20, 32, 44, 56, 110) or conv-fabric-W (W columns).",
     "cost": "The constrained cost: flops, params, latency (timed on --device) or parallel:N "
@@ -55,8 +58,10 @@ HELP = {
     "search_epochs": "Epochs of sampling architectures after the warm-up. Short by default, "
     "to try a search on a CPU; SearchConfig uses 100.",
     "retrain_epochs": "Epochs retraining each found architecture (and each family member).",
-    "optimizer": OPTIMIZER_HELP + " adamw by default here: ranger (TrainConfig's default, the "
-    "bundle paper's) learns too slowly for a search's short runs (docs/results.md).",
+    "optimizer": OPTIMIZER_HELP + " adamw by default, as TrainConfig's: ranger (the bundle "
+    "paper's) learns too slowly for a search's short runs (docs/results.md).",
+    "lr": "Training learning rate alpha (the cosine schedule's peak). Default: TrainConfig's "
+    "(0.01).",
     "weight_decay": WEIGHT_DECAY_HELP + " 1e-4 by default here, the usual value for ResNets "
     "(TrainConfig's 0.01 is the bundle paper's, with ranger).",
     "gate_lr": "Learning rate of the gate logits (Adam).",
@@ -119,12 +124,14 @@ def search(
                                        help=HELP["retrain_epochs"]),
     optimizer: Optimizer = typer.Option(Optimizer("adamw"), "--optimizer",
                                         help=HELP["optimizer"]),
-    lr: float = LR,
+    lr: Optional[float] = typer.Option(None, "--lr", show_default=False, help=HELP["lr"]),
     weight_decay: float = typer.Option(1e-4, "--weight-decay", help=HELP["weight_decay"]),
     batch_size: int = BATCH_SIZE,
     gate_lr: float = typer.Option(0.01, "--gate-lr", help=HELP["gate_lr"]),
     width_multiplier: float = WIDTH,
     family: bool = typer.Option(True, "--family/--no-family", help=HELP["family"]),
+    budget_step: bool = typer.Option(True, "--budget-step/--no-budget-step",
+                                     help=HELP["budget_step"]),
     device: str = TRAIN_DEVICE,
     seed: int = SEED,
     out: Path = typer.Option(Path("runs/search"), "--out", help=HELP["out"]),
@@ -146,14 +153,16 @@ def search(
     from ..training import TrainConfig
 
     options = {"penalty": penalty.value, "warmup_epochs": warmup_epochs,
-               "search_epochs": search_epochs, "gate_learning_rate": gate_lr}
+               "search_epochs": search_epochs, "gate_learning_rate": gate_lr,
+               "budget_step": budget_step}
     with flags_in_errors():  # every option checked before any data is loaded
         check_positive_float("width_multiplier", width_multiplier)
         get_cost(cost)
         for value in budget:
             for lam_value in lam or [None]:
                 SearchConfig(budget=value, cost=cost, lam=lam_value, **options)
-        config = TrainConfig(optimizer=optimizer.value, learning_rate=lr,
+        config = TrainConfig(optimizer=optimizer.value,
+                             **({} if lr is None else {"learning_rate": lr}),
                              weight_decay=weight_decay, batch_size=batch_size, seed=seed,
                              device=device, augment=not no_augment)
     dataset = load_data(data, n_train=n_train, n_test=n_test, image_size=None, seed=seed)

@@ -18,14 +18,12 @@ from ._app import (
     BATCH_SIZE,
     DATA,
     IMAGE_SIZE,
-    LR,
     NO_AUGMENT,
     N_TEST,
     N_TRAIN,
     OPTIMIZER_HELP,
     SEED,
     TRAIN_DEVICE,
-    WEIGHT_DECAY,
     WIDTH,
     Optimizer,
     app,
@@ -59,12 +57,29 @@ HELP = {
     "n_samples": "Training samples on which bundles are measured after each epoch.",
     "measure_every": "Measure bundles every N epochs (and after the last).",
     "check_epochs": "Check for conflicting layers after each of a run's first N epochs.",
+    "preset": "Training setup the other options change: 'default' (AdamW at 1e-2 on a cosine "
+    "schedule, incomplete last batch dropped: what trains on the embedded 8x8 digits) or "
+    "'paper' (Ranger at a constant 1e-3, every batch kept; TrainConfig.paper()).",
+    "optimizer": OPTIMIZER_HELP + " Default: the preset's (adamw; the paper's: ranger).",
+    "lr": "Learning rate (the schedule's peak). Default: the preset's (0.01; the paper's: 0.001).",
+    "weight_decay": "Weight decay: decoupled for ranger and adamw, L2 for adam and sgd. "
+    "Default: the preset's (0.01).",
+    "schedule": "Learning-rate schedule: cosine (from --lr to 0 over --epochs; a resumed run "
+    "keeps its --epochs) or constant. Default: the preset's (cosine; the paper's: constant).",
     "compare": "Also train these specs (e.g. resnet-50) with the same settings and seeds, for "
     "the comparison table; repeat the option.",
 }
 
-# Options that train and autotune share (one declaration each).
-OPTIMIZER = typer.Option(Optimizer("ranger"), "--optimizer", help=OPTIMIZER_HELP)
+Preset = choices("Preset", ("default", "paper"))
+Schedule = choices("Schedule", ("constant", "cosine"))
+
+# Options that train and autotune share (one declaration each); None: the preset's value.
+PRESET = typer.Option(Preset("default"), "--preset", help=HELP["preset"])
+OPTIMIZER = typer.Option(None, "--optimizer", show_default=False, help=HELP["optimizer"])
+TRAIN_LR = typer.Option(None, "--lr", show_default=False, help=HELP["lr"])
+TRAIN_WEIGHT_DECAY = typer.Option(None, "--weight-decay", show_default=False,
+                                  help=HELP["weight_decay"])
+SCHEDULE = typer.Option(None, "--schedule", show_default=False, help=HELP["schedule"])
 BACKEND = typer.Option(Backend("torch"), "--backend", help=HELP["backend"])
 N_SAMPLES = typer.Option(2048, "--n-samples", "-n", min=1, help=HELP["n_samples"])
 MEASURE_EVERY = typer.Option(1, "--measure-every", min=1, help=HELP["measure_every"])
@@ -89,11 +104,16 @@ def resolve_spec(text: str, data, width_multiplier: float):
                       width_multiplier=width_multiplier)
 
 
-def _config(**options):
+def _config(preset, optimizer, lr, weight_decay, schedule, **options):
+    """The preset's TrainConfig with the options given on the command line."""
     from ..training import TrainConfig
 
+    given = {"optimizer": None if optimizer is None else optimizer.value,
+             "learning_rate": lr, "weight_decay": weight_decay,
+             "schedule": None if schedule is None else schedule.value}
+    options.update({k: v for k, v in given.items() if v is not None})
     with flags_in_errors():
-        return TrainConfig(**options)
+        return TrainConfig.paper(**options) if preset.value == "paper" else TrainConfig(**options)
 
 
 def _mean_std(values, fmt: str = ".3g") -> str:
@@ -155,9 +175,11 @@ def train(
     spec: str = typer.Argument(..., metavar="SPEC", show_default=False, help=HELP["spec"]),
     data: str = DATA,
     epochs: int = typer.Option(EPOCHS, "--epochs", min=1, help=HELP["train_epochs"]),
-    optimizer: Optimizer = OPTIMIZER,
-    lr: float = LR,
-    weight_decay: float = WEIGHT_DECAY,
+    preset: Preset = PRESET,
+    optimizer: Optional[Optimizer] = OPTIMIZER,
+    lr: Optional[float] = TRAIN_LR,
+    weight_decay: Optional[float] = TRAIN_WEIGHT_DECAY,
+    schedule: Optional[Schedule] = SCHEDULE,
     batch_size: int = BATCH_SIZE,
     width_multiplier: float = WIDTH,
     backend: Backend = BACKEND,
@@ -178,8 +200,8 @@ def train(
     """
     from ..training import fit
 
-    config = _config(epochs=epochs, optimizer=optimizer.value, learning_rate=lr,
-                     weight_decay=weight_decay, batch_size=batch_size, seed=seed, device=device,
+    config = _config(preset, optimizer, lr, weight_decay, schedule, epochs=epochs,
+                     batch_size=batch_size, seed=seed, device=device,
                      augment=not no_augment, n_samples=n_samples, measure_every=measure_every)
     dataset = load_data(data, n_train=n_train, n_test=n_test, image_size=image_size, seed=seed)
     net = resolve_spec(spec, dataset, width_multiplier)
@@ -195,9 +217,11 @@ def autotune(
     spec: str = typer.Argument("plain-120", metavar="SPEC", help=HELP["spec"]),
     data: str = DATA,
     epochs: int = typer.Option(EPOCHS, "--epochs", min=1, help=HELP["autotune_epochs"]),
-    optimizer: Optimizer = OPTIMIZER,
-    lr: float = LR,
-    weight_decay: float = WEIGHT_DECAY,
+    preset: Preset = PRESET,
+    optimizer: Optional[Optimizer] = OPTIMIZER,
+    lr: Optional[float] = TRAIN_LR,
+    weight_decay: Optional[float] = TRAIN_WEIGHT_DECAY,
+    schedule: Optional[Schedule] = SCHEDULE,
     batch_size: int = BATCH_SIZE,
     width_multiplier: float = WIDTH,
     backend: Backend = BACKEND,
@@ -229,8 +253,8 @@ def autotune(
     from ..training import fit
 
     configs = [
-        _config(epochs=epochs, optimizer=optimizer.value, learning_rate=lr,
-                weight_decay=weight_decay, batch_size=batch_size, seed=seed, device=device,
+        _config(preset, optimizer, lr, weight_decay, schedule, epochs=epochs,
+                batch_size=batch_size, seed=seed, device=device,
                 augment=not no_augment, n_samples=n_samples, measure_every=measure_every)
         for seed in range(seeds)
     ]

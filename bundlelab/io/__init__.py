@@ -3,8 +3,10 @@
 >>> from bundlelab.io import open_dump, analyze_dump   # doctest: +SKIP
 >>> report = analyze_dump("activations.npz", layers=["block*"])   # doctest: +SKIP
 
-Formats: ``.npz``, a directory of ``.npy`` files, ``.safetensors`` (needs ``safetensors``) and
-HDF5 ``.h5`` / ``.hdf5`` (needs ``h5py``).  See :mod:`bundlelab.io.dumps` for layer order.
+Formats: ``.npz``, a directory of ``.npy`` files (or thingsvision's one folder per layer),
+``.safetensors`` (needs ``safetensors``), HDF5 ``.h5`` / ``.hdf5`` (needs ``h5py``) and a dict
+of tensors saved by ``torch.save`` (``.pt``, needs ``torch``; never unpickled otherwise).
+See :mod:`bundlelab.io.dumps` for the layer order each stores and :attr:`Dump.order`.
 """
 
 from .analysis import analyze_dump, default_memory_budget, select_layers

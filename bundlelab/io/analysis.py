@@ -9,25 +9,61 @@ a quarter of the physical memory, at most 4 GiB), and streamed in chunks of abou
 ``min(256 MiB, memory_budget / 4)`` when it does not.  Whole layers get the exact, confirmed
 bundles of :func:`bundlelab.find_bundles`; streamed layers trust 128-bit row fingerprints
 (see :mod:`bundlelab.streaming` for the collision bound), so both give the same numbers.
+
+What the report says about the dump
+-----------------------------------
+``params["layer_order"]``: where the layer order came from ("stored in the file", "sorted by
+name (the file stores no order)", "given", ...; see :mod:`bundlelab.io.dumps`).
+``params["skipped"]``: arrays left out because they are not float activations (image ids,
+indices), name -> dtype; they are skipped with a note on stderr unless named in ``layers``,
+where they stay an error.  ``params["sources"]``: where ``w``, ``alpha``, ``|B|`` and the update
+format came from; a dump carries no weights, so ``w`` not given is ``"default (not given)"``
+and a warning (counts change by orders of magnitude with ``w``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import os
-from typing import Callable, Iterable
+import warnings
+from collections.abc import Mapping
+from typing import Any, Callable, Iterable
 
 from .._arrays import check_float_dtype
 from .._errors import BundleLabError
+from .._provenance import check_sources, report_sources
+from .._selection import announce, select_layers
 from .._validation import check_optional_int, checked_keywords, short_repr
 from ..bundles import BundleOptions, find_bundles
 from ..report import BundleReport
 from ..streaming import BundleStream
-from .._selection import select_layers
-from .dumps import Dump, LayerInfo, check_readable, open_dump, physical_memory
+from .dumps import (
+    FLOAT_DTYPES,
+    ORDER_GIVEN,
+    Dump,
+    LayerInfo,
+    check_readable,
+    open_dump,
+    physical_memory,
+)
 
 GIB = 1 << 30
 MAX_CHUNK_BYTES = 256 << 20
+
+#: the one-line warning when a dump is analysed without w (a dump carries no weights)
+W_NOT_GIVEN = (
+    "w was not given: using w=1.0; counts change by orders of magnitude with w (pass "
+    "--weight-amplitude, the largest |weight| of the model)"
+)
+#: the source of w when it was not given
+W_DEFAULT_SOURCE = "default (not given)"
+#: ``order=`` value that means "the order of the ``layers`` list"
+ORDER_OF_LAYERS = "layers"
+ORDER_NEEDS_LAYERS = (
+    "order='layers' (--order layers) takes the order of the layers list, but no layers were "
+    "given: pass layers=[...] (--layers) in network order, or an order file"
+)
 
 
 @checked_keywords
@@ -56,16 +92,23 @@ def analyze_dump(
     memory_budget: int | None = None,
     n_classes: int | None = None,
     progress: Callable[[str, int], None] | None = None,
+    order: Any = None,
+    sources: Mapping[str, str] | None = None,
     **options,
 ) -> BundleReport:
     """Bundles of the layers of an activation dump, in the dump's layer order.
+
+    Arrays that are not float activations (image ids, indices) are skipped with a note
+    (``params["skipped"]``) unless named in ``layers``; ``weight_amplitude`` not given warns
+    once (:data:`W_NOT_GIVEN`).
 
     Parameters
     ----------
     dump : Dump or path-like
         An opened dump, or a path for :func:`open_dump` (closed again afterwards).
     layers : iterable of str, optional
-        Layer names or glob patterns to analyse; all layers when omitted.
+        Layer names or glob patterns to analyse; all float layers when omitted.  A name given
+        exactly must be a float layer (an integer array named here is an error).
     labels_key : str, default='labels'
         Name of the labels array when ``dump`` is a path.
     chunk_rows : int, optional
@@ -79,19 +122,33 @@ def analyze_dump(
     progress : callable(layer, n_rows), optional
         Called with ``n_rows=0`` when a layer starts, then with the number of samples just
         processed after each chunk (once, with all of them, for a layer read whole).
+    order : sequence of str, path-like or 'layers', optional
+        The layer order, instead of the one stored in the dump: layer names in network order,
+        a text file of them (one per line, ``#`` comments), or ``'layers'`` for the order of
+        the ``layers`` list (a glob expands in the dump's order where it stands).  The report's
+        ``params["layer_order"]`` says "given", else the dump's own :attr:`Dump.order`.
+    sources : mapping of str to str, optional
+        Where learning_rate, batch_size, weight_amplitude and update_format came from, for the
+        report (``params["sources"]``); by default "given" for the keywords passed, "default"
+        for the others, ``"default (not given)"`` for ``w``.
     **options
-        Keywords of :func:`bundlelab.find_bundles` (mode, learning_rate, batch_size, ...).
+        Keywords of :func:`bundlelab.find_bundles` (mode, learning_rate, batch_size,
+        weight_amplitude, update_format, ...).
 
     Returns
     -------
     BundleReport
     """
-    own = ("layers", "labels_key", "chunk_rows", "memory_budget", "n_classes", "progress")
+    own = ("layers", "labels_key", "chunk_rows", "memory_budget", "n_classes", "progress",
+           "order", "sources")
     bundle_options = BundleOptions.from_keywords("analyze_dump()", options, also=own)
     chunk_rows = check_optional_int("chunk_rows", chunk_rows, low=1)
     memory_budget = check_optional_int("memory_budget", memory_budget, low=1)
     n_classes = check_optional_int("n_classes", n_classes, low=1)
     layers = _check_patterns(layers)
+    caller_sources = check_sources(sources)
+    if isinstance(order, str) and order == ORDER_OF_LAYERS and not layers:
+        raise BundleLabError(ORDER_NEEDS_LAYERS)
     if progress is not None and not callable(progress):
         raise BundleLabError(
             "The 'progress' parameter must be None or a callable(layer, n_rows). Got "
@@ -101,16 +158,20 @@ def analyze_dump(
         with open_dump(dump, labels_key=labels_key) as opened:
             return analyze_dump(
                 opened, layers=layers, chunk_rows=chunk_rows, memory_budget=memory_budget,
-                n_classes=n_classes, progress=progress, **options,
+                n_classes=n_classes, progress=progress, order=order, sources=sources,
+                **options,
             )
     budget = default_memory_budget() if memory_budget is None else memory_budget
-    names = select_layers(dump.layer_names, layers, where=dump.path.name)
-    labels = dump.labels
+    names, order_text = ordered_selection(dump, layers, order)
+    labels = dump.labels  # a missing labels array is the first thing to say
+    names, skipped, skip_note = _skip_non_float(dump, names, layers)
     plans = {}
     for name in names:  # check every layer before the first long computation
         info = dump.info(name)
         _check_layer(dump, info, len(labels))
         plans[name] = plan_chunk_rows(info, chunk_rows=chunk_rows, memory_budget=budget)
+    if skip_note:  # once every layer passed its checks: an error stays the only line
+        announce(skip_note)
 
     keywords = dataclasses.asdict(bundle_options)
     results = []
@@ -133,7 +194,95 @@ def analyze_dump(
                     progress(name, chunk.shape[0])
             result = stream.result(n_classes=n_classes)
         results.append(result)
-    return BundleReport(results, bundle_options.params())
+    params = bundle_options.params()
+    if "weight_amplitude" not in options and bundle_options.mode == "resolution":
+        caller_sources.setdefault("weight_amplitude", W_DEFAULT_SOURCE)
+        warnings.warn(W_NOT_GIVEN, UserWarning, stacklevel=3)
+    params["sources"] = report_sources(
+        options, caller_sources,
+        bundle_options.update_format if bundle_options.mode == "resolution" else None,
+        [result.dtype for result in results],
+    )
+    params["layer_order"] = order_text
+    params["skipped"] = skipped
+    return BundleReport(results, params)
+
+
+@checked_keywords
+def ordered_selection(
+    dump: Dump, layers: Iterable[str] | None, order: Any = None
+) -> tuple[list[str], str]:
+    """The layers of ``dump`` to analyse, in order, and where that order came from.
+
+    Parameters
+    ----------
+    dump : Dump
+    layers : iterable of str, optional
+        Names or glob patterns (:func:`bundlelab.io.select_layers`); every layer when None.
+    order : sequence of str, path-like or 'layers', optional
+        See :func:`analyze_dump`.
+
+    Returns
+    -------
+    names : list of str
+    order : str
+        "given", or the dump's :attr:`Dump.order`.
+    """
+    patterns = _check_patterns(layers)
+    if order is None:
+        return select_layers(dump.layer_names, patterns, where=dump.path.name), dump.order
+    if isinstance(order, str) and order == ORDER_OF_LAYERS:
+        if not patterns:
+            raise BundleLabError(ORDER_NEEDS_LAYERS)
+        selected = set(select_layers(dump.layer_names, patterns, where=dump.path.name))
+        names: list[str] = []
+        for item in patterns:
+            parts = [item] if item in selected else [p.strip() for p in item.split(",")]
+            for part in parts:
+                matched = [part] if part in selected else [
+                    name for name in dump.layer_names if fnmatch.fnmatchcase(name, part)
+                ]
+                names.extend(name for name in matched if name not in names)
+        return names, ORDER_GIVEN
+    base = dump.ordered(order)
+    return select_layers(base, patterns, where=dump.path.name), ORDER_GIVEN
+
+
+def _explicit_names(names: list[str], layers: list[str] | None) -> set[str]:
+    """The layers named exactly (not through a glob) in ``layers``."""
+    explicit: set[str] = set()
+    for item in layers or ():
+        parts = [item] if item in names else [p.strip() for p in item.split(",")]
+        explicit.update(part for part in parts if part in names)
+    return explicit
+
+
+def _skip_non_float(
+    dump: Dump, names: list[str], layers: list[str] | None
+) -> tuple[list[str], dict[str, str], str | None]:
+    """Leave out arrays that are not float activations unless named exactly: the layers kept,
+    the arrays skipped (name -> dtype) and the note that says so (None when none was)."""
+    explicit = _explicit_names(names, layers)
+    skipped = {
+        name: dump.info(name).dtype for name in names
+        if name not in explicit and dump.info(name).dtype not in FLOAT_DTYPES
+    }
+    kept = [name for name in names if name not in skipped]
+    listed = ", ".join(f"{name!r} ({dtype})" for name, dtype in list(skipped.items())[:6])
+    more = f", ... ({len(skipped) - 6} more)" if len(skipped) > 6 else ""
+    if skipped and not kept:  # nothing to analyse: say why the first array cannot be
+        first = dump.info(next(iter(skipped)))
+        check_readable(first, dump.path.name)
+        try:
+            check_float_dtype(first.dtype, first.name)
+        except BundleLabError as exc:
+            raise BundleLabError(f"{dump.path.name} has no float layer: {exc}") from None
+    note = (
+        f"skipped {len(skipped)} array{'s' if len(skipped) > 1 else ''} that "
+        f"{'are' if len(skipped) > 1 else 'is'} not float activations: {listed}{more} "
+        "(ids or indices, not layers)"
+    ) if skipped else None
+    return kept, skipped, note
 
 
 def _check_patterns(layers) -> list[str] | None:

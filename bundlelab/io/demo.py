@@ -25,19 +25,31 @@ def demo_activations(seed: int = SEED) -> tuple[dict[str, np.ndarray], np.ndarra
 
     Returns ``({"healthy/dense1": (1797, 64) float32, ..., "narrow/dense12": (1797, 3)}, labels)``.
     """
+    layers, labels, _ = _run_demo(seed)
+    return layers, labels
+
+
+def demo_weight_amplitude(seed: int = SEED) -> float:
+    """``w`` of the demo: the largest absolute weight of the two demo networks."""
+    return _run_demo(seed)[2]
+
+
+def _run_demo(seed: int) -> tuple[dict[str, np.ndarray], np.ndarray, float]:
     from sklearn.datasets import load_digits
 
     images, labels = load_digits(return_X_y=True)
     inputs = images / 16.0  # pixel intensities 0..16 -> [0, 1]
     rng = np.random.default_rng(seed)
     layers = {}
+    largest = 0.0
     for network, widths in NETWORKS.items():
         hidden = inputs
         for depth, width in enumerate(widths, start=1):
             weights = rng.standard_normal((hidden.shape[1], width)) * np.sqrt(2.0 / hidden.shape[1])
+            largest = max(largest, float(np.abs(weights).max()))
             hidden = np.maximum(hidden @ weights, 0.0).astype(np.float32)
             layers[f"{network}/dense{depth}"] = hidden
-    return layers, labels.astype(np.int64)
+    return layers, labels.astype(np.int64), largest
 
 
 def write_demo_dump(directory: str | os.PathLike = ".", *, seed: int = SEED) -> str:

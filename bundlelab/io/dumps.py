@@ -5,15 +5,22 @@
 layers without loading them, loads one layer on demand, and can read a layer in row chunks, so a
 dump larger than memory can be analysed (see :func:`bundlelab.io.analyze_dump`).
 
-Layer order (the network order the report follows):
+Layer order (the network order the report follows), and what :attr:`Dump.order` says:
 
-- ``.npz``: the order the arrays were written (``np.savez(path, **layers)`` keeps dict order).
-- directory of ``.npy`` files: the names listed in ``layers.txt`` (one per line, ``#`` comments)
-  when the directory has one, else natural order of the file names (``layer2`` before
-  ``layer10``).
-- ``.safetensors``: natural order of the tensor names (the format does not keep write order).
-- ``.h5`` / ``.hdf5``: datasets anywhere in the file, named by path (``block1/conv2``); a group
-  created with ``track_order=True`` keeps creation order, other groups use natural order.
+- ``.npz``: the order the arrays were written (``np.savez(path, **layers)`` keeps dict order):
+  "stored in the file".
+- ``.safetensors``: the JSON list of names under the metadata key ``bundlelab.order`` (what
+  :func:`save_dump` writes; ``layer_order`` and ``order`` are read too): "stored in the file".
+- ``.h5`` / ``.hdf5``: creation order where the groups track it (``track_order=True``, on the
+  file or a group; :func:`save_dump` sets it): "stored in the file".
+- directory of ``.npy`` files (or thingsvision's one folder per layer): the names listed in
+  ``layers.txt`` (one per line, ``#`` comments) when there is one: "stored in the file".
+- ``.pt`` (a dict of tensors saved by ``torch.save``): dict order, "stored in the file".
+- otherwise, names that are torchlens layer labels (``linear_1_1``, ``relu_1_2``: type, count,
+  position) follow the position they carry; any other names natural order (``layer2`` before
+  ``layer10``): "sorted by name (the file stores no order)".
+- an order the user gives (``open_dump(order=...)``, ``bundlelab analyze --order``) overrides all
+  of these: "given".
 
 0-d arrays (saved scalars such as a step counter) are not listed as layers.
 
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import json
 import math
 import os
 import re
@@ -64,7 +72,24 @@ READERS = {
     ".safetensors": ("bundlelab.io.safetensors_dump", "SafetensorsDump"),
     ".h5": ("bundlelab.io.hdf5", "Hdf5Dump"),
     ".hdf5": ("bundlelab.io.hdf5", "Hdf5Dump"),
+    ".pt": ("bundlelab.io.torch_dump", "TorchDump"),
+    ".pth": ("bundlelab.io.torch_dump", "TorchDump"),
 }
+
+#: the element types a layer can be analysed in (any other array is not a layer by default)
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+#: what :attr:`Dump.order` says about where the layer order came from
+ORDER_STORED = "stored in the file"
+ORDER_BY_NAME = "sorted by name (the file stores no order)"
+ORDER_TORCHLENS = "torchlens labels (the position in each name)"
+ORDER_GIVEN = "given"
+
+#: the labels of torchvision datasets and thingsvision scripts, read when 'labels' is absent
+FALLBACK_LABELS_KEY = "targets"
+
+#: a torchlens layer label: type, count of that type, position in the network, optional pass
+_TORCHLENS_LABEL = re.compile(r"^([a-z][a-z0-9]*(?:_[a-z][a-z0-9]*)*)_(\d+)_(\d+)(?::(\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -114,8 +139,12 @@ class Dump:
     ``(name, loader)`` pairs that :func:`bundlelab.analyze_layers` accepts.  Close it (or use it
     as a context manager) to release the file.
 
-    Subclasses fill ``_infos`` (layers, in order, labels excluded) and ``_label_info`` and
-    implement ``_read(name)``, ``_read_rows(name, start, stop)`` and ``_read_labels()``.
+    A dump without its labels array opens (``bundlelab info`` lists it); reading
+    :attr:`labels` is then a one-line error naming the arrays that could be labels.
+
+    Subclasses list their arrays through ``_finish_listing`` (which fills ``_infos``, the
+    layers in order, and ``_label_info``) and implement ``_read(name)``,
+    ``_read_rows(name, start, stop)`` and ``_read_labels()``.
 
     Parameters
     ----------
@@ -132,7 +161,11 @@ class Dump:
         self.path = path
         self.labels_key = labels_key
         self._infos: dict[str, LayerInfo] = {}
+        self._arrays: dict[str, LayerInfo] = {}
+        self._label_info: LayerInfo | None = None
         self._labels: np.ndarray | None = None
+        #: where the layer order came from (ORDER_STORED, ORDER_BY_NAME, ... ; see the module)
+        self.order = ORDER_BY_NAME
 
     # -- what is stored ----------------------------------------------------------------------
     @property
@@ -148,8 +181,33 @@ class Dump:
             raise unknown_layer_error(name, self.layer_names, where=self.path.name) from None
 
     @property
+    def arrays(self) -> dict[str, LayerInfo]:
+        """Every stored array (layers, labels, scalars, ids), in listing order."""
+        return dict(self._arrays)
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether the dump holds its labels array (``labels_key``)."""
+        return self._label_info is not None
+
+    def label_candidates(self) -> list[str]:
+        """Arrays that could be the labels: 1-D integer, boolean or string arrays with one value
+        per sample (the sample count of the float layers)."""
+        counts = [info.n_samples for info in self._infos.values() if info.dtype in FLOAT_DTYPES]
+        n_samples = max(set(counts), key=counts.count) if counts else None
+        return [
+            name for name, info in self._arrays.items()
+            if len(info.shape) == 1 and (n_samples is None or info.shape[0] == n_samples)
+            and info.dtype.startswith(("int", "uint", "bool", "str", "<U", "bytes"))
+        ]
+
+    @property
     def labels(self) -> np.ndarray:
         """The class label of every sample (read once, then cached)."""
+        if self._label_info is None:
+            raise missing_labels_error(
+                self.path.name, self.labels_key, list(self._arrays), self.label_candidates()
+            )
         if self._labels is None:
             check_readable(self._label_info, self.path.name)
             check_labels_fit(self._label_info, self.path.name, self.labels_key)
@@ -168,6 +226,53 @@ class Dump:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, {len(self)} layers)"
+
+    def ordered(self, order: Any) -> list[str]:
+        """The layers a given order lists, in that order (checked, the dump unchanged).
+
+        Parameters
+        ----------
+        order : sequence of str, or path-like
+            Layer names in network order, or a text file of them (one per line, blank lines
+            and ``#`` comments skipped, like ``layers.txt``).
+
+        Returns
+        -------
+        list of str
+        """
+        where = self.path.name
+        if isinstance(order, (str, os.PathLike)):
+            where = f"the order file {Path(order).name}"
+            order = read_order_file(Path(order))
+        if isinstance(order, (bytes, Mapping)) or not hasattr(order, "__iter__"):
+            raise BundleLabError(
+                "The 'order' parameter must be a list of layer names or a text file of them. "
+                f"Got {short_repr(order)} instead."
+            )
+        names = list(order)
+        if not names or not all(isinstance(name, str) for name in names):
+            raise BundleLabError(
+                f"the layer order must name at least one layer, as str: got {short_repr(names)}"
+            )
+        if len(set(names)) != len(names):
+            twice = next(name for name in names if names.count(name) > 1)
+            raise BundleLabError(f"{where} names the layer {twice!r} twice: list each layer once")
+        for name in names:
+            if name not in self._infos:
+                raise unknown_layer_error(name, self.layer_names, where=where)
+        return names
+
+    def reorder(self, order: Any) -> None:
+        """Use a given layer order: the listed layers, in that order, are the dump's layers
+        (arrays not listed are left out) and :attr:`order` becomes "given".
+
+        Parameters
+        ----------
+        order : sequence of str, or path-like
+            See :meth:`ordered`.
+        """
+        self._infos = {name: self._infos[name] for name in self.ordered(order)}
+        self.order = ORDER_GIVEN
 
     # -- reading -----------------------------------------------------------------------------
     def load(self, name: str) -> np.ndarray:
@@ -223,20 +328,30 @@ class Dump:
         except READ_ERRORS as exc:
             raise corrupt_error(self.path, f"array {name!r}", exc) from None
 
-    def _finish_listing(self, names: list[str], infos: dict[str, LayerInfo]) -> None:
-        """Split the stored arrays into labels and layers (in ``names`` order)."""
+    def _finish_listing(
+        self, names: list[str], infos: dict[str, LayerInfo], *, order: str = ORDER_BY_NAME
+    ) -> None:
+        """Split the stored arrays into labels and layers (in ``names`` order, which is what
+        ``order`` says; an ORDER_BY_NAME listing follows torchlens positions when the names are
+        torchlens labels)."""
         if not names:
             raise BundleLabError(
                 f"{self.path.name} is an empty dump: it holds no arrays; save one array per "
                 f"layer and a {self.labels_key!r} array (bundlelab.io.save_dump does both)"
             )
-        if self.labels_key not in infos:
-            raise missing_labels_error(self.path.name, self.labels_key, names)
-        self._label_info = infos[self.labels_key]
+        if (self.labels_key not in infos and self.labels_key == "labels"
+                and FALLBACK_LABELS_KEY in infos):
+            self.labels_key = FALLBACK_LABELS_KEY
+        self._arrays = {name: infos[name] for name in names}
+        self._label_info = infos.get(self.labels_key)
         # 0-d arrays are scalars (saved hyper-parameters, step counters), not layers.
-        self._infos = {
-            name: infos[name] for name in names if name != self.labels_key and infos[name].shape
-        }
+        layers = [name for name in names if name != self.labels_key and infos[name].shape]
+        self.order = order
+        if order == ORDER_BY_NAME:
+            by_position = torchlens_order(layers)
+            if by_position is not None:
+                layers, self.order = by_position, ORDER_TORCHLENS
+        self._infos = {name: infos[name] for name in layers}
         if not self._infos:
             raise BundleLabError(
                 f"{self.path.name} holds only the labels {self.labels_key!r} and no layer: save "
@@ -248,17 +363,27 @@ class Dump:
 
 
 @checked_keywords
-def open_dump(path: str | os.PathLike, *, labels_key: str = "labels") -> Dump:
+def open_dump(
+    path: str | os.PathLike, *, labels_key: str = "labels", order: Any = None
+) -> Dump:
     """Open an activation dump without loading its layers.
 
     Parameters
     ----------
     path : path-like
-        A ``.npz`` file, a directory of ``.npy`` files, a ``.safetensors`` file or an HDF5 file
-        (``.h5`` / ``.hdf5``): one array of shape (n_samples, ...) per layer plus the labels.
+        A ``.npz`` file, a directory of ``.npy`` files (or thingsvision's layout: one folder
+        per layer holding ``features.npy`` or ``features.hdf5``), a ``.safetensors`` file, an
+        HDF5 file (``.h5`` / ``.hdf5``) or a ``.pt`` file holding a dict of tensors: one array
+        of shape (n_samples, ...) per layer plus the labels.
     labels_key : str, default='labels'
         Name of the array that holds the class label of every sample (in a directory, the
-        file ``<labels_key>.npy``; in HDF5, a dataset path).
+        file ``<labels_key>.npy``; in HDF5, a dataset path).  When the default 'labels' is
+        absent, an array named 'targets' is read instead.  A dump without its labels opens;
+        reading :attr:`Dump.labels` is then the error.
+    order : sequence of str or path-like, optional
+        The layer order to use instead of the stored one (:meth:`Dump.reorder`): the listed
+        layers, in that order, are the dump's layers.  By default the order stored in the file,
+        else natural name order; :attr:`Dump.order` says which.
 
     Returns
     -------
@@ -291,12 +416,19 @@ def open_dump(path: str | os.PathLike, *, labels_key: str = "labels") -> Dump:
             "a single .npy file holds one array: put one .npy file per layer and labels.npy "
             "in a directory, or save an .npz with bundlelab.io.save_dump"
             if kind == ".npy"
-            else "supported: .npz, .safetensors, .h5/.hdf5, or a directory of .npy files"
+            else "supported: .npz, .safetensors, .h5/.hdf5, .pt, or a directory of .npy files"
         )
         raise BundleLabError(f"unknown dump format {path.suffix or path.name!r}: {hint}")
     module_name, class_name = READERS[kind]
     reader = getattr(importlib.import_module(module_name), class_name)
-    return reader(path, labels_key)
+    dump = reader(path, labels_key)
+    if order is not None:
+        try:
+            dump.reorder(order)
+        except BaseException:
+            dump.close()
+            raise
+    return dump
 
 
 @checked_keywords
@@ -308,25 +440,34 @@ def save_dump(
     labels_key: str = "labels",
     compress: bool = False,
 ) -> None:
-    """Write layers and labels to an ``.npz`` file atomically (never pickled).
+    """Write layers and labels to a dump file atomically (never pickled), with the layer order.
+
+    The format follows the extension: ``.npz`` (the members in layer order), ``.safetensors``
+    (the order as a JSON list under the metadata key ``bundlelab.order``; needs
+    ``safetensors``) or ``.h5`` / ``.hdf5`` (datasets in a file that tracks creation order;
+    needs ``h5py``).  :func:`open_dump` reads each back in the order of ``layers``.
 
     Parameters
     ----------
     path : path-like
-        Destination, ending in ``.npz``.
+        Destination, ending in ``.npz``, ``.safetensors``, ``.h5`` or ``.hdf5``.
     layers : dict of str -> array of shape (n_samples, ...)
         Layer outputs in network order (numpy arrays, or CuPy arrays / torch tensors, copied to
         the host).
     labels : array-like of shape (n_samples,)
-        Class labels (numbers or strings).
+        Class labels (numbers, or strings except in ``.safetensors``).
     labels_key : str, default='labels'
     compress : bool, default=False
-        Deflate the members (smaller, slower to read).
+        Deflate the members / datasets (smaller, slower to read); not for ``.safetensors``.
     """
     compress = check_bool("compress", compress)
     path = _check_path(path)
-    if path.suffix.lower() != ".npz":
-        raise BundleLabError(f"save_dump writes .npz files: got {str(path)!r}; name it *.npz")
+    suffix = path.suffix.lower()
+    if suffix not in SAVE_FORMATS:
+        raise BundleLabError(
+            f"save_dump writes .npz, .safetensors, .h5 or .hdf5 files: got {str(path)!r}; "
+            "name it *.npz"
+        )
     if not isinstance(labels_key, str) or not labels_key:
         raise BundleLabError(
             f"The 'labels_key' parameter must be a non-empty str. Got {short_repr(labels_key)} "
@@ -343,7 +484,8 @@ def save_dump(
         )
     if not layers:
         raise BundleLabError("no layers to save: pass a dict of layer name -> activations")
-    arrays = {str(name): _savable(name, value) for name, value in layers.items()}
+    npz = suffix == ".npz"
+    arrays = {str(name): _savable(name, value, npz=npz) for name, value in layers.items()}
     label_array = _savable(labels_key, labels, labels=True)
     label_vector = saved_label_vector(label_array, where="save_dump()", key=labels_key)
     for name, array in arrays.items():
@@ -354,7 +496,11 @@ def save_dump(
                 f"{label_vector.shape[0]} labels: pass one label per sample, and every layer "
                 "with the samples first, in the same order"
             )
-    arrays[labels_key] = label_array
+    SAVE_FORMATS[suffix](path, arrays, labels_key, label_array, compress)
+
+
+def _save_npz(path: Path, arrays: dict, labels_key: str, labels: np.ndarray, compress: bool):
+    arrays = {**arrays, labels_key: labels}
     compression = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     with atomic_open(path, "wb") as handle:
         with zipfile.ZipFile(handle, "w", compression=compression, allowZip64=True) as archive:
@@ -363,7 +509,69 @@ def save_dump(
                     np.lib.format.write_array(member, array, allow_pickle=False)
 
 
-def _savable(name: str, value: Any, *, labels: bool = False) -> np.ndarray:
+def _save_safetensors(path: Path, arrays: dict, labels_key: str, labels: np.ndarray,
+                      compress: bool):
+    from .._errors import require
+
+    if compress:
+        raise BundleLabError(
+            "save_dump(): .safetensors files are not compressed: drop compress=True, or save .npz"
+        )
+    if labels.dtype.kind in "USO":
+        raise BundleLabError(
+            f"save_dump(): .safetensors stores numbers only, and the labels {labels_key!r} are "
+            "strings: map them to integers, or save .npz or .h5"
+        )
+    if any(str(array.dtype) == "bfloat16" for array in arrays.values()):
+        require("ml_dtypes", purpose="writing bfloat16 tensors", extra="io")
+    numpy_io = require("safetensors.numpy", purpose="writing .safetensors dumps", extra="io")
+    tensors = {name: np.ascontiguousarray(array) for name, array in arrays.items()}
+    tensors[labels_key] = np.ascontiguousarray(labels)
+    # the format sorts its tensors by name: the order travels in the metadata
+    data = numpy_io.save(tensors, metadata={ORDER_KEY: json.dumps(list(arrays))})
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+
+
+def _save_hdf5(path: Path, arrays: dict, labels_key: str, labels: np.ndarray, compress: bool):
+    from .._errors import require
+
+    h5py = require("h5py", purpose="writing HDF5 dumps", extra="io")
+    if any(str(array.dtype) == "bfloat16" for array in arrays.values()):
+        raise BundleLabError(
+            "save_dump(): HDF5 has no bfloat16: save .safetensors, or cast to float32 (exact, "
+            "but bundles are then computed at float32 resolution)"
+        )
+    if "/" in labels_key or any("/" in name for name in arrays):
+        raise BundleLabError(
+            "save_dump(): a name holds '/', which HDF5 reads as a group path: rename the layer"
+        )
+    options = {"compression": "gzip"} if compress else {}
+    # h5py writes through the file object, so the file appears whole or not at all
+    with atomic_open(path, "w+b") as handle:
+        with h5py.File(handle, "w", track_order=True) as file:
+            for name, array in arrays.items():
+                file.create_dataset(name, data=array, **options)
+            if labels.dtype.kind in "US":
+                file.create_dataset(labels_key, data=labels.astype(object),
+                                    dtype=h5py.string_dtype())
+            else:
+                file.create_dataset(labels_key, data=labels)
+
+
+#: extension -> writer of :func:`save_dump`
+SAVE_FORMATS = {
+    ".npz": _save_npz,
+    ".safetensors": _save_safetensors,
+    ".h5": _save_hdf5,
+    ".hdf5": _save_hdf5,
+}
+
+#: the safetensors metadata key under which :func:`save_dump` stores the layer order
+ORDER_KEY = "bundlelab.order"
+
+
+def _savable(name: str, value: Any, *, labels: bool = False, npz: bool = True) -> np.ndarray:
     array = to_host(value) if hasattr(value, "shape") else np.asarray(value)
     array = np.asarray(array)
     if array.dtype.hasobject:
@@ -373,7 +581,7 @@ def _savable(name: str, value: Any, *, labels: bool = False) -> np.ndarray:
                 "np.asarray(labels, dtype=str)"
             )
         raise BundleLabError(f"layer {name!r} holds Python objects: pass a float array")
-    if array.dtype.kind == "V" or str(array.dtype) == "bfloat16":
+    if array.dtype.kind == "V" or (npz and str(array.dtype) == "bfloat16"):
         raise BundleLabError(
             f"layer {name!r} is {array.dtype}, which .npz cannot record: save it as .safetensors, "
             "or cast to float32 (exact, but bundles are then computed at float32 resolution)"
@@ -393,6 +601,9 @@ def _check_path(path: Any) -> Path:
 
 
 # -- shared helpers ----------------------------------------------------------------------------
+
+#: an order file is a list of names: anything larger is not one
+MAX_ORDER_FILE_BYTES = 16 << 20
 
 #: the units of ``format_bytes``, each 1024 times the one before
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
@@ -480,13 +691,65 @@ def check_readable(info: LayerInfo, where: str) -> None:
         )
 
 
-def missing_labels_error(where: str, labels_key: str, names: list[str]) -> BundleLabError:
+def missing_labels_error(
+    where: str, labels_key: str, names: list[str], candidates: list[str] | None = None
+) -> BundleLabError:
     close = difflib.get_close_matches(labels_key, names, n=1, cutoff=0.6)
-    guess = close[0] if close else "NAME"
+    guess = close[0] if close else (candidates[0] if candidates else "NAME")
+    could = f" (could be labels: {short_list(candidates, 4)})" if candidates else ""
     return BundleLabError(
-        f"{where} has no labels array {labels_key!r}; it holds {short_list(names)}: name the "
-        f"array with the class labels with --labels {guess} (Python: labels_key={guess!r})"
+        f"{where} has no labels array {labels_key!r}; it holds {short_list(names)}{could}: name "
+        f"the array with the class labels with --labels {guess} (Python: labels_key={guess!r})"
     )
+
+
+def read_order_file(path: Path) -> list[str]:
+    """Layer names from a text file, one per line; blank lines and ``#`` comments skipped."""
+    try:
+        if not path.is_file():
+            raise BundleLabError(
+                f"no layer order file {str(path)!r}: pass a text file with one layer name per line"
+            )
+        if path.stat().st_size > MAX_ORDER_FILE_BYTES:
+            raise BundleLabError(
+                f"the layer order file {path.name} holds {format_bytes(path.stat().st_size)}, "
+                f"more than a list of layer names ({format_bytes(MAX_ORDER_FILE_BYTES)} at most)"
+            )
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise corrupt_error(path, "the layer order", exc) from None
+    names = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            names.append(line)
+    return names
+
+
+def torchlens_order(names: list[str]) -> list[str] | None:
+    """``names`` by the position in their torchlens labels (``conv2d_3_7``: the 3rd conv2d, the
+    7th layer; ``:2`` the second pass), or None unless every name is such a label, every
+    (position, pass) is unique and each type's counts rise with the position (so names like
+    VGG's ``relu_1_2``, block 1 layer 2, are not mistaken for labels)."""
+    if len(names) < 2:
+        return None
+    keys = {}
+    for name in names:
+        match = _TORCHLENS_LABEL.match(name.rsplit("/", 1)[-1])
+        if match is None:
+            return None
+        kind, count, position, passes = match.groups()
+        keys[name] = (int(position), int(passes or 1), kind, int(count))
+    if len({key[:2] for key in keys.values()}) != len(keys):
+        return None
+    ordered = sorted(names, key=keys.__getitem__)
+    last: dict[str, int] = {}
+    for name in ordered:
+        _, _, kind, count = keys[name]
+        if count < last.get(kind, 0):
+            return None
+        last[kind] = count
+    return ordered
 
 
 def corrupt_error(path: Path, what: str, exc: BaseException) -> BundleLabError:

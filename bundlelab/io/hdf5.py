@@ -1,9 +1,12 @@
 """HDF5 dumps (``.h5`` / ``.hdf5``) through h5py: datasets anywhere in the file, read by rows.
 
 A dataset is named by its path without the leading slash (``block1/conv2``); the labels key is
-a path too.  Groups created with ``track_order=True`` list their members in creation order,
-other groups in natural name order.  A group reached under several names (hard or soft links)
-is listed once, under the first; a soft link to a dataset lists it under the link's name too.
+a path too.  Groups created with ``track_order=True`` (the root too, when the file was created
+with ``h5py.File(..., track_order=True)``, as :func:`bundlelab.io.save_dump` does) list their
+members in creation order, other groups in natural name order; :attr:`Dump.order` says "stored
+in the file" when every group with several members tracks its order.  A group reached under
+several names (hard or soft links) is listed once, under the first; a soft link to a dataset
+lists it under the link's name too.
 Row chunks are read with h5py slicing, which only touches the HDF5 chunks that hold those rows.
 
 Only data stored in the file itself is read.  Refused before anything is read, in one line:
@@ -21,6 +24,8 @@ import numpy as np
 
 from .._errors import BundleLabError, require
 from .dumps import (
+    ORDER_BY_NAME,
+    ORDER_STORED,
     Dump,
     LayerInfo,
     check_declared,
@@ -38,6 +43,9 @@ OTHER_FILTER_RATIO = 1 << 20
 #: a dataset may declare this many bytes beyond what its storage can hold (small fill-value
 #: datasets are harmless)
 SLACK_BYTES = 1 << 16
+
+#: the order of a file where some groups track creation order and others do not
+ORDER_MIXED = "stored in the file where tracked, else sorted by name"
 
 #: what h5py and the HDF5 library raise on a corrupt file
 _H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError)
@@ -65,9 +73,12 @@ class Hdf5Dump(Dump):
         try:
             self._refuse_external_links()
             infos: dict[str, LayerInfo] = {}
+            self._tracked: set[bool] = set()
             self._walk(infos)
             self.labels_key = labels_key.strip("/")
-            self._finish_listing(list(infos), infos)
+            order = (ORDER_MIXED if len(self._tracked) > 1
+                     else ORDER_STORED if self._tracked == {True} else ORDER_BY_NAME)
+            self._finish_listing(list(infos), infos, order=order)
         except BundleLabError:
             self._file.close()
             raise
@@ -82,7 +93,10 @@ class Hdf5Dump(Dump):
     def _names(self, group) -> list[str]:
         names = list(group.keys())
         tracked = group.id.get_create_plist().get_link_creation_order()
-        if not tracked & self._h5py.h5p.CRT_ORDER_TRACKED:
+        tracked = bool(tracked & self._h5py.h5p.CRT_ORDER_TRACKED)
+        if len(names) > 1:  # one member has no order to keep
+            self._tracked.add(tracked)
+        if not tracked:
             names.sort(key=natural_key)
         return names
 
@@ -116,7 +130,9 @@ class Hdf5Dump(Dump):
         RecursionError) and expanding each group once (a file of aliased groups cannot grow the
         listing exponentially)."""
         h5py = self._h5py
-        root = self._file
+        # the root group, not the File: a File's id is the file's, whose creation properties
+        # never say that the root tracks creation order
+        root = self._file["/"]
         seen = {root.id}
         stack = [(iter(self._names(root)), root, "", {root.id: "/"})]
         while stack:

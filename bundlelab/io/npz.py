@@ -20,6 +20,7 @@ import numpy as np
 from .._errors import BundleLabError
 from .dumps import (
     READ_ERRORS,
+    ORDER_STORED,
     Dump,
     LayerInfo,
     check_declared,
@@ -102,7 +103,8 @@ class NpzDump(Dump):
                 name = member.filename[: -len(".npy")]
                 infos[name] = self._member_info(name, member)
                 self._members[name] = member.filename
-            self._finish_listing(list(infos), infos)
+            # zip members keep the order they were written in
+            self._finish_listing(list(infos), infos, order=ORDER_STORED)
         except BaseException:
             self._zip.close()
             raise

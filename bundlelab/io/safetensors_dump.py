@@ -2,18 +2,38 @@
 
 bfloat16 tensors come back as ``ml_dtypes.bfloat16`` arrays, which the core computes on in
 bfloat16; safetensors needs ``ml_dtypes`` imported to build them, so it is imported here, on
-the first bfloat16 read.  Layer order is the natural order of the tensor names (the format
-stores tensors sorted, not in write order).
+the first bfloat16 read.
+
+Layer order: the format stores tensors sorted by name, not in write order, so the order is read
+from the header's ``__metadata__``: a JSON list of names under ``bundlelab.order`` (what
+:func:`bundlelab.io.save_dump` writes), else under ``layer_order`` or ``order`` when one holds
+such a list.  Names the list misses follow it in natural order; a ``bundlelab.order`` that is
+not a list of the file's names is a one-line error.  Without one, natural order of the names
+(or the positions of torchlens labels).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from .._errors import BundleLabError, require
-from .dumps import Dump, LayerInfo, check_declared, corrupt_error, format_bytes, natural_key
+from .dumps import (
+    ORDER_BY_NAME,
+    ORDER_KEY,
+    ORDER_STORED,
+    Dump,
+    LayerInfo,
+    check_declared,
+    corrupt_error,
+    format_bytes,
+    natural_key,
+)
+
+#: metadata keys that hold a layer order, ours first; only ours must be valid
+ORDER_KEYS = (ORDER_KEY, "layer_order", "order")
 
 #: safetensors dtype code -> (numpy name, item size)
 DTYPES = {
@@ -73,7 +93,41 @@ class SafetensorsDump(Dump):
             infos[name] = LayerInfo(name, shape, dtype, itemsize)
             # safetensors checks the offsets against the file; this is a second guard
             check_declared(self.path, infos[name], limit=size, stored=format_bytes(size))
-        self._finish_listing(sorted(infos, key=natural_key), infos)
+        names = sorted(infos, key=natural_key)
+        stored = self._stored_order(names)
+        if stored is None:
+            self._finish_listing(names, infos, order=ORDER_BY_NAME)
+        else:
+            listed = set(stored)
+            rest = [name for name in names if name not in listed]
+            self._finish_listing(stored + rest, infos, order=ORDER_STORED)
+
+    def _stored_order(self, names: list[str]) -> list[str] | None:
+        """The layer order in the header's metadata, or None when it holds none."""
+        try:
+            metadata = self._file.metadata() or {}
+        except (self._error_type, OSError, ValueError, RuntimeError) as exc:
+            raise corrupt_error(self.path, "its metadata", exc) from None
+        known = set(names)
+        for key in ORDER_KEYS:
+            if key not in metadata:
+                continue
+            try:
+                order = json.loads(metadata[key])
+            except ValueError:
+                order = None
+            valid = (
+                isinstance(order, list) and all(isinstance(name, str) for name in order)
+                and len(set(order)) == len(order) and set(order) <= known
+            )
+            if valid:
+                return order
+            if key == ORDER_KEY:
+                raise corrupt_error(
+                    self.path, f"the layer order {key!r} of its metadata",
+                    ValueError("it is not a JSON list of the names of its tensors, each once"),
+                )
+        return None
 
     def _slice(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
         info = self._infos.get(name, self._label_info)

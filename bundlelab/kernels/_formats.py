@@ -1,7 +1,8 @@
 """Floating-point formats the kernels work in, and correct rounding into the narrow ones.
 
 ``resolution`` mode evaluates ``t = fl(w - fl(fl(a * alpha) * fl(1 / batch_size)))`` in the
-activation's own format.  float32 and float64 are computed natively.  float16 and bfloat16 are
+*update format* (by default the activation's own format; float32 for float16/bfloat16
+activations).  float32 and float64 are computed natively.  float16 and bfloat16 are
 *emulated*: each operation is done in float64 and rounded to the narrow format with
 :func:`round_to_format`.  That equals native narrow arithmetic because float64 carries more than
 ``2p + 2`` significand bits for every narrow ``p`` here, so the double rounding is innocuous
@@ -31,6 +32,20 @@ class FloatFormat:
         if self.name == "float32":
             return float(_np().float32(x))
         return round_to_format(float(x), self.precision, self.emin, self.max_finite)
+
+
+    def holds(self, other: "FloatFormat") -> bool:
+        """Whether every value of the format ``other`` is a value of this one (so converting
+        ``other`` to this format is exact)."""
+        return (other.precision <= self.precision and other.emin >= self.emin
+                and other.max_finite <= self.max_finite)
+
+
+def needs_rounding(source: "FloatFormat | None", fmt: FloatFormat) -> bool:
+    """Whether activations of format ``source`` must be rounded to ``fmt`` before the
+    transform (they do not all fit in it); ``None`` (unknown) is rounded, which is always
+    correct and only slower."""
+    return source is None or not fmt.holds(source)
 
 
 def _np():

@@ -47,21 +47,27 @@ class KernelBackend(Protocol):
     """What a device must provide.  All index and result arrays are host numpy arrays.
 
     ``rows`` is the device-side 2-D float32/float64 array produced by
-    :func:`bundlelab._arrays.as_rows`; for a narrow ``fmt`` (float16/bfloat16) it holds the exact
-    float32 values and every operation must be rounded to ``fmt``.
+    :func:`bundlelab._arrays.as_rows` (float16/bfloat16 activations held as exact float32).
+    ``fmt`` is the *update format* the transform is computed in (``docs/semantics.md``): each
+    activation is first converted to it (exact when it widens, rounded to nearest-even when it
+    narrows) and every operation is rounded to it.  ``source`` is the activations' own format:
+    when ``fmt`` holds it, the conversion is exact and may be skipped; ``None`` (unknown) makes
+    the backend round, which is always correct.  Fingerprints depend only on the values of
+    ``t`` in ``fmt``, never on how the rows are stored.
     """
 
     name: str
 
     def fingerprints(
-        self, rows: Any, fmt: FloatFormat, transform: Transform
+        self, rows: Any, fmt: FloatFormat, transform: Transform,
+        source: FloatFormat | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(n, 2) uint64 fingerprints of the transformed rows (see ``_hashing.py``), and a
         bool (n,) flag of rows whose activations are not all finite."""
 
     def pairs_equal(
         self, rows: Any, first: np.ndarray, second: np.ndarray, fmt: FloatFormat,
-        transform: Transform,
+        transform: Transform, source: FloatFormat | None = None,
     ) -> np.ndarray:
         """bool (p,): transformed rows first[k] and second[k] are IEEE-equal in every value."""
 

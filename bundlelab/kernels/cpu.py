@@ -9,14 +9,21 @@ per run; the cache lives in the user's cache folder, not the package (see ``_cac
 Layout contract (shared with ``kernels/cuda.py``):
 
 * ``rows`` is a C-contiguous 2-D array of shape (n_samples, n_features), float32 or float64.
-  float16/bfloat16 activations arrive converted to float32 (exactly) and are processed by the
-  ``*_emulated`` kernels, which round every operation to the narrow format.
+  float16/bfloat16 activations arrive converted to float32 (exactly).
+* the *update format* (the format ``t`` is computed in, see ``docs/semantics.md``) is given by
+  the type of the constants ``w, alpha, invb``: the ``*_native`` kernels compute in float32 or
+  float64 whatever the storage (each activation is first cast to that format: exact when it
+  widens, rounded to nearest-even when it narrows), and hash words of that format, so a
+  float16 row evaluated in float32 has the fingerprint of the same values stored as float32.
+  The ``*_emulated`` kernels compute in float16/bfloat16 by rounding every operation (and the
+  activation itself, when it is not already in the format) to the narrow format.
 * fingerprints are written to ``out`` of shape (n_samples, 2), uint64; ``nonfinite`` flags rows
   whose activations are not all finite (the caller rejects or excludes those samples).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numba
@@ -24,8 +31,12 @@ import numpy as np
 
 from . import _cache  # noqa: F401 - before any cache=True kernel: where the cache lives
 from . import _formats, _hashing
+from ._threads import LAUNCH_LOCK, choose_threading_layer
+from ._formats import needs_rounding
 
 _njit = numba.njit(cache=True, nogil=True)
+
+choose_threading_layer()  # before the first parallel launch: a pool that sleeps when idle
 
 term_a = _njit(_hashing.term_a)
 term_b = _njit(_hashing.term_b)
@@ -49,23 +60,30 @@ def _hash_tile(words, first_word, n_words, lane_a, lane_b):
 
 
 @_njit
-def _emulated_value(v, w, alpha, invb, precision, emin, max_finite):
-    scaled = round_to_format(np.float64(v) * alpha, precision, emin, max_finite)
+def _emulated_value(v, w, alpha, invb, precision, emin, max_finite, round_input):
+    a = np.float64(v)
+    if round_input:
+        # the activation is wider than the update format: cast it first (one correct rounding
+        # of the exact value), as converting the array would
+        a = round_to_format(a, precision, emin, max_finite)
+    scaled = round_to_format(a * alpha, precision, emin, max_finite)
     step = round_to_format(scaled * invb, precision, emin, max_finite)
     return round_to_format(w - step, precision, emin, max_finite)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def fingerprints_native(rows, w, alpha, invb, out, nonfinite):
-    """Fingerprint ``t = w - (a * alpha) * invb`` per row, in the rows' own dtype.
+    """Fingerprint ``t = w - (a * alpha) * invb`` per row, in the dtype of the constants.
 
-    ``w``, ``alpha`` and ``invb`` must have the dtype of ``rows`` so the arithmetic stays in it.
+    ``w``, ``alpha`` and ``invb`` share one dtype, float32 or float64 (the update format); each
+    activation is cast to it first, so the arithmetic stays in it whatever the rows' dtype.
     """
     n_samples, n_features = rows.shape
-    zero = rows.dtype.type(0)
-    per_word = 8 // rows.itemsize
+    work = type(w)
+    zero = work(0)
     for i in numba.prange(n_samples):
-        buf = np.zeros(TILE, dtype=rows.dtype)
+        buf = np.zeros(TILE, dtype=work)
+        per_word = 8 // buf.itemsize
         words = buf.view(np.uint64)
         lane_a = np.uint64(0)
         lane_b = np.uint64(0)
@@ -80,7 +98,7 @@ def fingerprints_native(rows, w, alpha, invb, out, nonfinite):
                 # The non-finite flag is about the activation, not t: a finite activation whose
                 # transform overflows to -inf is a valid (if extreme) input.
                 bad |= (v - v) != 0  # true for NaN and +-inf only
-                t = w - (v * alpha) * invb
+                t = w - (work(v) * alpha) * invb
                 # Adding +0.0 maps -0.0 to +0.0 and leaves every other value unchanged, so the
                 # bit patterns agree exactly when IEEE equality does (NaN aside).
                 buf[k] = t + zero
@@ -95,8 +113,14 @@ def fingerprints_native(rows, w, alpha, invb, out, nonfinite):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def fingerprints_emulated(rows, w, alpha, invb, precision, emin, max_finite, out, nonfinite):
-    """Fingerprint rows of a narrow format (float16/bfloat16) given as exact float32 values."""
+def fingerprints_emulated(
+    rows, w, alpha, invb, precision, emin, max_finite, round_input, out, nonfinite
+):
+    """Fingerprint ``t`` computed in a narrow format (float16/bfloat16), held as float32.
+
+    ``round_input``: the rows may hold values outside the format (wider activations), which
+    are rounded to it first; False when they are known to be in it already (saves the work).
+    """
     n_samples, n_features = rows.shape
     zero = np.float32(0.0)
     per_word = 2  # the values are held as float32: two per 64-bit word
@@ -113,7 +137,7 @@ def fingerprints_emulated(rows, w, alpha, invb, precision, emin, max_finite, out
             for k in range(count):
                 v = src[k]
                 bad |= (v - v) != 0
-                t = _emulated_value(v, w, alpha, invb, precision, emin, max_finite)
+                t = _emulated_value(v, w, alpha, invb, precision, emin, max_finite, round_input)
                 buf[k] = np.float32(t) + zero
             if count % per_word:
                 buf[count] = zero  # pad the last word of an odd-length float32 row
@@ -127,8 +151,10 @@ def fingerprints_emulated(rows, w, alpha, invb, precision, emin, max_finite, out
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def pairs_equal_native(rows, first, second, w, alpha, invb, out):
-    """``out[p]`` = transformed rows ``first[p]`` and ``second[p]`` are IEEE-equal everywhere."""
+    """``out[p]`` = transformed rows ``first[p]`` and ``second[p]`` are IEEE-equal everywhere
+    (computed in the dtype of the constants, as :func:`fingerprints_native`)."""
     n_features = rows.shape[1]
+    work = type(w)
     for p in numba.prange(first.shape[0]):
         row_i = rows[first[p]]
         row_j = rows[second[p]]
@@ -140,8 +166,8 @@ def pairs_equal_native(rows, first, second, w, alpha, invb, out):
             src_j = row_j[start:start + TILE]
             differs = False
             for k in range(src_i.shape[0]):
-                ti = w - (src_i[k] * alpha) * invb
-                tj = w - (src_j[k] * alpha) * invb
+                ti = w - (work(src_i[k]) * alpha) * invb
+                tj = w - (work(src_j[k]) * alpha) * invb
                 differs |= not (ti == tj)
             if differs:
                 equal = False
@@ -150,16 +176,20 @@ def pairs_equal_native(rows, first, second, w, alpha, invb, out):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def pairs_equal_emulated(rows, first, second, w, alpha, invb, precision, emin, max_finite, out):
-    """Like :func:`pairs_equal_native` for narrow formats given as exact float32 values."""
+def pairs_equal_emulated(
+    rows, first, second, w, alpha, invb, precision, emin, max_finite, round_input, out
+):
+    """Like :func:`pairs_equal_native` in a narrow format (see :func:`fingerprints_emulated`)."""
     n_features = rows.shape[1]
     for p in numba.prange(first.shape[0]):
         row_i = rows[first[p]]
         row_j = rows[second[p]]
         equal = True
         for k in range(n_features):
-            ti = _emulated_value(row_i[k], w, alpha, invb, precision, emin, max_finite)
-            tj = _emulated_value(row_j[k], w, alpha, invb, precision, emin, max_finite)
+            ti = _emulated_value(row_i[k], w, alpha, invb, precision, emin, max_finite,
+                                 round_input)
+            tj = _emulated_value(row_j[k], w, alpha, invb, precision, emin, max_finite,
+                                 round_input)
             if not (ti == tj):
                 equal = False
                 break
@@ -437,46 +467,66 @@ def threshold_index(rows, means, tolerances, probes, scale, gamma):
     return finite, buckets, n_buckets
 
 
+def _native_constants(fmt, transform):
+    """``w, alpha, invb`` as numpy scalars of the update format: their type selects the
+    format the native kernels compute in."""
+    cast = np.float32 if fmt.name == "float32" else np.float64
+    return (cast(transform.weight_amplitude), cast(transform.learning_rate),
+            cast(transform.inverse_batch_size))
+
+
+def _one_launch_at_a_time(method):
+    """Hold :data:`LAUNCH_LOCK` during ``method`` (see ``_threads.py``: the workqueue layer
+    aborts on concurrent launches)."""
+    @functools.wraps(method)
+    def locked(*args, **kwargs):
+        with LAUNCH_LOCK:
+            return method(*args, **kwargs)
+
+    return locked
+
+
 class CpuBackend:
-    """Numba kernels on the host; the reference every other backend must match bit for bit."""
+    """Numba kernels on the host; the reference every other backend must match bit for bit.
+
+    Every method holds one process-wide lock while its parallel kernels run (see
+    ``kernels/_threads.py``)."""
 
     name = "cpu"
 
-    def fingerprints(self, rows, fmt, transform):
+    @_one_launch_at_a_time
+    def fingerprints(self, rows, fmt, transform, source=None):
         n = rows.shape[0]
         out = np.empty((n, 2), dtype=np.uint64)
         nonfinite = np.empty(n, dtype=np.bool_)
         if fmt.native:
-            cast = rows.dtype.type
-            fingerprints_native(
-                rows, cast(transform.weight_amplitude), cast(transform.learning_rate),
-                cast(transform.inverse_batch_size), out, nonfinite,
-            )
+            w, alpha, invb = _native_constants(fmt, transform)
+            fingerprints_native(rows, w, alpha, invb, out, nonfinite)
         else:
             fingerprints_emulated(
                 rows, transform.weight_amplitude, transform.learning_rate,
                 transform.inverse_batch_size, fmt.precision, fmt.emin, fmt.max_finite,
-                out, nonfinite,
+                needs_rounding(source, fmt), out, nonfinite,
             )
         return out, nonfinite
 
-    def pairs_equal(self, rows, first, second, fmt, transform):
+    @_one_launch_at_a_time
+    def pairs_equal(self, rows, first, second, fmt, transform, source=None):
         out = np.empty(first.shape[0], dtype=np.bool_)
         first = np.ascontiguousarray(first, dtype=np.int64)
         second = np.ascontiguousarray(second, dtype=np.int64)
         if fmt.native:
-            cast = rows.dtype.type
-            pairs_equal_native(
-                rows, first, second, cast(transform.weight_amplitude),
-                cast(transform.learning_rate), cast(transform.inverse_batch_size), out,
-            )
+            w, alpha, invb = _native_constants(fmt, transform)
+            pairs_equal_native(rows, first, second, w, alpha, invb, out)
         else:
             pairs_equal_emulated(
                 rows, first, second, transform.weight_amplitude, transform.learning_rate,
-                transform.inverse_batch_size, fmt.precision, fmt.emin, fmt.max_finite, out,
+                transform.inverse_batch_size, fmt.precision, fmt.emin, fmt.max_finite,
+                needs_rounding(source, fmt), out,
             )
         return out
 
+    @_one_launch_at_a_time
     def row_means(self, rows):
         n = rows.shape[0]
         means = np.empty(n)
@@ -485,6 +535,7 @@ class CpuBackend:
         row_means(rows, means, tolerances, nonfinite)
         return means, tolerances, nonfinite
 
+    @_one_launch_at_a_time
     def threshold_assign(
         self, rows, means, tolerances, first_new, leaders, n_leaders, scale, gamma
     ):

@@ -2,8 +2,10 @@
 ``kernels/cpu.py``, bit for bit, on rows that already live in GPU memory.
 
 Layout contract: the one of ``kernels/cpu.py`` (C-contiguous (n_samples, n_features) float32 or
-float64 rows; float16/bfloat16 arrive as exact float32 and every operation is rounded to the
-narrow format).  Results are returned as host numpy arrays.
+float64 rows; float16/bfloat16 arrive as exact float32; the native kernels compute in the dtype
+of the constants ``w, alpha, invb`` (the update format), casting each activation to it first;
+the emulated ones round every operation, and a wider activation itself, to the narrow format).
+Results are returned as host numpy arrays.
 
 How the work is split:
 
@@ -20,7 +22,8 @@ How the work is split:
 Bit-exactness with the CPU needs two precautions.  ``ptxas`` fuses a multiply followed by an add
 into one FMA (a single rounding) unless the multiply carries an explicit rounding mode, so the
 transform uses ``_mul_rn`` / ``_sub_rn`` (libdevice's ``__nv_fmul_rn`` etc.).  And the constants
-are passed in the rows' own dtype, so float32 rows are never promoted to float64.
+are passed in the update format's dtype and every activation is cast to it before the first
+operation, so a float32 computation is never promoted to float64.
 
 Under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the kernels run as Python on numpy
 scalars; the plain-Python bodies of ``_mul_rn``, ``_sub_rn`` and ``_bits`` are what runs there.
@@ -44,7 +47,7 @@ _cache.install("numba.cuda.core.caching")
 
 from . import _formats, _hashing
 from .._errors import BundleLabError
-from ._formats import FORMATS
+from ._formats import FORMATS, needs_rounding
 from ._protocol import Transform
 
 _SIMULATOR = bool(config.ENABLE_CUDASIM)
@@ -88,9 +91,16 @@ def _bits(t):
     return np.uint64(t.view(np.uint32 if t.dtype.itemsize == 4 else np.uint64))
 
 
-def _values_per_word(rows):
-    """Values of ``rows`` per 64-bit word of the fingerprint: 1 (float64) or 2 (float32)."""
-    return 8 // rows.dtype.itemsize
+def _values_per_word(w):
+    """Values of the update format (the dtype of ``w``) per 64-bit word of the fingerprint:
+    1 (float64) or 2 (float32)."""
+    return 8 // w.dtype.itemsize
+
+
+def _cast_like(v, w):
+    """The activation ``v`` converted to the dtype of ``w`` (round to nearest-even when it
+    narrows, exact when it widens)."""
+    return type(w)(v)
 
 
 @overload(_mul_rn, target="cuda")
@@ -117,9 +127,16 @@ def _bits_cuda(t):
 
 
 @overload(_values_per_word, target="cuda")
-def _values_per_word_cuda(rows):
-    per_word = 64 // rows.dtype.bitwidth  # a compile-time constant, so the loops unroll
-    return lambda rows: per_word
+def _values_per_word_cuda(w):
+    per_word = 64 // w.bitwidth  # a compile-time constant, so the loops unroll
+    return lambda w: per_word
+
+
+@overload(_cast_like, target="cuda")
+def _cast_like_cuda(v, w):
+    if w == types.float32:
+        return lambda v, w: np.float32(v)  # cvt.rn: round to nearest-even, as numpy
+    return lambda v, w: np.float64(v)
 
 
 # -- device functions -------------------------------------------------------------------------
@@ -132,9 +149,13 @@ def _native_value(v, w, alpha, invb):
 
 
 @_device_fn
-def _emulated_value(v, w, alpha, invb, precision, emin, max_finite):
-    """As ``cpu._emulated_value``: each operation in float64, rounded to the narrow format."""
-    scaled = round_to_format(_mul_rn(np.float64(v), alpha), precision, emin, max_finite)
+def _emulated_value(v, w, alpha, invb, precision, emin, max_finite, round_input):
+    """As ``cpu._emulated_value``: each operation in float64, rounded to the narrow format
+    (and the activation first, when ``round_input``: it may lie outside the format)."""
+    a = np.float64(v)
+    if round_input:
+        a = round_to_format(a, precision, emin, max_finite)
+    scaled = round_to_format(_mul_rn(a, alpha), precision, emin, max_finite)
     step = round_to_format(_mul_rn(scaled, invb), precision, emin, max_finite)
     return round_to_format(_sub_rn(w, step), precision, emin, max_finite)
 
@@ -142,10 +163,11 @@ def _emulated_value(v, w, alpha, invb, precision, emin, max_finite):
 @_device_fn
 def _native_word(rows, row, m, w, alpha, invb):
     """Word ``m`` of the row's canonical transformed values (layout in ``_hashing.py``: one
-    float64, or two float32 packed little-endian with a zero high half past the row's end),
-    and whether one of its activations is NaN or +-inf."""
-    zero = rows.dtype.type(0)
-    per_word = _values_per_word(rows)
+    float64, or two float32 packed little-endian with a zero high half past the row's end;
+    the update format, the dtype of ``w``, decides which), and whether one of its activations
+    is NaN or +-inf."""
+    zero = _cast_like(0, w)
+    per_word = _values_per_word(w)
     x = np.uint64(0)
     bad = False
     for h in range(per_word):
@@ -154,13 +176,13 @@ def _native_word(rows, row, m, w, alpha, invb):
             v = rows[row, k]
             bad |= (v - v) != 0  # the activation is NaN or +-inf (not t: it may overflow)
             # + 0 turns -0.0 into +0.0 (and nothing else): equal bits iff IEEE-equal, NaN aside
-            t = _native_value(v, w, alpha, invb) + zero
+            t = _native_value(_cast_like(v, w), w, alpha, invb) + zero
             x |= _bits(t) << np.uint64(32 * h)
     return x, bad
 
 
 @_device_fn
-def _emulated_word(rows, row, m, w, alpha, invb, precision, emin, max_finite):
+def _emulated_word(rows, row, m, w, alpha, invb, precision, emin, max_finite, round_input):
     """:func:`_native_word` for narrow formats: two float32 (exact narrow values) per word."""
     x = np.uint64(0)
     bad = False
@@ -169,7 +191,7 @@ def _emulated_word(rows, row, m, w, alpha, invb, precision, emin, max_finite):
         if k < rows.shape[1]:
             v = rows[row, k]
             bad |= (v - v) != 0
-            value = _emulated_value(v, w, alpha, invb, precision, emin, max_finite)
+            value = _emulated_value(v, w, alpha, invb, precision, emin, max_finite, round_input)
             t = np.float32(value) + np.float32(0.0)  # the conversion is exact
             x |= _bits(t) << np.uint64(32 * h)
     return x, bad
@@ -266,7 +288,7 @@ def _fingerprints_native(rows, w, alpha, invb, out, nonfinite):
     lane_b = np.uint64(0)
     flag = np.uint8(0)
     if valid:
-        n_words = -(-rows.shape[1] // _values_per_word(rows))
+        n_words = -(-rows.shape[1] // _values_per_word(w))
         for m in range(lane, n_words, lanes):
             x, bad_word = _native_word(rows, row, m, w, alpha, invb)
             if bad_word:
@@ -279,8 +301,9 @@ def _fingerprints_native(rows, w, alpha, invb, out, nonfinite):
 
 
 @cuda.jit(cache=True)
-def _fingerprints_emulated(rows, w, alpha, invb, precision, emin, max_finite, out, nonfinite):
-    """Like :func:`_fingerprints_native` for narrow formats given as exact float32 values."""
+def _fingerprints_emulated(rows, w, alpha, invb, precision, emin, max_finite, round_input, out,
+                           nonfinite):
+    """Like :func:`_fingerprints_native` computed in a narrow format, hashed as float32."""
     sum_a = cuda.shared.array(BLOCK, np.uint64)
     sum_b = cuda.shared.array(BLOCK, np.uint64)
     bad = cuda.shared.array(BLOCK, np.uint8)
@@ -290,7 +313,8 @@ def _fingerprints_emulated(rows, w, alpha, invb, precision, emin, max_finite, ou
     flag = np.uint8(0)
     if valid:
         for m in range(lane, -(-rows.shape[1] // 2), lanes):
-            x, bad_word = _emulated_word(rows, row, m, w, alpha, invb, precision, emin, max_finite)
+            x, bad_word = _emulated_word(rows, row, m, w, alpha, invb, precision, emin, max_finite,
+                                         round_input)
             if bad_word:
                 flag = np.uint8(1)
             pos = np.uint64(m)
@@ -310,8 +334,8 @@ def _pairs_equal_native(rows, first, second, w, alpha, invb, out):
         i = first[p]
         j = second[p]
         for k in range(lane, rows.shape[1], lanes):
-            ti = _native_value(rows[i, k], w, alpha, invb)
-            tj = _native_value(rows[j, k], w, alpha, invb)
+            ti = _native_value(_cast_like(rows[i, k], w), w, alpha, invb)
+            tj = _native_value(_cast_like(rows[j, k], w), w, alpha, invb)
             if not (ti == tj):
                 flag = np.uint8(1)
     differs[slot] = flag
@@ -321,8 +345,9 @@ def _pairs_equal_native(rows, first, second, w, alpha, invb, out):
 
 
 @cuda.jit(cache=True)
-def _pairs_equal_emulated(rows, first, second, w, alpha, invb, precision, emin, max_finite, out):
-    """Like :func:`_pairs_equal_native` for narrow formats given as exact float32 values."""
+def _pairs_equal_emulated(rows, first, second, w, alpha, invb, precision, emin, max_finite,
+                          round_input, out):
+    """Like :func:`_pairs_equal_native` computed in a narrow format."""
     differs = cuda.shared.array(BLOCK, np.uint8)
     p, lane, lanes, slot, valid = _row_group(first.shape[0])
     flag = np.uint8(0)
@@ -330,8 +355,10 @@ def _pairs_equal_emulated(rows, first, second, w, alpha, invb, precision, emin, 
         i = first[p]
         j = second[p]
         for k in range(lane, rows.shape[1], lanes):
-            ti = _emulated_value(rows[i, k], w, alpha, invb, precision, emin, max_finite)
-            tj = _emulated_value(rows[j, k], w, alpha, invb, precision, emin, max_finite)
+            ti = _emulated_value(rows[i, k], w, alpha, invb, precision, emin, max_finite,
+                                 round_input)
+            tj = _emulated_value(rows[j, k], w, alpha, invb, precision, emin, max_finite,
+                                 round_input)
             if not (ti == tj):
                 flag = np.uint8(1)
     differs[slot] = flag
@@ -511,6 +538,14 @@ def _probe_columns(rows, count: int = 16) -> np.ndarray:
     return np.sort(order[:count]).astype(np.int64)
 
 
+def _native_constants(fmt, transform):
+    """``w, alpha, invb`` as numpy scalars of the update format (as ``cpu._native_constants``):
+    their dtype selects the format the native kernels compute and hash in."""
+    cast = np.float32 if fmt.name == "float32" else np.float64
+    return (cast(transform.weight_amplitude), cast(transform.learning_rate),
+            cast(transform.inverse_batch_size))
+
+
 class CudaBackend:
     """Numba CUDA kernels; results bit-identical to :class:`~bundlelab.kernels.cpu.CpuBackend`.
 
@@ -528,27 +563,26 @@ class CudaBackend:
                 "(CLI: --device cpu), or install the NVIDIA driver and `pip install bundlelab[gpu]`"
             )
 
-    def fingerprints(self, rows, fmt, transform):
+    def fingerprints(self, rows, fmt, transform, source=None):
         rows = _device_rows(rows)
         n = rows.shape[0]
         out = cuda.device_array((n, 2), dtype=np.uint64)
         nonfinite = cuda.device_array(n, dtype=np.bool_)
         grid, block = _row_groups(rows.shape[1], n)
         if fmt.native:
-            cast = np.dtype(rows.dtype).type  # the arithmetic must stay in the rows' dtype
             _launch(
-                _fingerprints_native, grid, block, rows, cast(transform.weight_amplitude),
-                cast(transform.learning_rate), cast(transform.inverse_batch_size), out, nonfinite,
+                _fingerprints_native, grid, block, rows, *_native_constants(fmt, transform),
+                out, nonfinite,
             )
         else:
             _launch(
                 _fingerprints_emulated, grid, block, rows, transform.weight_amplitude,
                 transform.learning_rate, transform.inverse_batch_size, fmt.precision, fmt.emin,
-                fmt.max_finite, out, nonfinite,
+                fmt.max_finite, needs_rounding(source, fmt), out, nonfinite,
             )
         return out.copy_to_host(), nonfinite.copy_to_host()
 
-    def pairs_equal(self, rows, first, second, fmt, transform):
+    def pairs_equal(self, rows, first, second, fmt, transform, source=None):
         n_pairs = first.shape[0]
         if n_pairs == 0:
             return np.empty(0, dtype=np.bool_)
@@ -558,17 +592,16 @@ class CudaBackend:
         out = cuda.device_array(n_pairs, dtype=np.bool_)
         grid, block = _row_groups(rows.shape[1], n_pairs)
         if fmt.native:
-            cast = np.dtype(rows.dtype).type
             _launch(
                 _pairs_equal_native, grid, block, rows, first, second,
-                cast(transform.weight_amplitude), cast(transform.learning_rate),
-                cast(transform.inverse_batch_size), out,
+                *_native_constants(fmt, transform), out,
             )
         else:
             _launch(
                 _pairs_equal_emulated, grid, block, rows, first, second,
                 transform.weight_amplitude, transform.learning_rate,
-                transform.inverse_batch_size, fmt.precision, fmt.emin, fmt.max_finite, out,
+                transform.inverse_batch_size, fmt.precision, fmt.emin, fmt.max_finite,
+                needs_rounding(source, fmt), out,
             )
         return out.copy_to_host()
 
@@ -650,18 +683,22 @@ def _within_open_rows(context, open_rows, reach, scale, gamma) -> np.ndarray:
 
 
 def warm_up() -> None:
-    """Compile (or load from the cache) every kernel for every dtype on a tiny input."""
+    """Compile (or load from the cache) every kernel for every (storage dtype, update format)
+    pair on a tiny input."""
     backend = CudaBackend()
     for dtype, fmt in (
         (np.float32, FORMATS["float32"]),
         (np.float64, FORMATS["float64"]),
         (np.float32, FORMATS["float16"]),
+        (np.float32, FORMATS["float64"]),  # narrow or float32 activations, float64 updates
+        (np.float64, FORMATS["float32"]),  # float64 activations, float32 updates
+        (np.float64, FORMATS["float16"]),
     ):
         rows = cuda.to_device(np.zeros((2, 3), dtype=dtype))
         transform = Transform.for_format(fmt, 1.0, 1.0, 1)
         backend.fingerprints(rows, fmt, transform)
         backend.pairs_equal(rows, np.zeros(1, np.int64), np.ones(1, np.int64), fmt, transform)
-        if fmt.native:
+        if fmt.native and np.dtype(dtype).name == fmt.name:
             means, tolerances, _ = backend.row_means(rows)
             # from scratch (pairs among new rows), then against an existing leader
             backend.threshold_assign(rows, means, tolerances, 0, np.empty(2, np.int64), 0, 1.0, 1.0)

@@ -31,10 +31,11 @@ from ._costs import (
     cheapest_architecture,
     get_cost,
 )
-from ._extract import deterministic_switches, extract
+from ._extract import deterministic_switches, extract, fit_to_budget
 from ._fabrics import conv_fabric, resnet_fabric
 from ._graph import GatedGraph
 from ._search import (
+    BudgetWarning,
     BudgetedSearch,
     SearchConfig,
     SearchResult,
@@ -46,6 +47,7 @@ from ._sweep import SweepResult, budget_checks, default_lambdas, pareto_front, s
 
 __all__ = [
     "COSTS",
+    "BudgetWarning",
     "BudgetedSearch",
     "Cost",
     "FlopsCost",
@@ -63,6 +65,7 @@ __all__ = [
     "default_lambdas",
     "deterministic_switches",
     "extract",
+    "fit_to_budget",
     "get_cost",
     "pareto_front",
     "resnet_fabric",

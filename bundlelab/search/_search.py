@@ -26,6 +26,7 @@ import math
 import numbers
 import os
 import sys
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,9 @@ from ..training import (
 )
 from ..training._folder import HoldsRunFolder, draw_optional
 from ._costs import Cost, LatencyCost, cheapest_architecture, get_cost
-from ._extract import deterministic_switches, extract
+from ._extract import deterministic_switches, extract, fit_to_budget
 from ._graph import GatedGraph
+from ..training._progress import resolve_progress
 
 SEARCH_FORMAT = "bundlelab.search/1"
 STATE_FILE = "search.json"
@@ -116,6 +118,12 @@ class SearchConfig:
     validation_fraction : float, default=0.1
         Fraction of the training set held out (seeded) for the deterministic architecture's
         validation accuracy; the test set is never looked at.
+    budget_step : bool, default=True
+        The final budget step, a departure from the paper: when the deterministic
+        architecture (p > 0.5) costs more than the budget, the gates of lowest probability are
+        turned off, keeping an input-to-output path, until it fits
+        (:func:`bundlelab.search.fit_to_budget`); when it cannot fit, the result says so.
+        False: the paper's deterministic architecture, whatever it costs.
     """
 
     budget: float
@@ -129,6 +137,7 @@ class SearchConfig:
     gate_learning_rate: float = 0.01
     latency_batch_size: int = 64
     validation_fraction: float = 0.1
+    budget_step: bool = True
 
     def __post_init__(self) -> None:
         # the checks convert (numpy scalars to Python ones), so the options are JSON-ready
@@ -150,6 +159,7 @@ class SearchConfig:
                                                      self.latency_batch_size),
             "validation_fraction": check_float("validation_fraction", self.validation_fraction,
                                                low=0, high=1, low_open=True, high_open=True),
+            "budget_step": check_bool("budget_step", self.budget_step),
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)
@@ -228,11 +238,16 @@ class SearchResult:
     budget : float
     met_budget : bool
     validation_accuracy : float
-        Of the deterministic architecture after the last epoch.
+        Of the returned architecture (after the budget step) on the validation split.
     costs : dict
         Every analytic cost of the architecture (:func:`architecture_costs`).
     history : list of dict
         One record per epoch.
+    dropped_gates : list of (str, str)
+        The gates with p > 0.5 that the final budget step turned off
+        (``SearchConfig.budget_step``), in the order it did.
+    budget_note : str
+        One line: the final cost against the budget, and what the budget step did.
     """
 
     supernet: Spec
@@ -246,6 +261,8 @@ class SearchResult:
     validation_accuracy: float
     costs: dict
     history: list = field(default_factory=list)
+    dropped_gates: list = field(default_factory=list)
+    budget_note: str = ""
 
     def summary(self) -> dict[str, Any]:
         """The headline figures as plain JSON-ready data."""
@@ -254,9 +271,17 @@ class SearchResult:
             "budget": self.budget, "architecture_cost": self.cost,
             "met_budget": self.met_budget, "validation_accuracy": self.validation_accuracy,
             "costs": self.costs,
-            "gates_on": int(deterministic_switches(self.probabilities).sum()),
+            "gates_on": len(self.spec_gates_on()),
             "gates": len(self.gates),
+            "dropped_gates": [list(g) for g in self.dropped_gates],
+            "budget_note": self.budget_note,
         }
+
+    def spec_gates_on(self) -> list:
+        """The gates the returned architecture keeps: p > 0.5, less the dropped ones."""
+        dropped = {tuple(g) for g in self.dropped_gates}
+        return [g for g, p in zip(self.gates, self.probabilities)
+                if p > 0.5 and tuple(g) not in dropped]
 
 
 SearchResult.__init__ = checked_keywords(SearchResult.__init__)  # type: ignore[method-assign]
@@ -304,13 +329,14 @@ class BudgetedSearch(HoldsRunFolder):
         :data:`bundlelab.training.RESUMABLE_OPTIONS` may change: ``search_epochs`` may grow,
         ``device`` may change).  Locked from here until :meth:`close` (or the end of a
         ``with`` block, or of the process).
-    progress : bool, default=False
+    progress : bool or None, default=None
+        Progress bars and a line per epoch on stderr; None: when stderr is a terminal.
     """
 
     @checked_keywords
     def __init__(self, supernet: Spec, data: Any, search: SearchConfig, *,
                  config: TrainConfig | None = None, backend: str | Backend = "torch",
-                 directory: str | os.PathLike | None = None, progress: bool = False) -> None:
+                 directory: str | os.PathLike | None = None, progress: bool | None = None) -> None:
         check_instance("supernet", supernet, Spec, "a bundlelab.spec.Spec")
         check_instance("search", search, SearchConfig, "a SearchConfig")
         config = TrainConfig() if config is None else config
@@ -323,7 +349,7 @@ class BudgetedSearch(HoldsRunFolder):
                 "mark the edges the search may drop as 'optional' on their add nodes"
             )
         self.supernet, self.search, self.config = supernet, search, config
-        self.progress = check_bool("progress", progress)
+        self.progress = resolve_progress(progress)
         self.cost: Cost = get_cost(search.cost)
         self.backend = get_backend(backend)
         if not isinstance(self.backend, SuperNetBackend):
@@ -435,7 +461,7 @@ class BudgetedSearch(HoldsRunFolder):
             return batches
         from rich.progress import track
 
-        total = -(-len(self.data.y_train) // self.config.batch_size)
+        total = self.config.batches_per_epoch(len(self.data.y_train))
         phase = "warm-up" if warm else "search"
         return track(batches, total=total, transient=True,
                      description=f"{phase} epoch {epoch}/{self.search.epochs}")
@@ -459,14 +485,33 @@ class BudgetedSearch(HoldsRunFolder):
                 "the search ended on an empty architecture (no path of gates with p > 0.5 "
                 "joins input and output); lower lambda or raise the budget"
             )
-        spec = extract(self.supernet, switches,
-                       name=f"{self.supernet.name}-{self.cost.name}-{self.search.budget:g}")
         cost = float(self.cost(self.graph, alive[None], live[None])[0])
+        dropped: list[int] = []
+        budget = self.search.budget
+        if self.search.budget_step and cost > budget:
+            switches, cost, dropped = fit_to_budget(self.graph, probabilities, self.cost, budget)
+        validation = self.history[-1]["validation_accuracy"] if self.history else float("nan")
+        if dropped:  # the history evaluated the architecture before the step: this one now
+            alive, _ = self.graph.real_architecture(switches)
+            validation = self.trainee.evaluate(
+                self.data.x_test, self.data.y_test, switches, alive,
+                inference_batch_size=max(256, self.config.batch_size))["accuracy"]
+        met = cost <= budget
+        note = _budget_note(self.cost.name, cost, budget, len(dropped),
+                            self.search.budget_step)
+        if not met:
+            warnings.warn(f"bundlelab: {note}", BudgetWarning, stacklevel=2)
+        elif dropped and self.progress:
+            _say(note)
+        # the name says what the network costs against what it was asked to cost
+        spec = extract(self.supernet, switches,
+                       name=f"{self.supernet.name}-{self.cost.name}-{cost:.3g}-"
+                            f"{'within' if met else 'over'}-{budget:g}".replace(":", ""))
         result = SearchResult(
             supernet=self.supernet, spec=spec, gates=self.graph.gates,
             probabilities=probabilities, cost_name=self.cost.name, cost=cost,
-            budget=self.search.budget, met_budget=cost <= self.search.budget,
-            validation_accuracy=self.history[-1]["validation_accuracy"] if self.history else float("nan"),
+            budget=budget, met_budget=met,
+            validation_accuracy=validation, dropped_gates=[self.graph.gates[g] for g in dropped], budget_note=note,
             costs=architecture_costs(spec), history=list(self.history),
         )
         if self.directory is not None and self.finished:
@@ -548,6 +593,31 @@ _RECORD_FIELDS = {"epoch": False, "warmup": False, "train_loss": False, "train_a
                   "sampled_cost_mean": True, "gates_on": False, "probabilities": False}
 
 
+class BudgetWarning(UserWarning):
+    """A search's architecture costs more than its budget (the budget step could not fit it,
+    or was turned off)."""
+
+
+def _budget_note(cost_name: str, cost: float, budget: float, dropped: int, step: bool) -> str:
+    """One line: the final cost against the budget and what the budget step did."""
+    if cost <= budget:
+        how = (f" after the final budget step turned off {dropped} gate(s) of lowest "
+               "probability" if dropped else "")
+        return f"{cost_name} {cost:.4g} within the budget {budget:g}{how}"
+    if not step:
+        return (f"{cost_name} {cost:.4g} over the budget {budget:g} (the final budget step is "
+                "off: budget_step=False)")
+    return (f"{cost_name} {cost:.4g} over the budget {budget:g}: turning off {dropped} gate(s) "
+            "of lowest probability left no gate that a path from input to output does not "
+            "need; raise lambda or the search epochs")
+
+
+def _say(line: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(f"bundlelab: {line}")
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
@@ -555,7 +625,7 @@ def _is_number(value: Any) -> bool:
 @checked_keywords
 def search(supernet: Spec, data: Any, search: SearchConfig, *,
            config: TrainConfig | None = None, backend: str | Backend = "torch",
-           directory: str | os.PathLike | None = None, progress: bool = False) -> SearchResult:
+           directory: str | os.PathLike | None = None, progress: bool | None = None) -> SearchResult:
     """Run a budgeted search (see :class:`BudgetedSearch`) and return its architecture.
 
     Parameters
@@ -567,7 +637,8 @@ def search(supernet: Spec, data: Any, search: SearchConfig, *,
     backend : str or Backend, default="torch"
     directory : path, optional
         The search folder, locked while the search runs.
-    progress : bool, default=False
+    progress : bool or None, default=None
+        Progress bars and a line per epoch on stderr; None: when stderr is a terminal.
 
     Returns
     -------

@@ -23,7 +23,6 @@ from typing import Any
 from .._atomic import atomic_write_text
 from .._errors import BundleLabError
 from .._validation import (
-    check_bool,
     check_instance,
     check_positive_float,
     check_positive_int,
@@ -43,6 +42,7 @@ from ._search import (
     check_budget,
     validation_split,
 )
+from ..training._progress import resolve_progress
 
 
 @checked_keywords
@@ -144,7 +144,7 @@ def sweep(supernet: Spec, data: Any, *, budgets: list, cost: str = "flops",
           lambdas: list | None = None, search: dict | None = None,
           config: TrainConfig | None = None, retrain_epochs: int = 20,
           family: list | tuple = (), backend: str | Backend = "torch",
-          directory: str | os.PathLike | None = None, progress: bool = False) -> SweepResult:
+          directory: str | os.PathLike | None = None, progress: bool | None = None) -> SweepResult:
     """Search every (budget, lambda), retrain each architecture, and compare with ``family``.
 
     Parameters
@@ -169,7 +169,8 @@ def sweep(supernet: Spec, data: Any, *, budgets: list, cost: str = "flops",
     directory : path, optional
         Sub-folders per search and retraining; everything resumes.  The folder (and each
         sub-folder while it is worked in) is locked.
-    progress : bool, default=False
+    progress : bool or None, default=None
+        Progress bars and a line per epoch on stderr; None: when stderr is a terminal.
 
     Returns
     -------
@@ -184,7 +185,7 @@ def sweep(supernet: Spec, data: Any, *, budgets: list, cost: str = "flops",
     else:
         lambdas = None
     retrain_epochs = check_positive_int("retrain_epochs", retrain_epochs)
-    progress = check_bool("progress", progress)
+    progress = resolve_progress(progress)
     options = dict(search or {})
     for reserved in ("budget", "cost", "lam"):
         if reserved in options:
@@ -233,6 +234,8 @@ def _sweep(supernet, data, *, budgets, cost, lambdas, options, config, retrain_e
                                backend, progress)
             points.append({"name": name, "budget": budget, "lam": lam,
                            "cost": found.cost, "met_budget": found.met_budget,
+                           "dropped_gates": len(found.dropped_gates),
+                           "budget_note": found.budget_note,
                            "search_validation_accuracy": found.validation_accuracy,
                            "costs": found.costs, **trained})
     for point, on_front in zip(points, pareto_front(points)):
@@ -295,13 +298,17 @@ def budget_checks(points: list, family: list, budgets: list) -> list[dict]:
 
 def _write(folder: Path, result: SweepResult) -> None:
     atomic_write_text(folder / "sweep.json", json.dumps(result.to_dict(), indent=2) + "\n")
-    columns = ["name", "budget", "lam", "cost", "met_budget", "pareto", "validation_accuracy",
-               "test_accuracy", "final_entropy", "layers", "parameters"]
+    # cost, budget, met_budget and the budget step's dropped gates and note: the final cost
+    # against the budget, per searched architecture
+    columns = ["name", "budget", "lam", "cost", "met_budget", "dropped_gates", "budget_note",
+               "pareto", "validation_accuracy", "test_accuracy", "final_entropy", "layers",
+               "parameters"]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(result.points)
-    writer.writerows([{**m, "budget": "", "lam": "", "met_budget": "", "pareto": "family"}
+    writer.writerows([{**m, "budget": "", "lam": "", "met_budget": "", "dropped_gates": "",
+                       "budget_note": "", "pareto": "family"}
                       for m in result.family])
     atomic_write_text(folder / "sweep.csv", out.getvalue())
     from ._plots import plot_front

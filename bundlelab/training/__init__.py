@@ -24,11 +24,13 @@ from ._backend import (
     get_backend,
     register_backend,
 )
-from ._config import OPTIMIZERS, TrainConfig
+from ._config import ON_DIVERGENCE, OPTIMIZERS, SCHEDULES, TrainConfig
 from ._folder import RESUMABLE_OPTIONS, FolderLock, RunFolder
 from ._run import (
+    DivergenceWarning,
     EpochRecord,
     Training,
+    TrainingDiverged,
     TrainingResult,
     check_data,
     fit,
@@ -36,7 +38,10 @@ from ._run import (
 )
 
 __all__ = [
+    "ON_DIVERGENCE",
     "OPTIMIZERS",
+    "SCHEDULES",
+    "DivergenceWarning",
     "RESUMABLE_OPTIONS",
     "FolderLock",
     "RunFolder",
@@ -47,6 +52,7 @@ __all__ = [
     "TrainConfig",
     "Trainee",
     "Training",
+    "TrainingDiverged",
     "TrainingResult",
     "augment_batch",
     "available_backends",

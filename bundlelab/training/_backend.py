@@ -18,6 +18,12 @@ bundlelab's own backends (``"torch"``, ``"keras"``) are registered by
 (which imports no framework) on its first lookup.  A backend that can also train
 super-networks for :mod:`bundlelab.search` follows :class:`SuperNetBackend` and builds a
 :class:`SuperTrainee`.
+
+Two trainee methods are optional: ``set_learning_rate(lr)`` (the learning rate of the next
+steps; needed by a ``TrainConfig.schedule`` other than ``"constant"``, which the run sets
+before every step) and ``largest_values()`` (``{layer name: largest |value| of its weights
+and batch-norm statistics, inf if not finite}``; without it the run watches only the loss
+for divergence).  Both of bundlelab's backends have them.
 """
 
 from __future__ import annotations

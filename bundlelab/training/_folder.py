@@ -52,7 +52,8 @@ from .._validation import check_bool, checked_keywords, short_repr
 #: would change what the run computes, so :meth:`RunFolder.resume` refuses it.  Progress
 #: display is not part of a run at all.
 RESUMABLE_OPTIONS: dict[str, str] = {
-    "epochs": "the length of a training run: it may grow, not fall below the epochs done",
+    "epochs": "the length of a training run: it may grow, not fall below the epochs done "
+              "(under a learning-rate schedule other than 'constant' it may not change)",
     "search_epochs": "the length of a search's sampling phase: it may grow likewise",
     "device": "where the run computes",
 }

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import numbers
 import os
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +46,18 @@ from ._augment import augment_batch
 from ._backend import Backend, get_backend
 from ._config import TrainConfig
 from ._folder import HoldsRunFolder, RunFolder, draw_optional
+from ._progress import resolve_progress
 
 RUN_FORMAT = "bundlelab.run/1"
+
+
+class TrainingDiverged(BundleLabError):
+    """A run stopped because it diverged (``TrainConfig.on_divergence="stop"``); the message
+    names the epoch and the layer."""
+
+
+class DivergenceWarning(UserWarning):
+    """A run diverged and trains on (``TrainConfig.on_divergence="warn"``)."""
 RUN_FILE = "run.json"
 
 
@@ -129,7 +141,9 @@ class TrainingResult:
     @property
     def bundle_entropy(self) -> dict[str, float]:
         """Time-averaged bundle entropy ``H^l`` of each measured layer over the run."""
-        return self.tracker().time_averaged()
+        tracker = self.tracker()
+        # a net without measured layers (an auto-tune that pruned them all) has none
+        return tracker.time_averaged() if tracker.steps else {}
 
     @property
     def final_entropy(self) -> float:
@@ -153,7 +167,7 @@ class TrainingResult:
             "ms_per_step": self.ms_per_step, "epochs": len(self.history),
             "final_train_accuracy": self.history[-1].train_accuracy if self.history else None,
             "final_entropy": self.final_entropy,
-            "bundle_entropy": self.bundle_entropy if self.history else {},
+            "bundle_entropy": self.bundle_entropy,
         }
 
 
@@ -187,7 +201,13 @@ def training_batches(data: Any, config: TrainConfig,
     crop = config.crop_for(tuple(data.x_train.shape[1:]))
     flip = config.augment and (data.flip if config.flip is None else config.flip)
     brightness = config.brightness if config.augment else 0.0
-    for start in range(0, len(order), config.batch_size):
+    # an incomplete last batch is dropped when asked: a handful of samples through
+    # batch-norm (3 of them on the digits at 64 per batch) gives statistics and gradients
+    # that undo the epoch (see TrainConfig.drop_last)
+    stop = len(order)
+    if config.drop_last and stop >= config.batch_size:
+        stop -= stop % config.batch_size
+    for start in range(0, stop, config.batch_size):
         index = np.sort(order[start:start + config.batch_size])
         x = augment_batch(data.x_train[index], rng, crop_padding=crop, flip=flip,
                           brightness=brightness)
@@ -243,8 +263,8 @@ class Training(HoldsRunFolder):
         until :meth:`close` (or the end of a ``with`` block, or of the process): another
         process on it stops with an error naming this one.  None: nothing is written and
         nothing can resume.
-    progress : bool, default=False
-        Progress bars over each epoch's batches and a line per epoch (rich, on stderr).
+    progress : bool or None, default=None
+        Progress bars and a line per epoch on stderr; None: when stderr is a terminal.
 
     Examples
     --------
@@ -255,16 +275,17 @@ class Training(HoldsRunFolder):
     @checked_keywords
     def __init__(self, spec: Spec, data: Any, *, backend: str | Backend = "torch",
                  config: TrainConfig | None = None, directory: str | os.PathLike | None = None,
-                 progress: bool = False) -> None:
+                 progress: bool | None = None) -> None:
         check_instance("spec", spec, Spec, "a bundlelab.spec.Spec")
         config = TrainConfig() if config is None else config
         check_instance("config", config, TrainConfig, "a TrainConfig")
         check_data(spec, data)
         self.spec, self.data, self.config = spec, data, config
-        self.progress = check_bool("progress", progress)
+        self.progress = resolve_progress(progress)
         self.backend = get_backend(backend)
         self.directory = None if directory is None else Path(directory)
         self.history: list[EpochRecord] = []
+        self._warned = False  # diverged under on_divergence="warn": said once, not measured
         n = len(data.y_train)
         self.measure_index = np.sort(
             np.random.default_rng(config.seed).choice(n, min(n, config.n_samples), replace=False)
@@ -275,6 +296,12 @@ class Training(HoldsRunFolder):
                                      kind="training run").lock(read_only=True)
         try:
             self.trainee = self.backend.build(spec, config)
+            if config.schedule != "constant" and not hasattr(self.trainee, "set_learning_rate"):
+                raise BundleLabError(
+                    f"the {self.backend.name!r} backend cannot change the learning rate during "
+                    f"a run (its trainee has no set_learning_rate), which schedule="
+                    f"{config.schedule!r} needs; use schedule='constant'"
+                )
             self._resume()
             if not self.writable and not self.finished:
                 raise BundleLabError(
@@ -318,14 +345,17 @@ class Training(HoldsRunFolder):
         measure = None if measure is None else check_bool("measure", measure)
         epoch = self.epochs_done + 1
         start = time.perf_counter()
-        batches = self.batches(epoch)
+        batches = self._scheduled(epoch, self.batches(epoch))
         with self._progress_bar(epoch) as advance:
             train = self.trainee.train_epoch(advance(batches))
+        self._check_divergence(epoch, train["loss"])
         test = self.trainee.evaluate(self.data.x_test, self.data.y_test,
                                      inference_batch_size=max(256, self.config.batch_size))
         if measure is None:
             measure = epoch % self.config.measure_every == 0 or epoch == self.config.epochs
-        report = self.measure() if measure else None
+        # a diverged run (on_divergence="warn") has no bundles to measure: its weights may
+        # be NaN, which leaves the metric's w undefined
+        report = self.measure() if measure and not self._warned else None
         record = EpochRecord(epoch, train["loss"], train["accuracy"], test["loss"],
                              test["accuracy"], time.perf_counter() - start, report)
         self.history.append(record)
@@ -333,6 +363,42 @@ class Training(HoldsRunFolder):
         if self.progress:
             self._print_epoch(record)
         return record
+
+    def _scheduled(self, epoch: int, batches: Iterator) -> Iterator:
+        """``batches``, each handed out after its step's learning rate was set."""
+        if self.config.schedule == "constant":
+            yield from batches
+            return
+        steps = self.config.batches_per_epoch(len(self.data.y_train))
+        for step, batch in enumerate(batches):
+            self.trainee.set_learning_rate(self.config.learning_rate_at(epoch, step, steps))
+            yield batch
+
+    def _check_divergence(self, epoch: int, loss: float) -> None:
+        """Stop (or warn once) when the epoch's loss is not finite or a weight or batch-norm
+        statistic is not finite or above ``config.divergence_threshold``.
+
+        Checked after the epoch's steps and before its checkpoint, so a stopped run's folder
+        keeps the last sound epoch.
+        """
+        if self._warned:
+            return
+        largest = getattr(self.trainee, "largest_values", None)
+        values = largest() if largest is not None else {}
+        limit = self.config.divergence_threshold
+        bad = next(((name, v) for name, v in values.items() if not v <= limit), None)
+        if math.isfinite(loss) and bad is None:
+            return
+        where = ("" if bad is None else
+                 f"; {'non-finite' if not math.isfinite(bad[1]) else f'{bad[1]:.3g}'} values in "
+                 f"layer {bad[0]}")
+        line = (f"{self.spec.name} diverged in epoch {epoch}: training loss {loss:.4g}{where} "
+                f"(limit {limit:.3g}); lower learning_rate (now {self.config.learning_rate:g}) "
+                "or use another optimizer")
+        if self.config.on_divergence == "stop":
+            raise TrainingDiverged(line)
+        self._warned = True
+        warnings.warn(line, DivergenceWarning, stacklevel=2)
 
     def measure(self) -> BundleReport:
         """Bundles of every measured layer on the run's fixed training subset, now."""
@@ -415,6 +481,15 @@ class Training(HoldsRunFolder):
             self._options(), length=self.config.epochs)
         if state is None:
             return
+        planned = state["config"].get("epochs") if isinstance(state.get("config"), dict) else None
+        if self.config.schedule != "constant" and planned != self.config.epochs:
+            # the schedule of the epochs done was laid over the planned length: another
+            # length would train on from a learning rate the run never had
+            raise BundleLabError(
+                f"{self.directory} holds a run whose {self.config.schedule} learning-rate "
+                f"schedule was laid over {planned} epochs; resume it with epochs={planned}, or "
+                "train with schedule='constant' to be able to lengthen a run"
+            )
         history = [_epoch_record(self._folder, i, r) for i, r in enumerate(state["history"])]
         if self._folder.checkpoint_path():
             self.trainee.load(self._folder.checkpoint_path())
@@ -431,7 +506,7 @@ class Training(HoldsRunFolder):
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-        total = -(-len(self.data.y_train) // self.config.batch_size)
+        total = self.config.batches_per_epoch(len(self.data.y_train))
         with Progress("[progress.description]{task.description}", BarColumn(),
                       MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as bar:
             task = bar.add_task(f"{self.spec.name} epoch {epoch}/{self.config.epochs}", total=total)
@@ -484,7 +559,7 @@ def _epoch_record(folder: RunFolder, i: int, data: dict[str, Any]) -> EpochRecor
 @checked_keywords
 def fit(spec: Spec, data: Any, *, backend: str | Backend = "torch",
         config: TrainConfig | None = None, directory: str | os.PathLike | None = None,
-        progress: bool = False) -> TrainingResult:
+        progress: bool | None = None) -> TrainingResult:
     """Train ``spec`` on ``data`` (resuming from ``directory`` if it holds the same run).
 
     Parameters
@@ -495,7 +570,8 @@ def fit(spec: Spec, data: Any, *, backend: str | Backend = "torch",
     config : TrainConfig, optional
     directory : path, optional
         The run folder, locked while the run trains (see :class:`Training`).
-    progress : bool, default=False
+    progress : bool or None, default=None
+        Progress bars and a line per epoch on stderr; None: when stderr is a terminal.
 
     Returns
     -------
