@@ -9,7 +9,12 @@ Baselines (all measured here, now, on the same arrays):
   in D to the full size only when --no-authors-full is given;
 * ``np.unique(t, axis=0)`` over the transformed rows;
 * the one-pass floor: ``a.sum()``, a single read of the array;
-* ``scipy.spatial.distance.cdist(a, a, 'chebyshev')`` for threshold mode.
+* ``scipy.spatial.distance.cdist(a, a, 'chebyshev')`` for threshold mode;
+* the fingerprint pass against the floor on 1 and 2 Numba threads, next to the kernel it
+  replaced (two splitmix64 mixes per word, kept below as ``previous_fingerprints``);
+* the peer: hash each row in a per-row Python loop (xxhash's xxh3_64 when importable, else
+  hashlib's blake2b, 8-byte digest; the line says which), then ``np.unique`` on the hashes;
+  over N = 2k .. 128k rows and D = 256, 4096 (--quick: N = 2k, 8k).
 
 Ratios are printed as baseline time / bundlelab time (higher is better for bundlelab), except
 "x floor" = bundlelab time / one-pass time (lower is better; the target is <= 3).
@@ -64,6 +69,154 @@ def first_occurrence(ids):
     return rank[inverse.reshape(-1)]
 
 
+def interleaved(fns: dict, repeat=5) -> dict:
+    """Best time of each function, the functions run in turn ``repeat`` times (so a load that
+    comes and goes on the machine hits them all alike)."""
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+# -- the fingerprint kernel before issue 13, kept to measure against --------------------------
+
+_MIX_1, _MIX_2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_GOLDEN, _SEED_B = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD1B54A32D192ED03)
+_ODD_B = np.uint64(0xAEF17502108EF2D9)
+_S30, _S27, _S31, _ONE = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(1)
+
+
+def _previous_kernel():
+    import numba
+
+    @numba.njit(nogil=True)
+    def hash_tile(words, first_word, n_words, lane_a, lane_b):
+        for k in range(n_words):
+            x = words[k]
+            pos = np.uint64(first_word + k)
+            z = x ^ (pos * _GOLDEN)
+            z = (z ^ (z >> _S30)) * _MIX_1
+            z = (z ^ (z >> _S27)) * _MIX_2
+            lane_a += z ^ (z >> _S31)
+            z = x + (pos + _ONE) * _SEED_B
+            z = (z ^ (z >> _S30)) * _MIX_1
+            z = (z ^ (z >> _S27)) * _MIX_2
+            lane_b += (z ^ (z >> _S31)) * _ODD_B
+        return lane_a, lane_b
+
+    @numba.njit(parallel=True, nogil=True)
+    def fingerprints(rows, w, alpha, invb, out):
+        n_samples, n_features = rows.shape
+        work = type(w)
+        zero = work(0)
+        for i in numba.prange(n_samples):
+            buf = np.zeros(1024, dtype=work)
+            per_word = 8 // buf.itemsize
+            words = buf.view(np.uint64)
+            lane_a = np.uint64(0)
+            lane_b = np.uint64(0)
+            row = rows[i]
+            for start in range(0, n_features, 1024):
+                count = min(1024, n_features - start)
+                src = row[start:start + count]
+                for k in range(count):
+                    buf[k] = w - (work(src[k]) * alpha) * invb + zero
+                if count % per_word:
+                    buf[count] = zero
+                lane_a, lane_b = hash_tile(
+                    words, start // per_word, (count + per_word - 1) // per_word, lane_a, lane_b
+                )
+            out[i, 0] = lane_a
+            out[i, 1] = lane_b
+
+    return fingerprints
+
+
+def fingerprint_floor(n: int, d: int) -> None:
+    """find_bundles and the fingerprint kernel (new and previous) / a.sum(), 1 and 2 threads."""
+    import numba
+
+    from bundlelab import find_bundles
+    from bundlelab.kernels.cpu import fingerprint_keys, fingerprints_native
+
+    distinct = np.random.default_rng(5).random((n, d), dtype=np.float32)
+    a = distinct.copy()
+    a[n // 2:] = a[: n // 2]  # half duplicated: confirming the pairs reads them all once more
+    labels = np.arange(n) % 10
+    w, alpha, invb = np.float32(1.0), np.float32(1e-3), np.float32(1 / 64)
+    out = np.empty((n, 2), np.uint64)
+    nonfinite = np.empty(n, np.bool_)
+    from bundlelab.kernels._formats import FORMATS
+
+    keys = fingerprint_keys(d, FORMATS["float32"])
+    previous = _previous_kernel()
+    previous(a[:4], w, alpha, invb, out[:4])
+    fingerprints_native(a[:4], w, alpha, invb, keys, out[:4], nonfinite[:4])
+    find_bundles(a[:8], labels[:8])
+    threads = numba.get_num_threads()
+    print(f"\nfingerprint pass, {n}x{d} f32 ({a.nbytes / 2**20:.0f} MiB), x a.sum() "
+          "(best of 7, interleaved; lower is better, target <= 1.5):")
+    print(f"{'threads':<9}{'a.sum s':>9}{'find_bundles distinct':>23}{'half duplicated':>17}"
+          f"{'kernel':>9}{'previous kernel':>17}")
+    for n_threads in (1, 2):
+        numba.set_num_threads(min(n_threads, threads))
+        best = interleaved({
+            "floor": lambda: a.sum(),
+            "distinct": lambda: find_bundles(distinct, labels),
+            "find_bundles": lambda: find_bundles(a, labels),
+            "kernel": lambda: fingerprints_native(a, w, alpha, invb, keys, out, nonfinite),
+            "previous": lambda: previous(a, w, alpha, invb, out),
+        }, repeat=7)
+        floor = best["floor"]
+        print(f"{n_threads:<9}{floor:>9.4f}{best['distinct'] / floor:>22.2f}x"
+              f"{best['find_bundles'] / floor:>16.2f}x"
+              f"{best['kernel'] / floor:>8.2f}x{best['previous'] / floor:>16.2f}x")
+    numba.set_num_threads(threads)
+
+
+def _row_hasher():
+    try:
+        import xxhash
+
+        return "xxhash.xxh3_64", lambda row: xxhash.xxh3_64_intdigest(row)
+    except ImportError:
+        import hashlib
+
+        return "hashlib.blake2b (xxhash is not installed)", lambda row: int.from_bytes(
+            hashlib.blake2b(row, digest_size=8).digest(), "little")
+
+
+def peer_scaling(quick: bool) -> None:
+    """find_bundles (resolution) vs hashing every row in a Python loop, then np.unique."""
+    from bundlelab import find_bundles
+
+    name, hash_row = _row_hasher()
+
+    def peer(a):
+        hashes = np.fromiter((hash_row(row) for row in a), dtype=np.uint64, count=len(a))
+        return np.unique(hashes, return_inverse=True)[1]
+
+    sizes = [2048, 8192] if quick else [2048, 8192, 32768, 131072]
+    print(f"\npeer: per-row {name} in a Python loop + np.unique (raw rows, 64-bit, not "
+          "confirmed)\nvs find_bundles (resolution, exact); half the rows duplicated; best of 3, "
+          "interleaved; speed-up = peer / bundlelab:")
+    print(f"{'N x D':<16}{'peer s':>9}{'bundlelab s':>13}{'speed-up':>10}")
+    for d in (256, 4096):
+        for n in sizes:
+            a = np.random.default_rng(n + d).random((n, d), dtype=np.float32)
+            a[n // 2:] = a[: n // 2]
+            labels = np.arange(n) % 10
+            find_bundles(a[:8], labels[:8])
+            best = interleaved({"peer": lambda: peer(a), "ours": lambda: find_bundles(a, labels)},
+                               repeat=3)
+            print(f"{f'{n}x{d}':<16}{best['peer']:>9.4f}{best['ours']:>13.4f}"
+                  f"{best['peer'] / best['ours']:>9.1f}x")
+            del a
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -92,7 +245,14 @@ def first_call_seconds() -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds)")
+    parser.add_argument("--fingerprint-only", action="store_true",
+                        help="only the fingerprint pass against the floor and the peer")
     args = parser.parse_args()
+    if args.fingerprint_only:
+        print(f"machine: {machine()}")
+        fingerprint_floor(2048, 4096 if args.quick else 65536)
+        peer_scaling(args.quick)
+        return
 
     import bundlelab
     from bundlelab import BundleStream, find_bundles
@@ -161,6 +321,8 @@ def main() -> None:
         f"{peak / 2**20:.1f} MiB (one batch is {batch * d_stream * 4 / 2**20:.1f} MiB) vs "
         f"{full / 2**20:.0f} MiB for the whole layer; {result.n_bundles} bundles"
     )
+    fingerprint_floor(n, d_full)
+    peer_scaling(args.quick)
     gpu_bandwidth(n, d_full, quick=args.quick)
     print(f"bundlelab {bundlelab.__version__}")
 

@@ -8,9 +8,13 @@ Exactness guarantee
 The in-memory path (:func:`bundlelab.find_bundles`) confirms every candidate bundle by comparing
 the rows value by value, so its result is exact.  The streaming path cannot (the rows are gone),
 so it trusts the fingerprints: two different rows are merged only if both 64-bit lanes collide.
-Each lane is a sum of position-tagged splitmix64 mixes; treating it as a random function, the
-chance that any of N rows collides is below ``N**2 / 2**129`` (about 1e-32 for N = 1e6).  Rows
-that are equal are always merged (no false splits).  ``threshold`` mode keeps the rows of the
+Each lane is an NH sum (UMAC's universal hash, see ``kernels/_hashing.py``), which for random
+keys makes two different rows of equal length collide in both lanes with probability at most
+``2**-64``; over N rows the chance of any false merge is then below ``N**2 / 2**65`` (about
+3e-8 for N = 1e6, 3e-14 for N = 1e3).  The keys are fixed pseudo-random constants, so the bound
+holds for rows that are not constructed against them, as a layer's activations are not; use
+:func:`bundlelab.find_bundles` when the answer must be exact whatever the input.  Rows that are
+equal are always merged (no false splits).  ``threshold`` mode keeps the rows of the
 bundle leaders (O(n_bundles * n_features)) and is exact.
 """
 

@@ -80,6 +80,25 @@ def test_fingerprints_equal_cpu(rng, dtype, n_features):
     np.testing.assert_array_equal(got[plain], expected[plain])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
+def test_fingerprints_equal_cpu_across_key_blocks(dtype):
+    """Rows longer than one block of word keys (``_hashing.BLOCK_WORDS``), with structure: a
+    permutation of the first row, a change in the last word only, an odd length."""
+    n_features = 1031
+    a = np.random.default_rng(5).normal(size=(3, n_features))
+    a[1] = a[0][::-1]
+    a[2] = a[0]
+    a[2, -1] = 1.5 * a[2, -1]
+    a = a.astype(DTYPES[dtype])
+    cpu_rows, gpu_rows = _rows_for(a, "cpu"), _rows_for(a, "cuda")
+    fmt = cpu_rows.fmt  # bfloat16: the emulated kernels
+    transform = Transform.for_format(fmt, 0.0, 1.0, 1)  # t = -a: distinct rows stay distinct
+    expected, _ = CpuBackend().fingerprints(cpu_rows.data, fmt, transform, cpu_rows.fmt)
+    got, _ = cuda_kernels.CudaBackend().fingerprints(gpu_rows.data, fmt, transform, gpu_rows.fmt)
+    np.testing.assert_array_equal(got, expected)
+    assert np.unique(expected[:, 0]).size == np.unique(expected[:, 1]).size == 3
+
+
 @settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     values=st.lists(

@@ -16,6 +16,7 @@ import zipfile
 import numpy as np
 import pytest
 
+import bundlelab
 from bundlelab import BundleLabError
 from bundlelab.cli import run
 from bundlelab.io import analyze_dump, open_dump, save_dump
@@ -262,6 +263,46 @@ def test_a_deflated_member_declaring_more_than_deflate_can_hold_is_refused(tmp_p
         open_dump(path)
     for command in ("analyze", "info"):
         one_line_error(*cli(capsys, command, path), "'layer' declares shape (67108864, 16)")
+
+
+def test_a_stored_member_whose_data_runs_past_the_end_of_the_file_is_refused(tmp_path, capsys):
+    """Stored members are memory-mapped at an offset computed from the zip and .npy headers:
+    data that would run past the end of the file is refused when the dump opens."""
+    rows = 2**16  # 4 MiB declared, 1 MiB stored, the zip sizes forged to match the header
+    header = npy_bytes({"descr": "<f4", "fortran_order": False, "shape": (rows, 16)})
+    path = tmp_path / "short.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("labels.npy", labels_npy(np.zeros(rows, np.uint8)))
+        with archive.open("layer.npy", "w", force_zip64=True) as member:
+            member.write(header + bytes(1 << 20))
+    true_size = len(header) + (1 << 20)
+    forged = len(header) + rows * 64
+    data = forge_zip64_size(path.read_bytes(), true_size, forged)  # local header
+    data = data.replace(true_size.to_bytes(4, "little"), forged.to_bytes(4, "little"))  # central
+    path.write_bytes(data)
+    assert zipfile.ZipFile(path).getinfo("layer.npy").file_size == forged
+    with pytest.raises(BundleLabError, match="ends past the end of the file"):
+        open_dump(path)
+    for command in ("analyze", "info"):
+        one_line_error(*cli(capsys, command, path), "short.npz", "'layer'")
+
+
+def test_members_not_aligned_for_their_type_are_read_not_mapped(tmp_path):
+    """np.savez puts a member's data wherever the zip headers end; a float32 array at an odd
+    offset is read into an aligned buffer (the kernels read aligned values)."""
+    layer = np.arange(N * 4, dtype=np.float32).reshape(N, 4)
+    path = tmp_path / "odd.npz"
+    np.savez(path, a=layer, labels=LABELS)  # 'a.npy': the data starts at an odd offset
+    member = zipfile.ZipFile(path).getinfo("a.npy")
+    assert (member.header_offset + 30 + len("a.npy") + 20 + 128) % 4  # odd: the case under test
+    with open_dump(path) as dump:
+        for array in (dump["a"], *dump.iter_chunks("a", 7)):
+            assert array.flags.aligned and array.flags.writeable
+        np.testing.assert_array_equal(dump["a"], layer)
+        np.testing.assert_array_equal(np.concatenate(list(dump.iter_chunks("a", 7))), layer)
+    memory = bundlelab.analyze_layers({"a": layer}, LABELS, weight_amplitude=1.0)
+    report = analyze_dump(path, weight_amplitude=1.0)
+    assert report.to_dict(include_ids=True)["layers"] == memory.to_dict(include_ids=True)["layers"]
 
 
 def test_an_honestly_deflated_dead_layer_is_read(tmp_path):

@@ -12,6 +12,7 @@ from bundlelab import BundleLabError
 from bundlelab._errors import MissingDependencyError
 from bundlelab.io import analyze_dump, open_dump, save_dump, select_layers
 from bundlelab.io.analysis import plan_chunk_rows
+from bundlelab.io.dumps import release_pages
 
 h5py = pytest.importorskip("h5py")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
@@ -104,6 +105,119 @@ def test_every_format_round_trips_whole_and_in_chunks(kind, tmp_path, layers, la
                 np.testing.assert_array_equal(np.concatenate(chunks), original)
         loaded = dict(dump.layers())
         np.testing.assert_array_equal(loaded[expected_order[0]](), dump[expected_order[0]])
+
+
+def memory_map_of(array):
+    """The np.memmap that ``array`` views, or None when it holds its own (copied) data."""
+    while isinstance(array, np.ndarray) and not isinstance(array, np.memmap):
+        array = array.base
+    return array if isinstance(array, np.memmap) else None
+
+
+def save_with_numpy(suffix):
+    def write(path, layers, labels):
+        if suffix == "npy":
+            return write_npy_dir(path, layers, labels)
+        if suffix == "safetensors":
+            return write_safetensors(path, layers, labels)
+        save_dump(path / f"dump.{suffix}", layers, labels)
+        return path / f"dump.{suffix}"
+    return write
+
+
+@pytest.mark.parametrize("suffix", ["npz", "npy", "safetensors", "h5"])
+def test_stored_layers_are_memory_mapped_in_place_not_copied(suffix, tmp_path, rng, labels):
+    layers = {
+        "wide": rng.integers(0, 3, (N, 64)).astype(np.float32),
+        "double": np.round(rng.random((N, 4, 8)), 1),
+        "half": (rng.integers(0, 2, (N, 16)) * 1000).astype(np.float16),
+    }
+    if suffix == "safetensors":
+        layers["brain"] = layers["wide"].astype(ml_dtypes.bfloat16)
+    path = save_with_numpy(suffix)(tmp_path, layers, labels)
+    with open_dump(path) as dump:
+        for name, original in layers.items():
+            whole = dump[name]
+            mapped = memory_map_of(whole)
+            assert mapped is not None and mapped.mode == "c", name  # copy-on-write, no copy
+            assert whole.flags.c_contiguous and whole.flags.writeable and whole.flags.aligned
+            assert whole.dtype == original.dtype and whole.dtype.isnative
+            np.testing.assert_array_equal(whole, original)
+            chunks = list(dump.iter_chunks(name, 7))
+            assert all(np.shares_memory(chunk, memory_map_of(chunk)) for chunk in chunks)
+            for chunk in chunks:  # what the analysis does after each chunk: pages re-read later
+                release_pages(chunk)
+            np.testing.assert_array_equal(np.concatenate(chunks), original)
+            whole[...] = 0  # a write stays in this process: the file is unchanged
+        del whole, mapped, chunks
+    with open_dump(path) as dump:
+        for name, original in layers.items():
+            np.testing.assert_array_equal(dump[name], original)
+        threshold = {"mode": "threshold", "gamma": 1e-3}
+        for options, chunk_rows in (({}, None), ({}, 6), (threshold, None)):
+            in_order = {name: layers[name] for name in dump.layer_names}
+            memory = bundlelab.analyze_layers(in_order, labels, weight_amplitude=0.5, **options)
+            report = analyze_dump(dump, weight_amplitude=0.5, chunk_rows=chunk_rows, **options)
+            assert (report.to_dict(include_ids=True)["layers"]
+                    == memory.to_dict(include_ids=True)["layers"])
+
+
+def resident_bytes(array) -> int:
+    """Rss of the mapping that holds ``array`` (Linux /proc/self/smaps)."""
+    address, found = array.ctypes.data, None
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            first = line.split()[0]
+            if "-" in first and ":" not in first:
+                low, high = (int(part, 16) for part in first.split("-"))
+                found = low <= address < high
+            elif found and line.startswith("Rss:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no mapping holds the array")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_released_chunks_leave_memory_and_read_back_from_the_file(tmp_path, rng):
+    layer = rng.standard_normal((1024, 1024), dtype=np.float32)  # 4 MiB
+    folder = tmp_path / "dump"
+    folder.mkdir()
+    np.save(folder / "layer.npy", layer)
+    np.save(folder / "labels.npy", np.arange(1024) % 3)
+    with open_dump(folder) as dump:
+        chunks = list(dump.iter_chunks("layer", 256))
+        total = sum(float(chunk.sum()) for chunk in chunks)  # every page touched
+        assert resident_bytes(chunks[0]) >= layer.nbytes
+        for chunk in chunks:
+            release_pages(chunk)
+        assert resident_bytes(chunks[0]) < layer.nbytes // 8
+        np.testing.assert_array_equal(np.concatenate(chunks), layer)
+        assert sum(float(chunk.sum()) for chunk in chunks) == total
+
+
+def test_what_cannot_be_mapped_is_read_into_one_buffer(tmp_path, rng, labels):
+    """Deflated npz members, compressed or chunked HDF5 datasets and big-endian data are read
+    (the last mapped, then converted once); each gives what the in-memory analysis gives."""
+    layer = rng.integers(0, 3, (N, 40)).astype(np.float32)
+    save_dump(tmp_path / "deflated.npz", {"layer": layer}, labels, compress=True)
+    save_dump(tmp_path / "gzip.h5", {"layer": layer}, labels, compress=True)
+    with h5py.File(tmp_path / "chunked.h5", "w") as file:
+        file.create_dataset("layer", data=layer, chunks=(5, 40))
+        file.create_dataset("big_endian", data=layer.astype(">f4"))
+        file["labels"] = labels
+    for path in (tmp_path / "deflated.npz", tmp_path / "gzip.h5", tmp_path / "chunked.h5"):
+        with open_dump(path) as dump:
+            for name in dump.layer_names:
+                whole = dump[name]
+                assert memory_map_of(whole) is None and whole.dtype == np.float32
+                assert whole.dtype.isnative and whole.flags.c_contiguous
+                np.testing.assert_array_equal(whole, layer)
+                np.testing.assert_array_equal(np.concatenate(list(dump.iter_chunks(name, 7))),
+                                              layer)
+            expected = {name: layer for name in dump.layer_names}
+            memory = bundlelab.analyze_layers(expected, labels, weight_amplitude=0.5)
+            report = analyze_dump(dump, weight_amplitude=0.5)
+            assert (report.to_dict(include_ids=True)["layers"]
+                    == memory.to_dict(include_ids=True)["layers"])
 
 
 @pytest.mark.parametrize("kind", WRITERS)

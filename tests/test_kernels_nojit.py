@@ -31,6 +31,13 @@ for name in ("float32", "float64"):
     f = FORMATS[name]
     fp, _ = get_kernel_backend("cpu").fingerprints(a.astype(name), f, Transform.for_format(f, 1.0, 1e-3, 64))
     out["fingerprints/" + name] = [int(v) for v in fp.ravel()]
+# rows longer than one key block (512 words: _hashing.BLOCK_WORDS), odd in float32
+long_rows = rng.normal(size=(3, 1201))
+for name in ("float32", "float64"):
+    f = FORMATS[name]
+    t = Transform.for_format(f, 0.0, 1.0, 1)
+    fp, _ = get_kernel_backend("cpu").fingerprints(long_rows.astype(name), f, t)
+    out["fingerprints/long/" + name] = [int(v) for v in fp.ravel()]
 # update formats other than the activations' own: widening, narrowing (with rounding of a)
 big = a * np.float32(3000.0)  # float16 rounding of a matters at this scale
 for dtype, update_format in (("float16", "float32"), ("float32", "float64"), ("float64", "float32"),
@@ -59,6 +66,8 @@ def test_jit_and_interpreted_kernels_agree():
     assert compiled["float32"][:6] == [0, 1, 2, 3, 4, 5] and compiled["float32"][6:] == [0, 1, 2, 3, 4, 5]
     assert compiled["float32/threshold"][8] == 2
     assert compiled["float16->float32"] == compiled["float32"]  # float16 values, float32 updates
+    for name in ("float32", "float64"):  # three distinct rows, three distinct fingerprints
+        assert len(set(compiled["fingerprints/long/" + name])) == 6
 
 
 def test_kernel_layout():

@@ -10,6 +10,11 @@ a quarter of the physical memory, at most 4 GiB), and streamed in chunks of abou
 bundles of :func:`bundlelab.find_bundles`; streamed layers trust 128-bit row fingerprints
 (see :mod:`bundlelab.streaming` for the collision bound), so both give the same numbers.
 
+A layer stored uncompressed is memory-mapped, not copied (:mod:`bundlelab.io.dumps`): read
+whole, it costs its size in RSS once (the page cache it maps); streamed, each chunk's pages are
+released once the chunk is fingerprinted (:func:`bundlelab.io.dumps.release_pages`), so the
+layer streams in about one chunk of RSS.
+
 What the report says about the dump
 -----------------------------------
 ``params["layer_order"]``: where the layer order came from ("stored in the file", "sorted by
@@ -46,6 +51,7 @@ from .dumps import (
     check_readable,
     open_dump,
     physical_memory,
+    release_pages,
 )
 
 GIB = 1 << 30
@@ -190,6 +196,7 @@ def analyze_dump(
             for chunk in dump.iter_chunks(name, rows):
                 start = stream.n_samples
                 stream.update(chunk, labels[start:start + chunk.shape[0]])
+                release_pages(chunk)  # a mapped layer streams in about one chunk of RSS
                 if progress:
                     progress(name, chunk.shape[0])
             result = stream.result(n_classes=n_classes)

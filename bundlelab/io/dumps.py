@@ -24,6 +24,11 @@ Layer order (the network order the report follows), and what :attr:`Dump.order` 
 
 0-d arrays (saved scalars such as a step counter) are not listed as layers.
 
+Layers stored uncompressed are memory-mapped in place, copy-on-write (``.npy`` files, stored
+``.npz`` members, ``.safetensors`` tensors, contiguous HDF5 datasets without filters: see
+:func:`mapped_array`), so analysing a layer reads the page cache instead of copying the file;
+the rest is read, or streamed, into one buffer.
+
 Refused before any data is read, each in one line (``docs/security.md``): arrays of Python
 objects (never unpickled); a header that declares a negative dimension or more bytes than the
 file stores for the array (:func:`check_declared`); labels larger than physical memory; in
@@ -37,14 +42,16 @@ import difflib
 import importlib
 import json
 import math
+import mmap
 import os
 import re
+import time
 import zipfile
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import numpy as np
 
@@ -134,10 +141,12 @@ LayerInfo.__init__ = checked_keywords(LayerInfo.__init__)  # type: ignore[method
 class Dump:
     """An opened activation dump: layer names in network order, labels, and lazy layer reads.
 
-    Use :func:`open_dump` to get one.  ``dump[name]`` loads a layer as an in-memory numpy
-    array; :meth:`iter_chunks` reads it ``chunk_rows`` samples at a time; :meth:`layers` yields
-    ``(name, loader)`` pairs that :func:`bundlelab.analyze_layers` accepts.  Close it (or use it
-    as a context manager) to release the file.
+    Use :func:`open_dump` to get one.  ``dump[name]`` gives a layer as a writable numpy
+    array (a copy-on-write memory map of the file where the layer is stored uncompressed and
+    aligned, else read into one buffer); :meth:`iter_chunks` reads it ``chunk_rows`` samples
+    at a time; :meth:`layers` yields ``(name, loader)`` pairs that
+    :func:`bundlelab.analyze_layers` accepts.  Close it (or use it as a context manager) to
+    release the file.
 
     A dump without its labels array opens (``bundlelab info`` lists it); reading
     :attr:`labels` is then a one-line error naming the arrays that could be labels.
@@ -276,7 +285,9 @@ class Dump:
 
     # -- reading -----------------------------------------------------------------------------
     def load(self, name: str) -> np.ndarray:
-        """The whole layer as an in-memory array of shape (n_samples, ...)."""
+        """The whole layer as a writable array of shape (n_samples, ...) in native byte order:
+        memory-mapped in place (copy-on-write: a write stays in this process) where the format
+        stores it uncompressed and aligned, else read into memory."""
         info = self.info(name)
         check_readable(info, self.path.name)
         return in_memory(self._wrap_errors(name, lambda: self._read(name)))
@@ -505,8 +516,35 @@ def _save_npz(path: Path, arrays: dict, labels_key: str, labels: np.ndarray, com
     with atomic_open(path, "wb") as handle:
         with zipfile.ZipFile(handle, "w", compression=compression, allowZip64=True) as archive:
             for name, array in arrays.items():
-                with archive.open(name + ".npy", "w", force_zip64=True) as member:
+                member_info = _aligned_member(name + ".npy", compression, handle.tell())
+                with archive.open(member_info, "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, array, allow_pickle=False)
+
+
+#: zip extra-field id of alignment padding (the one Android's zipalign writes)
+_PADDING_FIELD = 0xD935
+#: a zip64 local header: 30 fixed bytes before the name, 20 bytes of zip64 sizes after it
+_LOCAL_HEADER_BYTES, _ZIP64_EXTRA_BYTES = 30, 20
+
+
+def _aligned_member(filename: str, compression: int, header_offset: int) -> zipfile.ZipInfo:
+    """A member whose data starts on a 64-byte boundary of the file: a padding extra field
+    fills the local header up, so the array after its .npy header (a multiple of 64 bytes
+    long) is aligned and :class:`~bundlelab.io.npz.NpzDump` maps it in place."""
+    info = zipfile.ZipInfo(filename, date_time=time.localtime()[:6])
+    info.compress_type = compression
+    info.external_attr = 0o600 << 16
+    if compression == zipfile.ZIP_STORED:
+        try:
+            name_bytes = len(filename.encode("ascii"))
+        except UnicodeEncodeError:
+            name_bytes = len(filename.encode("utf-8"))
+        end = header_offset + _LOCAL_HEADER_BYTES + name_bytes + _ZIP64_EXTRA_BYTES
+        padding = -end % 64 or 64
+        padding += 64 if padding < 4 else 0
+        info.extra = _PADDING_FIELD.to_bytes(2, "little") + (padding - 4).to_bytes(2, "little")
+        info.extra += bytes(padding - 4)
+    return info
 
 
 def _save_safetensors(path: Path, arrays: dict, labels_key: str, labels: np.ndarray,
@@ -547,9 +585,11 @@ def _save_hdf5(path: Path, arrays: dict, labels_key: str, labels: np.ndarray, co
             "save_dump(): a name holds '/', which HDF5 reads as a group path: rename the layer"
         )
     options = {"compression": "gzip"} if compress else {}
-    # h5py writes through the file object, so the file appears whole or not at all
+    # h5py writes through the file object, so the file appears whole or not at all; data of
+    # 1 KiB or more starts on a 64-byte boundary, so the reader maps it in place
     with atomic_open(path, "w+b") as handle:
-        with h5py.File(handle, "w", track_order=True) as file:
+        with h5py.File(handle, "w", track_order=True, alignment_threshold=1024,
+                       alignment_interval=64) as file:
             for name, array in arrays.items():
                 file.create_dataset(name, data=array, **options)
             if labels.dtype.kind in "US":
@@ -666,14 +706,89 @@ def natural_key(name: str) -> list:
 
 
 def in_memory(array: np.ndarray) -> np.ndarray:
-    """A writable in-memory array in native byte order (memory maps and read-only buffers are
-    copied): the kernels are compiled for writable arrays, a read-only one costs a second compile.
+    """A writable array in native byte order, as the kernels take it.
+
+    Copy-on-write memory maps (:func:`mapped_array`) are writable and pass through uncopied:
+    the kernels only read them, and a write would stay private to the process.  Read-only
+    buffers are copied (the kernels are compiled for writable arrays, a read-only one costs a
+    second compile), and so are arrays in the other byte order.
     """
     if not array.dtype.isnative:
         return array.astype(array.dtype.newbyteorder("="))
-    if isinstance(array, np.memmap) or not array.flags.writeable:
+    if not array.flags.writeable:
         return np.array(array)
     return array
+
+
+def mapped_array(
+    path: Path, offset: int, dtype: np.dtype, shape: tuple[int, ...], *, fortran: bool = False
+) -> np.ndarray | None:
+    """The ``shape`` ``dtype`` values stored at byte ``offset`` of ``path``, memory-mapped in
+    place copy-on-write (writable; a write stays private, the file never changes), or None
+    where the data is not aligned for its type (the kernels read aligned values: the caller
+    reads a copy instead).  The caller has checked that the file holds the bytes.
+
+    The array is a plain ndarray view whose ``base`` is the :class:`numpy.memmap`; its pages
+    are read from the page cache when touched (and count in the process's RSS once touched).
+    """
+    if offset % dtype.alignment:
+        return None
+    if math.prod(shape) == 0:  # mmap cannot map 0 bytes
+        return np.empty(shape, dtype, order="F" if fortran else "C")
+    mapped = np.memmap(path, dtype=dtype, mode="c", offset=offset, shape=shape,
+                       order="F" if fortran else "C")
+    try:  # read ahead: analysis reads every mapped layer front to back
+        mapped._mmap.madvise(mmap.MADV_SEQUENTIAL)
+    except (AttributeError, OSError, ValueError):  # not on every platform
+        pass
+    return np.asarray(mapped)
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Drop the resident pages of a chunk of a copy-on-write memory map that the caller is done
+    with and has not written to (a no-op for any other array): streaming a mapped layer then
+    holds about one chunk in RSS, not the whole file.  Pages touched again are read again from
+    the file; a page that was written to would lose the write, so only the analysis, which
+    never writes its chunks, calls this."""
+    mapped = array
+    while isinstance(mapped, np.ndarray) and not isinstance(mapped, np.memmap):
+        mapped = mapped.base
+    handle = getattr(mapped, "_mmap", None)
+    if handle is None or not hasattr(mmap, "MADV_DONTNEED") or mapped.mode != "c":
+        return
+    base = mapped.ctypes.data - mapped.offset % mmap.ALLOCATIONGRANULARITY
+    start = array.ctypes.data - base
+    first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+    last = (start + array.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if last > first:
+        try:
+            handle.madvise(mmap.MADV_DONTNEED, first, last - first)
+        except (OSError, ValueError):  # advice only
+            pass
+
+
+def read_exact(stream: IO[bytes], n_bytes: int, *, into: Any = None) -> Any:
+    """Exactly ``n_bytes`` from ``stream`` into ``into`` (a writable buffer of that size; a new
+    bytearray by default), read in pieces of at most 16 MiB so a large read never holds a second
+    copy, or EOFError if the stream ends first."""
+    buffer = bytearray(n_bytes) if into is None else into
+    view = memoryview(buffer).cast("B")
+    done = 0
+    while done < n_bytes:
+        piece = view[done:min(n_bytes, done + READ_PIECE_BYTES)]
+        n = stream.readinto(piece) if hasattr(stream, "readinto") else None
+        if n is None:
+            chunk = stream.read(len(piece))
+            n = len(chunk)
+            piece[:n] = chunk
+        if not n:
+            raise EOFError(f"the data ends after {done} of {n_bytes} bytes")
+        done += n
+    return buffer
+
+
+#: the most bytes one read of :func:`read_exact` asks for
+READ_PIECE_BYTES = 16 << 20
 
 
 def check_readable(info: LayerInfo, where: str) -> None:

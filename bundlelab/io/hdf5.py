@@ -7,7 +7,10 @@ members in creation order, other groups in natural name order; :attr:`Dump.order
 in the file" when every group with several members tracks its order.  A group reached under
 several names (hard or soft links) is listed once, under the first; a soft link to a dataset
 lists it under the link's name too.
-Row chunks are read with h5py slicing, which only touches the HDF5 chunks that hold those rows.
+A contiguous dataset without filters (what :func:`bundlelab.io.save_dump` writes unless told to
+compress) is memory-mapped in place at the offset HDF5 reports, checked to lie inside the file;
+any other dataset is read a slab of rows at a time into one preallocated buffer
+(``read_direct``), which only touches the HDF5 chunks that hold those rows.
 
 Only data stored in the file itself is read.  Refused before anything is read, in one line:
 external links (another file's objects), external raw storage (a dataset whose bytes live in
@@ -32,6 +35,7 @@ from .dumps import (
     corrupt_error,
     format_bytes,
     info_from_dtype,
+    mapped_array,
     natural_key,
 )
 
@@ -43,6 +47,9 @@ OTHER_FILTER_RATIO = 1 << 20
 #: a dataset may declare this many bytes beyond what its storage can hold (small fill-value
 #: datasets are harmless)
 SLACK_BYTES = 1 << 16
+
+#: the most bytes one read of a dataset that is not mapped asks HDF5 for
+READ_SLAB_BYTES = 64 << 20
 
 #: the order of a file where some groups track creation order and others do not
 ORDER_MIXED = "stored in the file where tracked, else sorted by name"
@@ -63,6 +70,7 @@ class Hdf5Dump(Dump):
     def __init__(self, path: Path, labels_key: str):
         super().__init__(path, labels_key)
         self._h5py = _h5py()
+        self._file_size = path.stat().st_size
         try:
             self._file = self._h5py.File(path, "r")
         except (OSError, RuntimeError, ValueError) as exc:
@@ -195,10 +203,59 @@ class Hdf5Dump(Dump):
 
     # -- reading -----------------------------------------------------------------------------
     def _read(self, name: str) -> np.ndarray:
-        return self._file[name][()]
+        mapped = self._map(name)
+        if mapped is not None:
+            return mapped
+        dataset = self._file[name]
+        return self._read_rows(name, 0, None) if dataset.shape else dataset[()]
 
-    def _read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        return self._file[name][start:stop]
+    def _read_rows(self, name: str, start: int, stop: int | None) -> np.ndarray:
+        dataset = self._file[name]
+        mapped = self._map(name)
+        if mapped is not None:
+            return mapped[start:stop]
+        if not dataset.shape or dataset.dtype.kind not in "biufc":
+            return dataset[start:stop]
+        stop = dataset.shape[0] if stop is None else min(stop, dataset.shape[0])
+        # one buffer in native byte order, filled a slab of rows at a time
+        out = np.empty((max(stop - start, 0),) + dataset.shape[1:],
+                       dataset.dtype.newbyteorder("="))
+        row_bytes = max(out[:1].nbytes, 1)
+        step = max(1, READ_SLAB_BYTES // row_bytes)
+        for first in range(start, stop, step):
+            last = min(first + step, stop)
+            dataset.read_direct(out, np.s_[first:last], np.s_[first - start:last - start])
+        return out
+
+    def _chunks(self, name, info, chunk_rows):
+        mapped = self._wrap_errors(name, lambda: self._map(name))
+        if mapped is None:
+            yield from super()._chunks(name, info, chunk_rows)
+            return
+        for start in range(0, info.n_samples, chunk_rows):
+            yield mapped[start:start + chunk_rows]
+
+    def _map(self, name: str) -> np.ndarray | None:
+        """A contiguous dataset without filters, mapped in place (copy-on-write, see
+        :func:`bundlelab.io.dumps.mapped_array`), or None: its bytes are the array's, at the
+        offset HDF5 gives, checked to lie inside the file."""
+        dataset = self._file[name]
+        if not dataset.shape or dataset.dtype.kind not in "iuf":
+            return None
+        plist = dataset.id.get_create_plist()
+        if plist.get_layout() != self._h5py.h5d.CONTIGUOUS or plist.get_nfilters():
+            return None
+        offset = dataset.id.get_offset()
+        if offset is None:  # no data written: the fill value
+            return None
+        n_bytes = dataset.size * dataset.dtype.itemsize
+        if offset + n_bytes > self._file_size:
+            raise corrupt_error(
+                self.path, f"dataset {name!r}",
+                EOFError(f"its data ({format_bytes(n_bytes)} at byte {offset}) ends past the end "
+                         f"of the file ({format_bytes(self._file_size)})"),
+            )
+        return mapped_array(self.path, offset, dataset.dtype, tuple(dataset.shape))
 
     def _read_labels(self) -> np.ndarray:
         dataset = self._file[self.labels_key]

@@ -1,5 +1,6 @@
-"""A directory of ``.npy`` files, one per layer plus ``labels.npy``, read through memory maps;
-also thingsvision's layout, one folder per layer.
+"""A directory of ``.npy`` files, one per layer plus ``labels.npy``, memory-mapped in place
+(copy-on-write: the kernels read the page cache, nothing is copied); also thingsvision's
+layout, one folder per layer.
 
 Layouts (they can be mixed in one directory):
 
@@ -157,17 +158,20 @@ class NpyDirDump(Dump):
         return LayerInfo(name, info.shape, info.dtype, info.itemsize)
 
     def _map(self, name: str) -> np.ndarray:
-        return np.load(self._files[name], mmap_mode="r", allow_pickle=False)
+        """The file mapped in place, copy-on-write (see :func:`bundlelab.io.dumps.mapped_array`:
+        writable, a write stays private); a column-major file comes back copied in row order."""
+        mapped = np.load(self._files[name], mmap_mode="c", allow_pickle=False)
+        return np.ascontiguousarray(mapped)  # a view unless the file is column-major
 
     def _read(self, name: str) -> np.ndarray:
         if name in self._h5:
             return self._h5[name]._read(FEATURES_DATASET)
-        return np.array(self._map(name), order="C")
+        return self._map(name)
 
     def _read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         if name in self._h5:
             return self._h5[name]._read_rows(FEATURES_DATASET, start, stop)
-        return np.array(self._map(name)[start:stop], order="C")
+        return self._map(name)[start:stop]
 
     def _chunks(self, name, info, chunk_rows):
         if name in self._h5:
@@ -175,7 +179,7 @@ class NpyDirDump(Dump):
             return
         mapped = self._wrap_errors(name, lambda: self._map(name))
         for start in range(0, info.n_samples, chunk_rows):
-            yield np.array(mapped[start:start + chunk_rows], order="C")
+            yield mapped[start:start + chunk_rows]
 
     def _read_labels(self) -> np.ndarray:
         return np.load(self._files[self.labels_key], allow_pickle=False)

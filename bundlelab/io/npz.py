@@ -5,12 +5,17 @@ Python objects are refused before their data is touched.  A member's header must
 more data than the member can hold: its stored size, or for a deflated member (what
 ``np.savez_compressed`` writes) 1032 times its compressed size, deflate's own bound, so a
 5 MB archive cannot make a reader allocate terabytes.  Other compression methods are refused.
-A member's rows are read straight from the zip stream, so a layer is never held in memory twice
-and can be read in chunks even when it is compressed.
+Stored (uncompressed) members, what ``np.savez`` and :func:`bundlelab.io.save_dump` write, are
+memory-mapped in place: the member's data offset is the zip local header's end plus the
+``.npy`` header, checked against the file's size before anything is mapped.  A member whose
+data is not aligned for its type (the zip headers before it have an odd length; ``save_dump``
+pads them) is read from that offset into one buffer.  Deflated members are streamed in pieces
+into one buffer, so a layer is never held in memory twice and can be read in chunks.
 """
 
 from __future__ import annotations
 
+import struct
 import zipfile
 from pathlib import Path
 from typing import IO
@@ -27,7 +32,13 @@ from .dumps import (
     corrupt_error,
     format_bytes,
     info_from_dtype,
+    mapped_array,
+    read_exact,
 )
+
+#: a zip local file header: signature, then 22 bytes, then the name and extra field lengths
+_LOCAL_HEADER = struct.Struct("<4s22sHH")
+_LOCAL_SIGNATURE = b"PK\x03\x04"
 
 #: the most one deflated byte can inflate to (258-byte matches coded in 2 bits)
 DEFLATE_MAX_RATIO = 1032
@@ -61,23 +72,6 @@ def read_npy_header(stream: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]
     return shape, fortran, dtype
 
 
-def read_exact(stream: IO[bytes], n_bytes: int) -> bytearray:
-    """Exactly ``n_bytes`` from ``stream`` (a writable buffer), or EOFError if it ends first."""
-    buffer = bytearray(n_bytes)
-    view = memoryview(buffer)
-    done = 0
-    while done < n_bytes:
-        n = stream.readinto(view[done:]) if hasattr(stream, "readinto") else None
-        if n is None:
-            chunk = stream.read(n_bytes - done)
-            n = len(chunk)
-            view[done:done + n] = chunk
-        if not n:
-            raise EOFError(f"the data ends after {done} of {n_bytes} bytes")
-        done += n
-    return buffer
-
-
 class NpzDump(Dump):
     """Layers and labels stored as members of an ``.npz`` (zip) archive."""
 
@@ -96,6 +90,9 @@ class NpzDump(Dump):
             self._members: dict[str, str] = {}
             self._fortran: dict[str, bool] = {}
             self._dtypes: dict[str, np.dtype] = {}
+            #: name -> byte offset of the data of a stored member in the file
+            self._offsets: dict[str, int] = {}
+            self._file_size = path.stat().st_size
             infos: dict[str, LayerInfo] = {}
             for member in self._zip.infolist():
                 if member.is_dir() or not member.filename.endswith(".npy"):
@@ -142,7 +139,40 @@ class NpzDump(Dump):
             )
         self._fortran[name] = bool(fortran)
         self._dtypes[name] = dtype
+        if member.compress_type == zipfile.ZIP_STORED and not dtype.hasobject:
+            self._offsets[name] = self._data_offset(name, member, header_size, info.nbytes)
         return info
+
+    def _data_offset(self, name: str, member: zipfile.ZipInfo, header_size: int,
+                     n_bytes: int) -> int:
+        """Where a stored member's array data starts in the file, checked to lie inside it."""
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(member.header_offset)
+                fields = _LOCAL_HEADER.unpack(read_exact(handle, _LOCAL_HEADER.size))
+        except (*READ_ERRORS, struct.error) as exc:
+            raise corrupt_error(self.path, f"the zip header of array {name!r}", exc) from None
+        signature, _, name_length, extra_length = fields
+        if signature != _LOCAL_SIGNATURE:
+            raise corrupt_error(self.path, f"the zip header of array {name!r}",
+                                ValueError("no local file header where the directory points"))
+        offset = member.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+        offset += header_size
+        if offset + n_bytes > self._file_size:
+            raise corrupt_error(
+                self.path, f"array {name!r}",
+                EOFError(f"its data ({format_bytes(n_bytes)} at byte {offset}) ends past the end "
+                         f"of the file ({format_bytes(self._file_size)})"),
+            )
+        return offset
+
+    def _map(self, name: str) -> np.ndarray | None:
+        """The stored member mapped in place, or None (deflated, or not aligned)."""
+        if name not in self._offsets:
+            return None
+        info = self._infos_all(name)
+        return mapped_array(self.path, self._offsets[name], self._dtypes[name], info.shape,
+                            fortran=self._fortran[name])
 
     def _read(self, name: str) -> np.ndarray:
         return self._read_rows(name, 0, self._infos_all(name).n_samples)
@@ -150,11 +180,25 @@ class NpzDump(Dump):
     def _read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         if self._fortran[name]:
             return self._read_fortran(name)[start:stop]
+        mapped = self._map(name)
+        if mapped is not None:
+            return mapped[start:stop]
         row_bytes = self._infos_all(name).n_features * self._infos_all(name).itemsize
+        if name in self._offsets:  # stored but not aligned: one read from the data's offset
+            with open(self.path, "rb") as handle:
+                handle.seek(self._offsets[name] + start * row_bytes)
+                buffer = self._aligned_read(name, handle, stop - start)
+            return self._rows(name, buffer, stop - start)
         with self._open(name) as stream:
             _skip(stream, start * row_bytes)
-            buffer = read_exact(stream, (stop - start) * row_bytes)
+            buffer = self._aligned_read(name, stream, stop - start)
         return self._rows(name, buffer, stop - start)
+
+    def _aligned_read(self, name: str, stream, n_rows: int) -> np.ndarray:
+        """``n_rows`` rows from ``stream`` into one new (aligned) array's memory."""
+        info = self._infos_all(name)
+        buffer = np.empty(n_rows * info.n_features, self._dtypes[name])
+        return read_exact(stream, buffer.nbytes, into=buffer)
 
     def _chunks(self, name, info, chunk_rows):
         if self._fortran[name]:
@@ -163,13 +207,17 @@ class NpzDump(Dump):
             for start in range(0, info.n_samples, chunk_rows):
                 yield array[start:start + chunk_rows]
             return
+        mapped = self._wrap_errors(name, lambda: self._map(name))
+        if mapped is not None:
+            for start in range(0, info.n_samples, chunk_rows):
+                yield mapped[start:start + chunk_rows]
+            return
         # One pass over the member stream: a deflated stream cannot seek cheaply.
-        row_bytes = info.n_features * info.itemsize
         stream = self._wrap_errors(name, lambda: self._open(name))
         with stream:
             for start in range(0, info.n_samples, chunk_rows):
                 n = min(chunk_rows, info.n_samples - start)
-                buffer = self._wrap_errors(name, lambda: read_exact(stream, n * row_bytes))
+                buffer = self._wrap_errors(name, lambda: self._aligned_read(name, stream, n))
                 yield self._rows(name, buffer, n)
 
     def _open(self, name: str):
@@ -178,14 +226,15 @@ class NpzDump(Dump):
         return stream
 
     def _read_fortran(self, name: str) -> np.ndarray:
-        with self._zip.open(self._members[name]) as stream:
-            array = np.lib.format.read_array(stream, allow_pickle=False)
+        array = self._map(name)  # one copy, from the page cache, where the member is stored
+        if array is None:
+            with self._zip.open(self._members[name]) as stream:
+                array = np.lib.format.read_array(stream, allow_pickle=False)
         return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
 
-    def _rows(self, name: str, buffer: bytearray, n_rows: int) -> np.ndarray:
+    def _rows(self, name: str, buffer: np.ndarray, n_rows: int) -> np.ndarray:
         dtype = self._dtypes[name]
-        shape = (n_rows,) + self._infos_all(name).shape[1:]
-        rows = np.frombuffer(buffer, dtype=dtype).reshape(shape)
+        rows = buffer.reshape((n_rows,) + self._infos_all(name).shape[1:])
         return rows if dtype.isnative else rows.astype(dtype.newbyteorder("="))
 
     def _read_labels(self) -> np.ndarray:

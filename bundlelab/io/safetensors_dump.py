@@ -15,6 +15,7 @@ not a list of the file's names is a one-line error.  Without one, natural order 
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,13 @@ from .dumps import (
     check_declared,
     corrupt_error,
     format_bytes,
+    mapped_array,
     natural_key,
+    read_exact,
 )
+
+#: the element types that are mapped in place (layers); labels and ids are read by safetensors
+FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
 
 #: metadata keys that hold a layer order, ours first; only ours must be valid
 ORDER_KEYS = (ORDER_KEY, "layer_order", "order")
@@ -93,6 +99,7 @@ class SafetensorsDump(Dump):
             infos[name] = LayerInfo(name, shape, dtype, itemsize)
             # safetensors checks the offsets against the file; this is a second guard
             check_declared(self.path, infos[name], limit=size, stored=format_bytes(size))
+        self._offsets = self._data_offsets(infos, size)
         names = sorted(infos, key=natural_key)
         stored = self._stored_order(names)
         if stored is None:
@@ -101,6 +108,47 @@ class SafetensorsDump(Dump):
             listed = set(stored)
             rest = [name for name in names if name not in listed]
             self._finish_listing(stored + rest, infos, order=ORDER_STORED)
+
+    def _data_offsets(self, infos: dict[str, LayerInfo], size: int) -> dict[str, int]:
+        """name -> where the tensor's bytes start in the file, from the header (which
+        ``safe_open`` has validated), checked to hold the declared size inside the file."""
+        try:
+            with open(self.path, "rb") as handle:
+                (header_size,) = struct.unpack("<Q", read_exact(handle, 8))
+                if header_size > size - 8:
+                    raise EOFError(f"its header declares {header_size} bytes")
+                header = json.loads(read_exact(handle, header_size))
+        except (OSError, ValueError, EOFError, struct.error) as exc:
+            raise corrupt_error(self.path, "its header", exc) from None
+        offsets = {}
+        for name, info in infos.items():
+            entry = header.get(name) if isinstance(header, dict) else None
+            spans = entry.get("data_offsets") if isinstance(entry, dict) else None
+            if not (isinstance(spans, list) and len(spans) == 2
+                    and all(isinstance(at, int) for at in spans)):
+                raise corrupt_error(self.path, f"the header of tensor {name!r}",
+                                    ValueError("it holds no data_offsets"))
+            begin, end = 8 + header_size + spans[0], 8 + header_size + spans[1]
+            known = info.dtype in FLOAT_NAMES or entry.get("dtype") in DTYPES
+            if (known and end - begin != info.nbytes) or begin < 8 + header_size or end > size:
+                raise corrupt_error(
+                    self.path, f"tensor {name!r}",
+                    ValueError(f"its data_offsets {spans} do not hold its {info.nbytes} bytes "
+                               f"inside the file"),
+                )
+            offsets[name] = begin
+        return offsets
+
+    def _map(self, name: str) -> np.ndarray | None:
+        """The tensor mapped in place (see :func:`bundlelab.io.dumps.mapped_array`), or None
+        for a scalar or data not aligned for its type."""
+        info = self._infos.get(name, self._label_info)
+        if not info.shape or info.dtype not in FLOAT_NAMES:
+            return None
+        if info.dtype == "bfloat16":
+            _import_ml_dtypes()
+        dtype = np.dtype(info.dtype).newbyteorder("<")
+        return mapped_array(self.path, self._offsets[name], dtype, info.shape)
 
     def _stored_order(self, names: list[str]) -> list[str] | None:
         """The layer order in the header's metadata, or None when it holds none."""
@@ -140,10 +188,20 @@ class SafetensorsDump(Dump):
             raise corrupt_error(self.path, f"tensor {name!r}", exc) from None
 
     def _read(self, name: str) -> np.ndarray:
-        return self._slice(name)
+        mapped = self._map(name)
+        return self._slice(name) if mapped is None else mapped
 
     def _read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        return self._slice(name, start, stop)
+        mapped = self._map(name)
+        return self._slice(name, start, stop) if mapped is None else mapped[start:stop]
+
+    def _chunks(self, name, info, chunk_rows):
+        mapped = self._wrap_errors(name, lambda: self._map(name))
+        if mapped is None:
+            yield from super()._chunks(name, info, chunk_rows)
+            return
+        for start in range(0, info.n_samples, chunk_rows):
+            yield mapped[start:start + chunk_rows]
 
     def _read_labels(self) -> np.ndarray:
         return self._slice(self.labels_key)

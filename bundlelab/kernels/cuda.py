@@ -14,7 +14,8 @@ How the work is split:
   consecutive threads load consecutive values: coalesced), keep private partial sums, and the
   group reduces them in shared memory at the end.  A fingerprint thread hashes whole 64-bit
   words of the row (one float64 or two float32, see ``_hashing.py``); the lane sums are
-  wrap-around uint64 sums, so any split of the words gives the CPU's result exactly.
+  wrap-around uint64 sums, so any split of the words gives the CPU's result exactly, and the
+  group's first thread applies the final mix to the reduced sums.
 * threshold mode: the GPU answers "is row j within gamma of row c" for many pairs at once (mean
   pruning first, then the exact value test); the inherently sequential greedy runs on the host
   over those answers, chunk by chunk (see :meth:`CudaBackend.threshold_assign`).
@@ -65,8 +66,9 @@ PAIR_TILE = 16
 
 _device_fn = cuda.jit(device=True)
 
-term_a = _device_fn(_hashing.term_a)
-term_b = _device_fn(_hashing.term_b)
+term = _device_fn(_hashing.term)
+finish = _device_fn(_hashing.finish)
+key = _device_fn(_hashing.key)
 round_to_format = _device_fn(_formats.round_to_format)
 
 
@@ -266,19 +268,20 @@ def _within(rows, j, other, probes, scale, gamma):
 @_device_fn
 def _store_fingerprint(sum_a, sum_b, bad, slot, lane, lanes, valid, row, lane_a, lane_b, flag,
                        out, nonfinite):
-    """Reduce the row group's partial lane sums and flags; its first thread writes the row."""
+    """Reduce the row group's partial lane sums and flags; its first thread finishes them
+    (``_hashing.finish``, once per row) and writes the row."""
     sum_a[slot] = lane_a
     sum_b[slot] = lane_b
     bad[slot] = flag
     _reduce_row_group(sum_a, sum_b, bad, slot, lane, lanes)
     if valid and lane == 0:
-        out[row, 0] = sum_a[slot]
-        out[row, 1] = sum_b[slot]
+        out[row, 0] = finish(sum_a[slot])
+        out[row, 1] = finish(sum_b[slot])
         nonfinite[row] = bad[slot] != 0
 
 
 @cuda.jit(cache=True)
-def _fingerprints_native(rows, w, alpha, invb, out, nonfinite):
+def _fingerprints_native(rows, w, alpha, invb, base_a, base_b, tweak_a, tweak_b, out, nonfinite):
     """Row-group kernel: fingerprint of ``t = w - (a * alpha) * invb`` in the rows' dtype."""
     sum_a = cuda.shared.array(BLOCK, np.uint64)
     sum_b = cuda.shared.array(BLOCK, np.uint64)
@@ -294,15 +297,15 @@ def _fingerprints_native(rows, w, alpha, invb, out, nonfinite):
             if bad_word:
                 flag = np.uint8(1)
             pos = np.uint64(m)
-            lane_a += term_a(x, pos)
-            lane_b += term_b(x, pos)
+            lane_a += term(x, key(base_a, tweak_a, pos))
+            lane_b += term(x, key(base_b, tweak_b, pos))
     _store_fingerprint(sum_a, sum_b, bad, slot, lane, lanes, valid, row, lane_a, lane_b, flag,
                        out, nonfinite)
 
 
 @cuda.jit(cache=True)
-def _fingerprints_emulated(rows, w, alpha, invb, precision, emin, max_finite, round_input, out,
-                           nonfinite):
+def _fingerprints_emulated(rows, w, alpha, invb, precision, emin, max_finite, round_input,
+                           base_a, base_b, tweak_a, tweak_b, out, nonfinite):
     """Like :func:`_fingerprints_native` computed in a narrow format, hashed as float32."""
     sum_a = cuda.shared.array(BLOCK, np.uint64)
     sum_b = cuda.shared.array(BLOCK, np.uint64)
@@ -318,8 +321,8 @@ def _fingerprints_emulated(rows, w, alpha, invb, precision, emin, max_finite, ro
             if bad_word:
                 flag = np.uint8(1)
             pos = np.uint64(m)
-            lane_a += term_a(x, pos)
-            lane_b += term_b(x, pos)
+            lane_a += term(x, key(base_a, tweak_a, pos))
+            lane_b += term(x, key(base_b, tweak_b, pos))
     _store_fingerprint(sum_a, sum_b, bad, slot, lane, lanes, valid, row, lane_a, lane_b, flag,
                        out, nonfinite)
 
@@ -538,6 +541,13 @@ def _probe_columns(rows, count: int = 16) -> np.ndarray:
     return np.sort(order[:count]).astype(np.int64)
 
 
+def _device_keys(n_words: int) -> tuple:
+    """``(base_a, base_b, tweak_a, tweak_b)`` of ``_hashing.word_keys`` on the device (a few
+    KiB: every row reads them, from the cache)."""
+    base, tweak = _hashing.word_keys(n_words)
+    return tuple(cuda.to_device(np.ascontiguousarray(v)) for v in (*base, *tweak))
+
+
 def _native_constants(fmt, transform):
     """``w, alpha, invb`` as numpy scalars of the update format (as ``cpu._native_constants``):
     their dtype selects the format the native kernels compute and hash in."""
@@ -569,16 +579,17 @@ class CudaBackend:
         out = cuda.device_array((n, 2), dtype=np.uint64)
         nonfinite = cuda.device_array(n, dtype=np.bool_)
         grid, block = _row_groups(rows.shape[1], n)
+        keys = _device_keys(_hashing.n_words(rows.shape[1], fmt.name))
         if fmt.native:
             _launch(
                 _fingerprints_native, grid, block, rows, *_native_constants(fmt, transform),
-                out, nonfinite,
+                *keys, out, nonfinite,
             )
         else:
             _launch(
                 _fingerprints_emulated, grid, block, rows, transform.weight_amplitude,
                 transform.learning_rate, transform.inverse_batch_size, fmt.precision, fmt.emin,
-                fmt.max_finite, needs_rounding(source, fmt), out, nonfinite,
+                fmt.max_finite, needs_rounding(source, fmt), *keys, out, nonfinite,
             )
         return out.copy_to_host(), nonfinite.copy_to_host()
 
