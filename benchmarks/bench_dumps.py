@@ -1,6 +1,7 @@
 """`bundlelab analyze DUMP` against a plain process that loads the same file and sums it, for
 every dump format, side by side in one run: wall time and peak RSS, this tree against a baseline
-tree (by default the git HEAD, checked out into a temporary worktree).
+tree (by default commit 02bff96, the last one whose readers copied, checked out into a
+temporary worktree).
 
 Run:  python benchmarks/bench_dumps.py            (a 512 MiB float32 layer, a few minutes)
       python benchmarks/bench_dumps.py --quick    (a 32 MiB layer, about a minute)
@@ -47,6 +48,10 @@ FLOOR = {
     "safetensors": "import safetensors.numpy as s; a = s.load_file(PATH)['layer']",
     "hdf5": "import h5py; a = h5py.File(PATH, 'r')['layer'][()]",
 }
+
+
+#: the last commit whose dump readers copied
+PREVIOUS = "02bff96"
 
 
 def write_dumps(folder: Path, size_mib: int, seed: int = 0) -> dict[str, tuple[Path, str]]:
@@ -115,7 +120,7 @@ def baseline_tree(given: str | None) -> tuple[Path, Path | None]:
     if given:
         return Path(given).resolve(), None
     folder = Path(tempfile.mkdtemp(prefix="bench-dumps-baseline-"))
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder), "HEAD"],
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder), PREVIOUS],
                    check=True, capture_output=True)
     return folder, folder
 
@@ -126,7 +131,8 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=None, help="layer size (default 512)")
     parser.add_argument("--repeats", type=int, default=3, help="processes per figure (best of)")
     parser.add_argument("--baseline", default=None,
-                        help="a bundlelab checkout to compare with (default: git HEAD)")
+                        help="a bundlelab checkout to compare with (default: commit 02bff96, "
+                             "the readers that copied)")
     parser.add_argument("--tree", default=str(ROOT),
                         help="the bundlelab checkout measured as 'new' (default: this one)")
     parser.add_argument("--formats", default=None,

@@ -6,7 +6,8 @@ Run:  python benchmarks/bench_threshold.py            (N 2k ... 128k, D 256 and 
       python benchmarks/bench_threshold.py --quick    (N 2k ... 16k, D 256; a minute)
       python benchmarks/bench_threshold.py --baseline REV   (compare with another revision)
 
-The previous kernel is git revision ``--baseline`` (default ``HEAD``) of ``bundlelab/``,
+The previous kernel is git revision ``--baseline`` (default ``02bff96``, the last commit
+with the bucket index) of ``bundlelab/``,
 exported to a temporary folder and run in a second process; both processes hold the same rows
 (same seed) and are timed in turn, cell by cell, best of ``--repeat`` runs each, so a load on
 the machine hits both alike.  Every cell checks that both give the same bundle ids.  Timed:
@@ -40,6 +41,10 @@ import numpy as np
 
 REGIMES = ("distinct", "half duplicated", "10 bundles", "sparse distinct")
 REACH = 1e-8 / (1e-3 / 64)
+
+
+#: the last commit before the grid index and the block-parallel greedy
+PREVIOUS = "02bff96"
 
 
 def make_rows(regime: str, n: int, d: int) -> np.ndarray:
@@ -98,7 +103,7 @@ class Worker:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--baseline", default="HEAD", help="git revision of the previous kernel")
+    parser.add_argument("--baseline", default=PREVIOUS, help="git revision of the previous kernel")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--old-limit", type=float, default=120.0)
     parser.add_argument("--sizes", help="comma-separated N (default: by --quick)")
