@@ -39,6 +39,12 @@ updated in: ``"float32"`` for a float32 model trained under autocast/AMP or a Ke
 ``"float64"``; None when it cannot tell.  :func:`measure_bundles` uses it when the caller
 passed no ``update_format`` (see ``docs/semantics.md``, "The update format").
 
+Two more optional members let :func:`measure_bundles` split a measurement over an executor's
+workers (``executor=``): ``split_inputs(inputs, n_slices, *, inference_batch_size)`` cuts the
+inputs into consecutive slices (default: arrays or tensors, or a dict, list or tuple of them)
+and ``worker_copy(model)`` says how the model reaches a task (default: the adapter and the
+model pickled as they are); see :mod:`bundlelab.adapters._split`.
+
 Outputs may be numpy arrays, CuPy arrays or torch tensors (CUDA tensors stay on the GPU).
 ``inference_batch_size`` is the number of samples per forward pass (it only bounds memory);
 ``batch_size``, everywhere in bundlelab, is the training batch size |B| of the metric.
@@ -71,6 +77,7 @@ from .._validation import (
     checked_keywords,
 )
 from ..training._backend import register_backend
+from ._split import split_plan
 
 
 @runtime_checkable
@@ -164,6 +171,8 @@ def measure_bundles(
     update_format: str | None = None,
     sources: Mapping[str, str] | None = None,
     progress: bool | Callable[[int, dict[str, tuple]], None] = False,
+    executor: Any = None,
+    workers: int | None = None,
     **options,
 ):
     """Bundles of a model's layers over ``inputs``, streamed batch by batch.
@@ -204,7 +213,23 @@ def measure_bundles(
     progress : bool or callable, default=False
         True shows a progress bar over batches; a callable is called after each batch as
         ``progress(n_rows, shapes)`` with the batch's sample count and each layer's per-sample
-        output shape (``{layer: shape}``).
+        output shape (``{layer: shape}``).  With an executor, a callable is called once per
+        slice, in slice order, when they are all done; True shows the executor's progress.
+    executor : None, str or bundlelab.executors.Executor, optional
+        None or ``"inprocess"`` (default): one pass in this process.  ``"processes"``,
+        ``"ray"`` or an Executor: the inputs are cut into ``workers`` consecutive slices at
+        forward-pass boundaries, each slice runs as one task (the adapter's forward passes,
+        one :class:`bundlelab.BundleStream` per layer) and the streams come back and merge in
+        slice order (:func:`bundlelab.merge_streams`), so the report equals the single pass's
+        (resolution mode only: threshold mode cannot merge).  The layers, weight amplitudes
+        and options are decided here, once.  The inputs must be arrays or tensors (or a dict,
+        list or tuple of them) unless the adapter defines ``split_inputs``; the adapter and
+        model travel pickled unless it defines ``worker_copy`` (see
+        :mod:`bundlelab.adapters._split`).
+    workers : int, optional
+        Slices to cut the inputs into (fewer when there are fewer forward passes); default: the
+        executor's worker count.  With ``executor="inprocess"`` the slices run one after
+        another in this process (the same report; a check of the split).
     **options
         Other keywords of :func:`bundlelab.find_bundles` (mode, learning_rate, gamma, ...).
 
@@ -257,41 +282,32 @@ def measure_bundles(
     else:
         weight_amplitude = check_positive_float("weight_amplitude", weight_amplitude,
                                                 allow_zero=True)
-    streams = {
-        name: BundleStream(
-            layer=name, batch_size=batch_size, **options,
-            weight_amplitude=weight_amplitude[name] if per_layer else weight_amplitude,
-        )
+    keywords = {
+        name: dict(layer=name, batch_size=batch_size, **options,
+                   weight_amplitude=weight_amplitude[name] if per_layer else weight_amplitude)
         for name in names
     }
+    streams = {name: BundleStream(**keywords[name]) for name in names}  # checks the options
     if labels is not None:
         labels = np.asarray(labels.tolist() if hasattr(labels, "tolist") else labels)
-    seen = 0
-    batches = adapter.iter_layer_outputs(
-        model, inputs, layers=names, inference_batch_size=inference_batch_size
-    )
-    if progress is True:
-        from rich.progress import track
+    plan = split_plan(executor, workers, mode=streams[names[0]].options.mode,
+                      progress=None if callable(progress) else progress)
+    if plan.executor is None:
+        batches = adapter.iter_layer_outputs(
+            model, inputs, layers=names, inference_batch_size=inference_batch_size
+        )
+        if progress is True:
+            from rich.progress import track
 
-        batches = track(batches, description="measuring bundles", transient=True)
-    for item in batches:
-        outputs, batch_labels = item if isinstance(item, tuple) else (item, None)
-        size = int(outputs[names[0]].shape[0])
-        if batch_labels is None:
-            if labels is None:
-                raise BundleLabError(
-                    "no labels: pass labels=... or data that yields (inputs, labels)"
-                )
-            if seen + size > labels.shape[0]:
-                raise BundleLabError(
-                    f"the model produced more samples than the {labels.shape[0]} labels given"
-                )
-            batch_labels = labels[seen:seen + size]
-        for name in names:
-            streams[name].update(outputs[name], batch_labels)
-        seen += size
-        if callable(progress):
-            progress(size, {name: tuple(outputs[name].shape[1:]) for name in names})
+            batches = track(batches, description="measuring bundles", transient=True)
+        seen = _stream_batches(streams, batches, labels, names,
+                               progress if callable(progress) else None)
+    else:
+        with plan:
+            streams, seen = _measure_split(
+                plan, adapter, model, inputs, labels, keywords, names, inference_batch_size,
+                progress if callable(progress) else None,
+            )
     if labels is not None and seen != labels.shape[0]:
         raise BundleLabError(f"got {labels.shape[0]} labels for {seen} samples")
     if not seen:
@@ -310,6 +326,62 @@ def measure_bundles(
             layer_weight_amplitudes={name: weight_amplitude[name] for name in names},
         )
     return BundleReport(results, params)
+
+
+def _stream_batches(streams: Mapping[str, Any], batches: Iterable, labels: np.ndarray | None,
+                    names: Sequence[str], progress: Callable | None) -> int:
+    """Feed each batch's layer outputs (and labels: the batch's own, else the next ones of
+    ``labels``) to the layers' streams; the number of samples fed."""
+    seen = 0
+    for item in batches:
+        outputs, batch_labels = item if isinstance(item, tuple) else (item, None)
+        size = int(outputs[names[0]].shape[0])
+        if batch_labels is None:
+            if labels is None:
+                raise BundleLabError(
+                    "no labels: pass labels=... or data that yields (inputs, labels)"
+                )
+            if seen + size > labels.shape[0]:
+                raise BundleLabError(
+                    f"the model produced more samples than the {labels.shape[0]} labels given"
+                )
+            batch_labels = labels[seen:seen + size]
+        for name in names:
+            streams[name].update(outputs[name], batch_labels)
+        seen += size
+        if progress is not None:
+            progress(size, {name: tuple(outputs[name].shape[1:]) for name in names})
+    return seen
+
+
+def _measure_split(plan, adapter, model, inputs, labels, keywords, names,
+                   inference_batch_size, progress) -> tuple[dict[str, Any], int]:
+    """The layers' streams over every slice, merged in slice order, and the samples seen."""
+    from ..streaming import merge_streams
+    from ._split import AsIs, SliceTask, run_slices, split_arrays
+
+    split = getattr(adapter, "split_inputs", None) or split_arrays
+    slices = split(inputs, plan.n_slices, inference_batch_size=inference_batch_size)
+    n_samples = slices[-1][2]
+    if labels is not None and labels.shape[0] < n_samples:
+        raise BundleLabError(
+            f"the model produced more samples than the {labels.shape[0]} labels given"
+        )
+    copy = getattr(adapter, "worker_copy", None)
+    worker = copy(model) if copy is not None else AsIs(adapter, model)
+    tasks = [
+        SliceTask(worker, part, None if labels is None else labels[start:stop], tuple(names),
+                  keywords, inference_batch_size, index)
+        for index, (part, start, stop) in enumerate(slices)
+    ]
+    results = run_slices(plan, tasks)
+    if progress is not None:
+        for result in results:
+            progress(result.n_samples, result.shapes)
+    merged = {
+        name: merge_streams([result.streams[name] for result in results]) for name in names
+    }
+    return merged, sum(result.n_samples for result in results)
 
 
 def _model_update_format(adapter: Any, model: Any) -> str | None:

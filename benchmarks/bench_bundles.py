@@ -248,6 +248,9 @@ def main() -> None:
     parser.add_argument("--fingerprint-only", action="store_true",
                         help="only the fingerprint pass against the floor and the peer")
     args = parser.parse_args()
+    # The compiled kernels throughout: a fresh process would hash its first 512 MiB in numpy
+    # (kernels/host.py), which bench_startup.py measures.
+    import bundlelab.kernels.cpu  # noqa: F401
     if args.fingerprint_only:
         print(f"machine: {machine()}")
         fingerprint_floor(2048, 4096 if args.quick else 65536)

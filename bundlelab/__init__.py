@@ -13,7 +13,7 @@ from ._errors import BundleLabError, MissingDependencyError
 from .bundles import BundleOptions, analyze_layers, find_bundles
 from .entropy import bundle_entropy
 from .report import BundleReport, LayerResult
-from .streaming import BundleStream
+from .streaming import BundleStream, merge_streams
 from .tracker import BundleTracker
 
 __version__ = "0.1.0"
@@ -29,4 +29,5 @@ __all__ = [
     "analyze_layers",
     "bundle_entropy",
     "find_bundles",
+    "merge_streams",
 ]

@@ -265,28 +265,51 @@ def distinct_nan_fingerprints(
 
     Such a row equals no row, not even itself, so it is a bundle of its own; giving each one its
     own fingerprint keeps thousands of identical NaN rows out of one candidate group (whose exact
-    splitting would compare every pair).  A row's ``t`` holds NaN iff ``t_i == t_i`` fails, which
-    the exact comparison kernel answers (in the update format ``fmt``).  Only rows flagged
-    non-finite can have it, except where a finite activation can reach ``inf * 0`` or
-    ``inf - inf``: ``1/|B|`` rounded to 0 (``a * alpha`` may overflow), ``alpha`` rounded to 0
-    while a wide activation is narrowed (the cast may overflow), or ``w`` rounded to infinity.
+    splitting would compare every pair).  The value depends on the row's sample index
+    (``first_index`` + its position): see :func:`mark_nan_rows`.
+    """
+    nan_rows = nan_row_positions(backend, rows, fmt, transform, nonfinite)
+    if not nan_rows.size:
+        return fingerprints
+    return mark_nan_rows(fingerprints.copy(), nan_rows + first_index, first_index)
+
+
+def nan_row_positions(
+    backend, rows: Rows, fmt: FloatFormat, transform: Transform, nonfinite: np.ndarray
+) -> np.ndarray:
+    """Positions (int64, ascending) of the rows whose transformed values ``t`` hold NaN.
+
+    A row's ``t`` holds NaN iff ``t_i == t_i`` fails, which the exact comparison kernel answers
+    (in the update format ``fmt``).  Only rows flagged non-finite can have it, except where a
+    finite activation can reach ``inf * 0`` or ``inf - inf``: ``1/|B|`` rounded to 0
+    (``a * alpha`` may overflow), ``alpha`` rounded to 0 while a wide activation is narrowed
+    (the cast may overflow), or ``w`` rounded to infinity.
     """
     if (transform.inverse_batch_size == 0.0 or not math.isfinite(transform.weight_amplitude)
             or (transform.learning_rate == 0.0 and needs_rounding(rows.fmt, fmt))):
-        candidates = np.arange(fingerprints.shape[0], dtype=np.int64)
+        candidates = np.arange(nonfinite.shape[0], dtype=np.int64)
     else:
         candidates = np.flatnonzero(nonfinite).astype(np.int64)
     if not candidates.size:
-        return fingerprints
+        return candidates
     equal_to_itself = backend.pairs_equal(
         rows.data, candidates, candidates, fmt, transform, rows.fmt
     )
-    nan_rows = candidates[~equal_to_itself]
-    if not nan_rows.size:
-        return fingerprints
-    fingerprints = fingerprints.copy()
-    fingerprints[nan_rows, 0] = (nan_rows + first_index).astype(np.uint64)
-    fingerprints[nan_rows, 1] = np.uint64(2**64 - 1)
+    return candidates[~equal_to_itself]
+
+
+def mark_nan_rows(
+    fingerprints: np.ndarray, samples: np.ndarray, first_index: int = 0
+) -> np.ndarray:
+    """Give the NaN rows at sample indices ``samples`` the fingerprint ``(sample, 2**64 - 1)``,
+    in place; ``fingerprints[0]`` belongs to sample ``first_index``.
+
+    The value is the row's sample index in the whole pass, so it is distinct for every NaN row,
+    and a stream cut into shards reproduces it by shifting each shard's indices by the samples
+    before it (:meth:`bundlelab.BundleStream.merge`).
+    """
+    fingerprints[samples - first_index, 0] = samples.astype(np.uint64)
+    fingerprints[samples - first_index, 1] = np.uint64(2**64 - 1)
     return fingerprints
 
 

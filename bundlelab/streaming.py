@@ -16,11 +16,28 @@ holds for rows that are not constructed against them, as a layer's activations a
 :func:`bundlelab.find_bundles` when the answer must be exact whatever the input.  Rows that are
 equal are always merged (no false splits).  ``threshold`` mode keeps the rows of the
 bundle leaders (O(n_bundles * n_features)) and is exact.
+
+Merging streams (sharded data)
+------------------------------
+In ``resolution`` mode the state of a stream is one fingerprint, one non-finite flag and one
+label per sample, so the streams of consecutive shards of the samples merge exactly
+(:meth:`BundleStream.merge`, :func:`merge_streams`): the state of samples ``0..k-1`` merged
+with the state of samples ``k..N-1`` *is* the state one stream would hold after seeing samples
+``0..N-1`` in order, so any split into consecutive shards, merged in any grouping, gives the
+same :meth:`BundleStream.result` (bundle ids, counts, entropy, every :class:`LayerResult`
+field), bit for bit.  The merged result carries the same guarantee as streaming (above), no
+weaker: rows that are equal are always merged, two different rows only on a 128-bit collision.
+Merging is cheap (no activation is read again) and a stream pickles compactly (numpy arrays of
+O(n_samples) only), so shards can be fingerprinted where they live and only the streams travel.
+``threshold`` mode cannot merge: its greedy assigns each sample to the first earlier leader
+within ``gamma``, so the bundles of a shard depend on every row before it; feed its samples to
+one stream in order.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -31,17 +48,33 @@ from .bundles import (
     BundleOptions,
     _check_nonfinite,
     _layer_result,
-    distinct_nan_fingerprints,
     group_fingerprints,
+    mark_nan_rows,
+    nan_row_positions,
     resolution_transform,
     update_format_of,
 )
 from .kernels import get_kernel_backend
+from .kernels._formats import FORMATS
 from .report import LayerResult
+
+
+#: options that may differ between merged streams: they change where, not what, is computed
+_MERGE_IGNORES = ("device",)
+
+_THRESHOLD_MERGE = (
+    "threshold mode cannot merge streams: its greedy assigns each sample to the first earlier "
+    "leader within gamma, so a shard's bundles depend on every row before it; feed the samples "
+    "to one stream in order, or use mode='resolution', whose fingerprints merge exactly"
+)
 
 
 class BundleStream:
     """Accumulate one layer's bundles over batches; call :meth:`result` at the end.
+
+    In resolution mode, streams of consecutive shards of the samples merge exactly
+    (:meth:`merge`, :func:`merge_streams`), and a stream pickles compactly (numpy arrays only),
+    so shards can be fingerprinted in other processes or on other machines.
 
     Parameters
     ----------
@@ -59,6 +92,11 @@ class BundleStream:
     >>> stream.update(np.ones((1, 4), np.float32), [1])
     >>> stream.result().n_bundles
     2
+    >>> first, second = BundleStream(layer="block1"), BundleStream(layer="block1")
+    >>> first.update(np.zeros((2, 4), np.float32), [0, 1])
+    >>> second.update(np.ones((1, 4), np.float32), [1])
+    >>> first.merge(second).result().bundle_ids.tolist()
+    [0, 0, 1]
     """
 
     @checked_keywords
@@ -67,7 +105,8 @@ class BundleStream:
         self.options = BundleOptions.from_keywords("BundleStream()", options, also=("layer",))
         self._labels: list[tuple[np.ndarray, list]] = []  # (codes, classes) per batch
         self._nonfinite: list[np.ndarray] = []
-        self._fingerprints: list[np.ndarray] = []
+        self._fingerprints: list[np.ndarray] = []  # NaN rows not yet marked (see result())
+        self._nan_rows: list[np.ndarray] = []  # sample indices of rows whose t holds NaN
         self._roots: list[np.ndarray] = []
         self._leader_rows = None  # threshold mode: rows of the bundle leaders so far
         self._leader_means = np.empty(0)
@@ -115,11 +154,11 @@ class BundleStream:
             fmt = update_format_of(rows.fmt, self.options)
             transform = resolution_transform(fmt, self.options)
             fingerprints, nonfinite = backend.fingerprints(rows.data, fmt, transform, rows.fmt)
-            # NaN equals nothing: each row whose t holds NaN gets a fingerprint of its own
-            fingerprints = distinct_nan_fingerprints(
-                backend, rows, fmt, transform, fingerprints, nonfinite, self._n_samples
-            )
+            # NaN equals nothing: each row whose t holds NaN gets a fingerprint of its own, made
+            # of its sample index; kept apart until result() so that merge() can shift it
+            nan_rows = nan_row_positions(backend, rows, fmt, transform, nonfinite)
             self._fingerprints.append(fingerprints)
+            self._nan_rows.append(nan_rows + self._n_samples)
         else:
             roots, nonfinite = self._threshold_update(rows, backend)
             self._roots.append(roots)
@@ -164,18 +203,216 @@ class BundleStream:
         """
         if not self._n_samples:
             raise BundleLabError(f"layer {self.layer!r}: no batch was added before result()")
-        nonfinite = np.concatenate(self._nonfinite)
-        keep = _check_nonfinite(nonfinite, self.options.nonfinite, self.layer)
+        self._consolidate()
+        keep = _check_nonfinite(self._nonfinite[0], self.options.nonfinite, self.layer)
         if self.options.mode == "resolution":
-            roots = group_fingerprints(np.concatenate(self._fingerprints))
+            fingerprints, nan_rows = self._fingerprints[0], self._nan_rows[0]
+            if nan_rows.size:  # marked in a copy: the stored state stays mergeable
+                fingerprints = mark_nan_rows(fingerprints.copy(), nan_rows)
+            roots = group_fingerprints(fingerprints)
         else:
-            roots = np.concatenate(self._roots)
-        codes, classes = merge_label_codes(self._labels)
+            roots = self._roots[0]
+        codes, classes = self._labels[0]
         return _layer_result(
             roots, keep, codes, check_n_classes(n_classes, len(classes)), self.options,
             layer=self.layer, n_features=self._n_features, dtype=self._fmt.name,
             update_format=update_format_of(self._fmt, self.options).name,
         )
+
+
+    @checked_keywords
+    def merge(self, other: "BundleStream") -> "BundleStream":
+        """A new stream holding this stream's samples followed by ``other``'s.
+
+        Exact and associative (resolution mode): whatever consecutive shards the samples were
+        cut into and however their streams are merged, :meth:`result` equals the one of a
+        single stream fed every sample in order (see the module docstring).  Neither stream
+        changes; the new one shares their arrays, so merging costs no copy of the per-sample
+        state.
+
+        Parameters
+        ----------
+        other : BundleStream
+            The stream of the samples that follow this stream's: same layer, same options
+            (``device`` may differ), same values per sample and activation format.
+
+        Returns
+        -------
+        BundleStream
+
+        Raises
+        ------
+        BundleLabError
+            In threshold mode, or when the layer, an option, or the rows' shape or format
+            differ.
+        """
+        return _merged([self, other])
+
+    def _consolidate(self) -> None:
+        """One array per field instead of one per batch (result(), pickling)."""
+        if self.options.mode == "resolution":
+            self._fingerprints = [_joined(self._fingerprints, (0, 2), np.uint64)]
+            self._nan_rows = [_joined(self._nan_rows, (0,), np.int64)]
+        else:
+            self._roots = [_joined(self._roots, (0,), np.int64)]
+        self._nonfinite = [_joined(self._nonfinite, (0,), np.bool_)]
+        if len(self._labels) != 1:
+            self._labels = [merge_label_codes(self._labels)]
+
+    def __getstate__(self) -> dict:
+        # compact: one numpy array per field (no per-batch lists, no device arrays), the
+        # format by name, and the leader rows of threshold mode copied to the host
+        self._consolidate()
+        codes, classes = self._labels[0]
+        state = {
+            "layer": self.layer,
+            "options": self.options,
+            "n_samples": self._n_samples,
+            "n_features": self._n_features,
+            "fmt": None if self._fmt is None else self._fmt.name,
+            "device": self._device,
+            "nonfinite": self._nonfinite[0],
+            # the narrowest integer holding every code (one byte for up to 256 classes)
+            "label_codes": codes.astype(np.min_scalar_type(max(len(classes) - 1, 0))),
+            "label_classes": classes,
+        }
+        if self.options.mode == "resolution":
+            state["fingerprints"] = self._fingerprints[0]
+            state["nan_rows"] = self._nan_rows[0]
+        else:
+            leader_rows = self._leader_rows
+            if leader_rows is not None and not isinstance(leader_rows, np.ndarray):
+                leader_rows = leader_rows.copy_to_host()
+            state.update(
+                roots=self._roots[0], leader_rows=leader_rows, leader_means=self._leader_means,
+                leader_tolerances=self._leader_tolerances, leader_index=self._leader_index,
+            )
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.layer = state["layer"]
+        self.options = state["options"]
+        self._n_samples = state["n_samples"]
+        self._n_features = state["n_features"]
+        self._fmt = None if state["fmt"] is None else FORMATS[state["fmt"]]
+        self._device = state["device"]
+        self._nonfinite = [state["nonfinite"]]
+        self._labels = [(state["label_codes"].astype(np.int64), list(state["label_classes"]))]
+        self._fingerprints = [state.get("fingerprints", np.empty((0, 2), dtype=np.uint64))]
+        self._nan_rows = [state.get("nan_rows", np.empty(0, dtype=np.int64))]
+        self._roots = [state.get("roots", np.empty(0, dtype=np.int64))]
+        self._leader_rows = state.get("leader_rows")
+        self._leader_means = state.get("leader_means", np.empty(0))
+        self._leader_tolerances = state.get("leader_tolerances", np.empty(0))
+        self._leader_index = state.get("leader_index", np.empty(0, dtype=np.int64))
+        if self._leader_rows is not None and self._device not in (None, "cpu"):
+            from numba import cuda  # the leaders live where the stream computes
+
+            self._leader_rows = cuda.to_device(self._leader_rows)
+
+
+@checked_keywords
+def merge_streams(streams: Sequence[BundleStream]) -> BundleStream:
+    """One stream holding the samples of ``streams``, in list order.
+
+    The streams hold consecutive shards of one layer's samples (e.g. one per file of a sharded
+    dump, or one per worker); the result equals the one of a single stream fed every sample in
+    order (resolution mode, see :meth:`BundleStream.merge`).  No stream changes.
+
+    Parameters
+    ----------
+    streams : sequence of BundleStream
+        At least one stream; same layer and options (``device`` may differ), same values per
+        sample and activation format.
+
+    Returns
+    -------
+    BundleStream
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = np.array([[0.0], [1.0], [0.0], [2.0]], np.float32)
+    >>> shards = [BundleStream(layer="fc") for _ in range(2)]
+    >>> shards[0].update(a[:2], ["cat", "dog"])
+    >>> shards[1].update(a[2:], ["dog", "cat"])
+    >>> merge_streams(shards).result().bundle_ids.tolist()
+    [0, 1, 0, 2]
+    """
+    if isinstance(streams, BundleStream) or not isinstance(streams, Sequence):
+        raise BundleLabError(
+            "merge_streams() takes a sequence of BundleStream (one per shard, in sample order); "
+            f"got {type(streams).__name__}: pass a list, e.g. merge_streams([first, second])"
+        )
+    if not streams:
+        raise BundleLabError("merge_streams() got no stream: pass at least one BundleStream")
+    return _merged(list(streams))
+
+
+def _joined(parts: list[np.ndarray], empty_shape: tuple, dtype) -> np.ndarray:
+    """The concatenation of ``parts``; the part itself when there is one (no copy)."""
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.empty(empty_shape, dtype=dtype)
+
+
+def _merged(streams: list[BundleStream]) -> BundleStream:
+    """The concatenation of ``streams`` (checked), sharing their arrays."""
+    first = streams[0]
+    for position, stream in enumerate(streams):
+        if not isinstance(stream, BundleStream):
+            raise BundleLabError(
+                f"can only merge BundleStream objects; stream {position} is a "
+                f"{type(stream).__name__}"
+            )
+        _check_mergeable(first, stream)
+    merged = BundleStream.__new__(BundleStream)
+    merged.layer, merged.options = first.layer, first.options
+    merged._fingerprints, merged._nan_rows, merged._nonfinite, merged._labels = [], [], [], []
+    merged._roots, merged._leader_rows = [], None
+    merged._leader_means, merged._leader_tolerances = np.empty(0), np.empty(0)
+    merged._leader_index = np.empty(0, dtype=np.int64)
+    merged._n_samples, merged._n_features, merged._fmt, merged._device = 0, None, None, None
+    for stream in streams:
+        if not stream._n_samples:
+            continue  # the empty stream is the identity of merge
+        if merged._n_features is None:
+            merged._n_features, merged._fmt = stream._n_features, stream._fmt
+            merged._device = stream._device
+        elif (stream._n_features, stream._fmt) != (merged._n_features, merged._fmt):
+            raise BundleLabError(
+                f"cannot merge the streams of layer {first.layer!r}: one has "
+                f"{merged._n_features} {merged._fmt.name} values per sample, another "
+                f"{stream._n_features} {stream._fmt.name}; every shard must hold the same layer"
+            )
+        # a stream's sample i is sample i + offset of the whole: shift the sample indices it
+        # holds (the NaN rows, whose fingerprint is made of them); every other field is per
+        # sample and does not depend on where the shard starts
+        offset = merged._n_samples
+        merged._fingerprints.extend(stream._fingerprints)
+        merged._nan_rows.extend(rows + offset for rows in stream._nan_rows)
+        merged._nonfinite.extend(stream._nonfinite)
+        merged._labels.extend(stream._labels)  # classes merged as Python values in result()
+        merged._n_samples += stream._n_samples
+    return merged
+
+
+def _check_mergeable(first: BundleStream, other: BundleStream) -> None:
+    where = f"cannot merge the streams of layer {first.layer!r}"
+    if other.layer != first.layer:
+        raise BundleLabError(
+            f"cannot merge a stream of layer {other.layer!r} into one of layer {first.layer!r}: "
+            "merge the streams of one layer (the shards of its samples)"
+        )
+    if first.options.mode != "resolution" or other.options.mode != "resolution":
+        raise BundleLabError(f"{where}: {_THRESHOLD_MERGE}")
+    for field in dataclasses.fields(first.options):
+        mine, theirs = getattr(first.options, field.name), getattr(other.options, field.name)
+        if field.name not in _MERGE_IGNORES and mine != theirs:
+            raise BundleLabError(
+                f"{where}: {field.name} differs ({mine!r} vs {theirs!r}); create every shard's "
+                "stream with the same options"
+            )
 
 
 def _concat_rows(first, second, device):

@@ -57,8 +57,9 @@ from scipy.stats import spearmanr  # noqa: E402
 from bundlelab.spec import fully_connected  # noqa: E402
 from bundlelab.training import fit  # noqa: E402
 
-from _common import (add_training_arguments, dataset_summary, fill_defaults,  # noqa: E402
-                     save_png, start_experiment, training_config, write_results)
+from _common import (add_training_arguments, data_description, dataset_summary,  # noqa: E402
+                     fill_defaults, pinned_threads, run_folder, run_trials, save_png,
+                     start_experiment, trial_data, training_config, write_results)
 
 FULL = {"widths": [3, 5, 8, 16, 32, 64], "depths": [1, 2, 4, 8, 16, 32, 64], "epochs": 50,
         "seeds": [0], "n_train": None, "n_test": None}
@@ -84,20 +85,30 @@ def finite(value):
     return None if value is None or math.isnan(value) else float(value)
 
 
-def train_net(width: int, depth: int, seed: int, data, args) -> dict:
-    """Train one net: accuracy, ``H^L``, time-averaged and first-epoch ``H^l`` of every layer."""
+def train_net(task: dict) -> dict:
+    """Train one net (a trial, :func:`_common.run_trials`): accuracy, ``H^L``, time-averaged
+    and first-epoch ``H^l`` of every layer.
+
+    ``task``: ``width``, ``depth``, ``seed``, ``config`` (a seeded TrainConfig), ``folder`` (the
+    run folder or None), ``data`` (:func:`_common.data_description`) and ``threads``.
+    """
+    width, depth, seed = task["width"], task["depth"], task["seed"]
+    data = trial_data(task["data"])
     spec = fully_connected(width, depth, input_shape=data.input_shape, n_classes=data.n_classes)
-    config = training_config(args, seed)
     start = time.perf_counter()
-    result = fit(spec, data, config=config,
-                 directory=args.out / "runs" / f"{spec.name}-s{seed}" if args.resume else None)
+    with pinned_threads(task["threads"]):
+        result = fit(spec, data, config=task["config"], directory=task["folder"])
     entropy = result.bundle_entropy
     first_epoch = next(r.report for r in result.history if r.report is not None)
-    return {"width": width, "depth": depth, "seed": seed, "test_accuracy": result.test_accuracy,
-            "final_train_accuracy": result.history[-1].train_accuracy,
-            "bundle_entropy": entropy[f"dense{depth}"], "entropy_per_layer": list(entropy.values()),
-            "entropy_per_layer_epoch1": [layer.entropy for layer in first_epoch],
-            "seconds": time.perf_counter() - start}
+    run = {"width": width, "depth": depth, "seed": seed, "test_accuracy": result.test_accuracy,
+           "final_train_accuracy": result.history[-1].train_accuracy,
+           "bundle_entropy": entropy[f"dense{depth}"], "entropy_per_layer": list(entropy.values()),
+           "entropy_per_layer_epoch1": [layer.entropy for layer in first_epoch],
+           "seconds": time.perf_counter() - start}
+    print(f"width {width:>3} depth {depth:>3} seed {seed}: "
+          f"test {run['test_accuracy']:.3f}, "
+          f"H^L {run['bundle_entropy']:.3f} ({run['seconds']:.1f} s)", flush=True)
+    return run
 
 
 def first_positive(values) -> int | None:
@@ -188,13 +199,15 @@ def plot(document: dict, path: Path) -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     data, started = start_experiment(args)
-    runs = []
-    for width, depth, seed in itertools.product(args.widths, args.depths, args.seeds):
-        run = train_net(width, depth, seed, data, args)
-        runs.append(run)
-        print(f"width {width:>3} depth {depth:>3} seed {seed}: "
-              f"test {run['test_accuracy']:.3f}, "
-              f"H^L {run['bundle_entropy']:.3f} ({run['seconds']:.1f} s)", flush=True)
+    grid = list(itertools.product(args.widths, args.depths, args.seeds))
+    # the spec's name, as the run folders have always been called
+    names = [f"{fully_connected(w, d, input_shape=data.input_shape, n_classes=data.n_classes).name}"
+             f"-s{seed}" for w, d, seed in grid]
+    tasks = [{"width": width, "depth": depth, "seed": seed,
+              "config": training_config(args, seed), "folder": run_folder(args, name),
+              "data": data_description(args), "threads": args.threads}
+             for (width, depth, seed), name in zip(grid, names)]
+    runs = run_trials(train_net, tasks, names, args)
 
     accuracy = grid_of(runs, args.widths, args.depths, "test_accuracy")
     entropy = grid_of(runs, args.widths, args.depths, "bundle_entropy")

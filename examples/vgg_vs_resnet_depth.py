@@ -15,13 +15,19 @@ up to a fully conflicting bundle (``H^L ~ 2.3``) at chance accuracy at 120 layer
 0 at initialisation and conflicts appear after the first epochs.  With residuals ``H^L = 0`` at
 every depth and every depth is accurate.
 
-Defaults (about 7 minutes on 2 CPU cores): scikit-learn's digits (8 x 8 images), depths 4 10
-20 30 50 76 100 120, width multiplier 0.125 (stem 8 filters, stages 8/16/32/64), 20 epochs, one
-seed, Adam at learning rate 1e-2 (at 1e-3 a 20-layer ResNet reached only about 70% on digits
-in 30 epochs of 22 steps), batch 64, no random crops on digits (1-pixel shifts of
-8 x 8 images slowed training a lot) but the brightness augmentation.  Note that the learning
-rate also enters the bundle metric (resolution ``lr / batch``), so 1e-2 bundles more coarsely
-than the paper's 1e-3.  Closer to the paper (CIFAR-10 files in DIR; a GPU and days)::
+Defaults: scikit-learn's digits resized to 32 x 32 (``--image-size 32``, bilinear; at 8 x 8
+stages c and d see 1 x 1 maps, at 32 px stages a-d see 16/8/4/2-pixel maps), depths 4 10 20 30
+50 76 100 120, width multiplier 0.125 (stem 8 filters, stages 8/16/32/64), 20 epochs, one seed, AdamW at
+learning rate 1e-2 on a cosine schedule (the library's default), batch 64, no random crops on
+digits but the brightness augmentation.  Note that the learning rate also enters the bundle
+metric (resolution ``lr / batch``), so 1e-2 bundles more coarsely than the paper's 1e-3.
+One epoch of plain-120 takes 5.9 s with the bundle measurement on one idle CPU thread; the
+default run trains 8 + 8 nets of 820 layers in all, an estimated 15-20 minutes on an idle
+2-core CPU from these per-epoch times (more on a shared one).  The seed-0 runs of plain-120 and ResNet-10/20/50 are the same runs as
+``autotune_vs_resnet.py``'s (same options): with ``--resume`` their folders can be linked
+into OUT/runs and are then reused, not trained again.  ``--resume`` keeps every run's folder
+under OUT/runs, so a killed run continues where it stopped.  Closer to the paper (CIFAR-10
+files in DIR; a GPU and days)::
 
     python examples/vgg_vs_resnet_depth.py --data cifar10:DIR --optimizer ranger --lr 1e-3 \\
         --epochs 120 --width-multiplier 1 --seeds 0 1 2
@@ -46,12 +52,15 @@ import numpy as np  # noqa: E402
 from bundlelab.spec import PRESETS, preset  # noqa: E402
 from bundlelab.training import fit  # noqa: E402
 
-from _common import (add_training_arguments, dataset_summary, fill_defaults,  # noqa: E402
-                     save_png, start_experiment, training_config, write_results)
+from _common import (add_training_arguments, data_description, dataset_summary,  # noqa: E402
+                     fill_defaults, pinned_threads, run_folder, run_trials, save_png,
+                     start_experiment, trial_data, training_config, write_results)
 
 FAMILIES = {"plain": "plain (VGG, no residuals)", "resnet": "residual (ResNet)"}
-FULL = {"depths": list(PRESETS), "epochs": 20, "seeds": [0], "n_train": None, "n_test": None}
-QUICK = {"depths": [4, 10], "epochs": 2, "seeds": [0], "n_train": 300, "n_test": 100}
+FULL = {"depths": list(PRESETS), "epochs": 20, "seeds": [0], "n_train": None,
+        "n_test": None, "image_size": 32}
+QUICK = {"depths": [4, 10], "epochs": 2, "seeds": [0], "n_train": 300, "n_test": 100,
+         "image_size": 16}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -70,26 +79,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def train_net(family: str, depth: int, seed: int, data, args) -> dict:
-    """Train one net; its accuracy, ``H^L`` (time-averaged, last block) and ``H^L(t)``."""
+def train_net(task: dict) -> dict:
+    """Train one net (a trial, :func:`_common.run_trials`); its accuracy, ``H^L``
+    (time-averaged, last block) and ``H^L(t)``.
+
+    ``task``: ``family``, ``depth``, ``seed``, ``width_multiplier``, ``config`` (a seeded
+    TrainConfig), ``folder`` (the run folder or None), ``data``
+    (:func:`_common.data_description`) and ``threads``.
+    """
+    family, depth, seed = task["family"], task["depth"], task["seed"]
+    data = trial_data(task["data"])
     spec = preset(f"{family}-{depth}", input_shape=data.input_shape, n_classes=data.n_classes,
-                  width_multiplier=args.width_multiplier)
-    config = training_config(args, seed)
+                  width_multiplier=task["width_multiplier"])
     start = time.perf_counter()
-    result = fit(spec, data, config=config,
-                 directory=args.out / "runs" / f"{spec.name}-s{seed}" if args.resume else None)
+    with pinned_threads(task["threads"]):
+        result = fit(spec, data, config=task["config"], directory=task["folder"])
     entropy = result.bundle_entropy
     last = list(entropy)[-1]
     first = next((layer for layer, h in entropy.items() if h > 0), None)
-    return {"family": family, "depth": depth, "layers": result.layers, "seed": seed,
-            "spec": spec.name, "parameters": result.parameters,
-            "test_accuracy": result.test_accuracy,
-            "final_train_accuracy": result.history[-1].train_accuracy,
-            "last_layer": last, "bundle_entropy": entropy[last],
-            "entropy_over_time": [r.report[last].entropy for r in result.history if r.report],
-            "first_conflicting_layer": first,
-            "conflicting_layers": sum(h > 0 for h in entropy.values()),
-            "measured_layers": len(entropy), "seconds": time.perf_counter() - start}
+    run = {"family": family, "depth": depth, "layers": result.layers, "seed": seed,
+           "spec": spec.name, "parameters": result.parameters,
+           "test_accuracy": result.test_accuracy,
+           "final_train_accuracy": result.history[-1].train_accuracy,
+           "last_layer": last, "bundle_entropy": entropy[last],
+           "entropy_over_time": [r.report[last].entropy for r in result.history if r.report],
+           "first_conflicting_layer": first,
+           "conflicting_layers": sum(h > 0 for h in entropy.values()),
+           "measured_layers": len(entropy), "seconds": time.perf_counter() - start}
+    print(f"{run['spec']:<22} seed {seed}: test {run['test_accuracy']:.3f}, train "
+          f"{run['final_train_accuracy']:.3f}, H^L {run['bundle_entropy']:.3f}, first "
+          f"conflicting {run['first_conflicting_layer']} ({run['seconds']:.0f} s)", flush=True)
+    return run
 
 
 def summarise(runs: list, depths: list) -> dict:
@@ -148,19 +168,23 @@ def plot(document: dict, path: Path) -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     data, started = start_experiment(args)
-    runs = []
-    for depth, family, seed in itertools.product(args.depths, FAMILIES, args.seeds):
-        run = train_net(family, depth, seed, data, args)
-        runs.append(run)
-        print(f"{run['spec']:<22} seed {seed}: test {run['test_accuracy']:.3f}, train "
-              f"{run['final_train_accuracy']:.3f}, H^L {run['bundle_entropy']:.3f}, first "
-              f"conflicting {run['first_conflicting_layer']} ({run['seconds']:.0f} s)",
-              flush=True)
+    grid = list(itertools.product(args.depths, FAMILIES, args.seeds))
+    # the spec's name, as the run folders have always been called
+    names = [preset(f"{family}-{depth}", input_shape=data.input_shape,
+                    n_classes=data.n_classes, width_multiplier=args.width_multiplier).name
+             + f"-s{seed}" for depth, family, seed in grid]
+    tasks = [{"family": family, "depth": depth, "seed": seed,
+              "width_multiplier": args.width_multiplier, "config": training_config(args, seed),
+              "folder": run_folder(args, name), "data": data_description(args),
+              "threads": args.threads}
+             for (depth, family, seed), name in zip(grid, names)]
+    runs = run_trials(train_net, tasks, names, args)
     document = {
         "experiment": "vgg_vs_resnet_depth",
         "reproduces": "Peer et al. 2021, figure 6 (sections 3.4 and 3.5)",
         "data": dataset_summary(data),
-        "config": {"epochs": args.epochs, "optimizer": args.optimizer, "learning_rate": args.lr,
+        "config": {"epochs": args.epochs, "image_size": args.image_size,
+                   "optimizer": args.optimizer, "learning_rate": args.lr,
                    "batch_size": args.batch_size, "crop_padding": args.crop_padding,
                    "width_multiplier": args.width_multiplier,
                    "n_samples": args.n_samples, "threads": args.threads},

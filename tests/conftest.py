@@ -28,3 +28,23 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray instance for the whole session (about 5 s to start), shut down at the end.
+
+    Tests that use it skip, with the reason, where Ray is not installed: the core install does
+    not need it.
+    """
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'bundlelab[ray]')")
+    if ray.is_initialized():  # started by an earlier test through the library: reuse it
+        yield ray
+        return
+    # a small object store: the tests move kilobytes, and /dev/shm may be small on CI machines
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 2**20,
+             log_to_driver=False, configure_logging=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

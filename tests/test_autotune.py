@@ -36,7 +36,9 @@ def deep_narrow(data):
 @pytest.fixture(scope="module")
 def tuned(digits, tmp_path_factory):
     folder = tmp_path_factory.mktemp("autotune")
-    return autotune(deep_narrow(digits), digits, config=CONFIG, directory=folder), folder
+    # the paper's rule: check after the first epoch of every run only
+    return autotune(deep_narrow(digits), digits, config=CONFIG, directory=folder,
+                    check_epochs=1), folder
 
 
 def test_a_deep_narrow_net_is_pruned_until_no_layer_conflicts(tuned):
@@ -69,8 +71,9 @@ def test_the_folder_holds_the_evolution_and_the_final_spec(tuned):
     assert stage_depths(result.spec)["hidden"] == summary["evolution"][-1]["hidden"]
 
 
-def test_an_interrupted_autotune_resumes_where_it_stopped(digits, tuned, tmp_path, monkeypatch):
-    expected, _ = tuned
+def crash_on_the_third_epoch(monkeypatch):
+    """Make the third ``Training.train_epoch`` call raise KeyboardInterrupt (a crash); return
+    the original method, to put back."""
     calls = {"n": 0}
     original = Training.train_epoch
 
@@ -81,12 +84,19 @@ def test_an_interrupted_autotune_resumes_where_it_stopped(digits, tuned, tmp_pat
         return original(self, **kwargs)
 
     monkeypatch.setattr(Training, "train_epoch", crashes_on_the_third_epoch)
+    return original
+
+
+def test_an_interrupted_autotune_resumes_where_it_stopped(digits, tuned, tmp_path, monkeypatch):
+    expected, _ = tuned
+    original = crash_on_the_third_epoch(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
-        autotune(deep_narrow(digits), digits, config=CONFIG, directory=tmp_path)
+        autotune(deep_narrow(digits), digits, config=CONFIG, directory=tmp_path, check_epochs=1)
     monkeypatch.setattr(Training, "train_epoch", original)
     state = json.loads((tmp_path / "autotune.json").read_text())
     assert len(state["restarts"]) >= 2  # two epochs: at least one pruning was saved
-    resumed = autotune(deep_narrow(digits), digits, config=CONFIG, directory=tmp_path)
+    resumed = autotune(deep_narrow(digits), digits, config=CONFIG, directory=tmp_path,
+                       check_epochs=1)
     assert resumed.spec == expected.spec
     assert [r.pruned_layer for r in resumed.restarts] == [r.pruned_layer for r in expected.restarts]
 
@@ -112,12 +122,12 @@ def test_an_autotune_resumed_with_more_epochs_trains_its_final_run_longer(digits
     expected, folder = tuned
     copy = shutil.copytree(folder, tmp_path / "copy")
     longer = autotune(deep_narrow(digits), digits, config=CONFIG.replace(epochs=3, device="auto"),
-                      directory=copy)
+                      directory=copy, check_epochs=1)
     assert [r.pruned_layer for r in longer.restarts] == [r.pruned_layer for r in expected.restarts]
     assert len(longer.training.history) == 3
     assert json.loads((copy / "autotune.json").read_text())["config"]["epochs"] == 3
     with pytest.raises(BundleLabError, match="already ran 3 epochs, more than the 2 asked for"):
-        autotune(deep_narrow(digits), digits, config=CONFIG, directory=copy)
+        autotune(deep_narrow(digits), digits, config=CONFIG, directory=copy, check_epochs=1)
 
 
 def cli(capsys, *argv):
@@ -173,12 +183,89 @@ def test_a_crash_between_the_run_and_the_autotune_state_loses_no_pruning(digits,
 
     monkeypatch.setattr(RunFolder, "write", dies_when_recording_the_first_pruning)
     with pytest.raises(KeyboardInterrupt):
-        autotune(deep_narrow(digits), digits, config=CONFIG, directory=tmp_path)
+        autotune(deep_narrow(digits), digits, config=CONFIG, directory=tmp_path, check_epochs=1)
     monkeypatch.setattr(RunFolder, "write", original)
-    resumed = autotune(deep_narrow(digits), digits, config=CONFIG, directory=tmp_path)
+    resumed = autotune(deep_narrow(digits), digits, config=CONFIG, directory=tmp_path,
+                       check_epochs=1)
     assert resumed.spec == expected.spec
     assert [r.pruned_layer for r in resumed.restarts] == [r.pruned_layer for r in expected.restarts]
     # the epochs of the restart whose pruning was lost are those of a run that never crashed
     assert [(r.epochs, r.epoch) for r in resumed.restarts] == \
         [(r.epochs, r.epoch) for r in expected.restarts]
     assert (tmp_path / "evolution.csv").read_text() == expected.evolution_csv()
+
+
+# -- the conflict watch: check_epochs="all" ------------------------------------------------------
+
+# 24 ReLU layers of 12 units, seed 1, 4 epochs: the first epoch conflicts at dense10; the
+# 9-layer net left passes its first epoch but conflicts at dense5 in its second, which the
+# paper's first-epoch rule never sees (the final run of check_epochs=1 conflicts).
+LATE = dict(width=12, depth=24)
+LATE_CONFIG = CONFIG.replace(epochs=4, seed=1)
+
+
+def late_conflicting(data):
+    return fully_connected(LATE["width"], LATE["depth"], input_shape=data.input_shape)
+
+
+@pytest.fixture(scope="module")
+def watched(digits):
+    return {rule: autotune(late_conflicting(digits), digits, config=LATE_CONFIG,
+                           check_epochs=rule, progress=False)
+            for rule in (1, "all")}
+
+
+def conflicts(history):
+    return [record.epoch for record in history if record.first_conflicting is not None]
+
+
+def test_the_first_epoch_rule_keeps_a_net_that_conflicts_later(watched):
+    first_epoch = watched[1]
+    assert all(r.epochs == 1 for r in first_epoch.restarts[:-1])
+    assert first_epoch.training.history[0].first_conflicting is None
+    assert conflicts(first_epoch.training.history), "the final run should conflict after epoch 1"
+
+
+def test_watching_all_epochs_prunes_a_late_conflict_and_ends_free_of_conflicts(watched):
+    result = watched["all"]
+    # pruned later than the first epoch at least once, and every epoch of the final run was
+    # measured and showed no conflicting layer
+    assert any(r.epochs > 1 for r in result.restarts[:-1])
+    history = result.training.history
+    assert len(history) == LATE_CONFIG.epochs and all(r.report for r in history)
+    assert conflicts(history) == []
+    assert layer_count(result.spec) < layer_count(watched[1].spec)
+    for before, after in zip(result.restarts, result.restarts[1:]):
+        cut = measured_layers(before.spec).index(before.pruned_layer)
+        assert measured_layers(after.spec) == measured_layers(before.spec)[:cut]
+        assert before.entropy > 0
+
+
+def test_an_interrupted_autotune_watching_all_epochs_resumes_to_the_same_result(
+        digits, watched, tmp_path, monkeypatch):
+    expected = watched["all"]
+    original = crash_on_the_third_epoch(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        autotune(late_conflicting(digits), digits, config=LATE_CONFIG, check_epochs="all",
+                 directory=tmp_path, progress=False)
+    monkeypatch.setattr(Training, "train_epoch", original)
+    # without check_epochs: the default is "all", else the folder would refuse the resume
+    resumed = autotune(late_conflicting(digits), digits, config=LATE_CONFIG,
+                       directory=tmp_path, progress=False)
+    assert resumed.spec == expected.spec
+    assert [(r.pruned_layer, r.epochs) for r in resumed.restarts] == \
+        [(r.pruned_layer, r.epochs) for r in expected.restarts]
+    with pytest.raises(BundleLabError, match=r"check_epochs='all', now 1"):
+        autotune(late_conflicting(digits), digits, config=LATE_CONFIG, check_epochs=1,
+                 directory=tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("every", "check_epochs must be a positive int or 'all'; got 'every'"),
+    (0, "check_epochs"),
+    (1.5, "check_epochs"),
+])
+def test_a_bad_check_epochs_is_one_line(digits, value, fragment):
+    with pytest.raises(BundleLabError) as error:
+        autotune(deep_narrow(digits), digits, config=CONFIG, check_epochs=value)
+    assert fragment in str(error.value) and "\n" not in str(error.value)

@@ -245,7 +245,8 @@ def test_every_cli_module_imports_alone_in_a_fresh_interpreter(module):
 
 
 def test_no_cli_module_imports_the_package_back():
-    """Command modules import from ._app only; nothing imports bundlelab.cli itself."""
+    """Command modules import from ._app (and the shared executor options of ._executor) only;
+    nothing imports bundlelab.cli itself."""
     import ast
     import pathlib
 
@@ -255,7 +256,7 @@ def test_no_cli_module_imports_the_package_back():
     for path in folder.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level == 1 and path.name != "__init__.py":
-                assert node.module == "_app", f"{path.name}: from .{node.module or ''} import ..."
+                assert node.module in ("_app", "_executor"), f"{path.name}: from .{node.module or ''} import ..."
             names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [
                 node.module or "" if isinstance(node, ast.ImportFrom) and node.level == 0 else ""]
             assert not any(name == "bundlelab.cli" or name.startswith("bundlelab.cli.") for name in names), path
@@ -480,7 +481,7 @@ def test_audit_is_a_thin_call_to_the_python_audit(dump, capsys, monkeypatch, tmp
                     "labels_key": "y", "layers": ["block*"], "all_nodes": True, "n_samples": 40, "seed": 3,
                     "inference_batch_size": 24, "providers": "cpu", "learning_rate": 0.01, "batch_size": 32,
                     "mode": "resolution", "gamma": 1e-8, "epsilon": 0.0, "nonfinite": "raise",
-                    "update_format": None}
+                    "update_format": None, "executor": None, "workers": None}
     assert "m.onnx on 40 samples of d.npz" in " ".join(out.split()) and "2x3" in out
 
 

@@ -153,6 +153,7 @@ def test_vgg_vs_resnet_depth_quick(tmp_path):
     doc = json.loads((tmp_path / "vgg-vs-resnet.json").read_text())
     assert_png(tmp_path / "vgg-vs-resnet.png")
     assert doc["depths"] == [4, 10] and doc["config"]["crop_padding"] == 0
+    assert doc["config"]["image_size"] == 16 and doc["data"]["input_shape"] == [1, 16, 16]
     for family in ("plain", "resnet"):
         rows = doc["table"][family]
         assert [r["depth"] for r in rows] == [4, 10]
@@ -172,20 +173,75 @@ def test_autotune_vs_resnet_quick(tmp_path):
     doc = json.loads((tmp_path / "autotune-vs-resnet.json").read_text())
     assert_png(tmp_path / "autotune-vs-resnet.png")
     assert doc["start"] == "plain-20" and doc["resnets"] == ["resnet-10"]
-    assert doc["best_resnet"] == "resnet-10"
-    for name in ("auto-tune", "resnet-10"):
+    assert doc["data"]["input_shape"] == [1, 16, 16]  # digits resized by --image-size
+    assert doc["watch"] == [1, "all"] and doc["best_resnet"] == "resnet-10"
+    tuned_names = ["auto-tune (epoch 1)", "auto-tune (all epochs)"]
+    for name in tuned_names + ["resnet-10"]:
         summary = doc["summary"][name]
         for key in ("layers", "test_accuracy", "checkpoint_mb", "ms_per_step"):
             assert summary[f"{key}_std"] == 0.0  # one seed
         assert summary["checkpoint_mb"] > 0 and summary["ms_per_step"] > 0
-    tuned = next(r for r in doc["runs"] if r["name"] == "auto-tune")
-    evolution = doc["evolution"]["0"]
-    assert evolution[0]["epoch"] == "start" and evolution[0]["layers"] == 20
-    assert [evolution[0][s] for s in "abcd"] == [2, 2, 3, 2]
-    assert evolution[-1]["layers"] == tuned["layers"] <= 20
-    assert len(evolution) == tuned["restarts"] + 1
-    assert 2 * sum(tuned["blocks"].values()) + 2 == tuned["layers"]
-    assert tuned["epochs_total"] == tuned["restarts"] * 1 + doc["config"]["epochs"]
+    for name, watch in zip(tuned_names, doc["watch"]):
+        tuned = next(r for r in doc["runs"] if r["name"] == name)
+        assert tuned["watch"] == watch
+        evolution = doc["evolution"][name]["0"]
+        assert evolution[0]["epoch"] == "start" and evolution[0]["layers"] == 20
+        assert [evolution[0][s] for s in "abcd"] == [2, 2, 3, 2]
+        assert evolution[-1]["layers"] == tuned["layers"] <= 20
+        assert len(evolution) == tuned["restarts"] + 1 == len(tuned["pruned_after_epochs"]) + 1
+        assert 2 * sum(tuned["blocks"].values()) + 2 == tuned["layers"]
+        assert tuned["epochs_total"] == sum(tuned["pruned_after_epochs"]) + doc["config"]["epochs"]
+        if watch == 1:
+            assert set(tuned["pruned_after_epochs"]) <= {1}
+        else:  # watching every epoch: the final run shows no conflict in any epoch
+            assert tuned["conflicting_layers"] == 0 and tuned["bundle_entropy_last"] == 0
+        goal = doc["goal"][name]
+        assert goal["within_one_point"] == (goal["accuracy_gap_points"] >= -1.0 - 1e-9)
+        assert goal["fewer_layers"] == (tuned["layers"] < 10)
+
+
+# -- the grids' trials through an executor ------------------------------------------------------
+
+#: what differs between two runs of the same trials: wall-clock times
+TIMINGS = {"seconds", "ms_per_step", "ms_per_step_std", "less_time_per_step"}
+
+
+def without_timings(value):
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if k not in TIMINGS}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("script, result", [("fc_grid.py", "fc-grid.json"),
+                                            ("vgg_vs_resnet_depth.py", "vgg-vs-resnet.json")])
+def test_grid_on_worker_processes_equals_the_in_process_grid(tmp_path, script, result):
+    """Trials in 2 spawned workers (other default threads, their own data loading) give
+    the same numbers, in the same order, as the default in-process loop."""
+    needs("torch", "matplotlib", "scipy")
+    run_quick(script, tmp_path / "inprocess")
+    assert not (tmp_path / "inprocess" / "progress.json").exists()
+    run_example(script, "--quick", "--executor", "processes", "--workers", "2",
+                "--resume", "--out", str(tmp_path / "processes"))
+    expected = json.loads((tmp_path / "inprocess" / result).read_text())
+    got = json.loads((tmp_path / "processes" / result).read_text())
+    assert without_timings(got) == without_timings(expected)
+    assert_png(tmp_path / "processes" / result.replace(".json", ".png"))
+    progress = json.loads((tmp_path / "processes" / "progress.json").read_text())
+    assert progress["done"] == progress["total"] == len(expected["runs"])
+    assert progress["failed"] == progress["running"] == 0
+    names = [task["name"] for task in progress["tasks"]]
+    # one resumable run folder per trial, named as before
+    folders = sorted(path.name for path in (tmp_path / "processes" / "runs").iterdir())
+    assert folders == sorted(names)
+
+
+def test_grid_refuses_a_bad_worker_count(tmp_path):
+    done = subprocess.run([sys.executable, str(EXAMPLES / "fc_grid.py"), "--quick", "--workers",
+                           "0", "--out", str(tmp_path)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and "--workers: must be at least 1; got 0" in done.stderr
 
 
 # -- budgeted super networks ----------------------------------------------------------------------

@@ -170,7 +170,7 @@ def test_a_malformed_autotune_state_is_one_line_naming_the_field(digits, tmp_pat
     with RunFolder(tmp_path, "autotune.json", "bundlelab.autotune/1", epochs=False) as folder:
         folder.write(state)
     with pytest.raises(BundleLabError) as error:
-        autotune(spec, digits, config=CONFIG, directory=tmp_path)
+        autotune(spec, digits, config=CONFIG, directory=tmp_path, check_epochs=1)
     assert fragment in one_line(error)
 
 

@@ -12,6 +12,7 @@ SCRIPT = r"""
 import json, warnings
 import numpy as np
 warnings.simplefilter("ignore")  # uint64 wrap-around warns in plain numpy, by design
+import bundlelab.kernels.cpu  # the Numba kernels, not the numpy path of a fresh process (host.py)
 from bundlelab import find_bundles
 from bundlelab.kernels import Transform, get_kernel_backend
 from bundlelab.kernels._formats import FORMATS
@@ -72,12 +73,13 @@ def test_jit_and_interpreted_kernels_agree():
 
 def test_kernel_layout():
     """One registry: ``get_kernel_backend`` (a device; ``bundlelab.training.get_backend`` is a
-    framework); the CPU backend beside its kernels; the shared kernel internals under
+    framework); the CPU backend beside its kernels (behind the numpy path of host.py); the shared kernel internals under
     ``kernels/``."""
     import bundlelab.kernels as kernels
-    from bundlelab.kernels import cpu
+    from bundlelab.kernels import cpu, host
 
-    assert kernels.get_kernel_backend("cpu").__class__ is cpu.CpuBackend
+    assert kernels.get_kernel_backend("cpu").__class__ is host.HostBackend
+    assert host.HostBackend()._compiled().__class__ is cpu.CpuBackend
     assert not hasattr(kernels, "get_backend")
     assert not hasattr(cpu, "warm_up")  # dead code, removed
     for moved in ("_hashing", "_formats"):

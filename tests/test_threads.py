@@ -21,8 +21,10 @@ def _python(code: str, **env) -> str:
     return done.stdout.strip()
 
 
+# bundlelab.kernels.cpu: the compiled kernels (a fresh process hashes its first small inputs in
+# numpy without loading Numba, kernels/host.py; these tests are about Numba's pool)
 FIND = (
-    "import numba, numpy as np, bundlelab;"
+    "import numba, numpy as np, bundlelab, bundlelab.kernels.cpu;"
     "bundlelab.find_bundles(np.zeros((64, 8), np.float32), np.arange(64) % 2);"
 )
 
@@ -51,11 +53,17 @@ def test_a_users_choice_of_threading_layer_wins(how):
     assert out == "omp"
 
 
-def test_threads_calling_the_kernels_at_once_take_turns_and_agree():
+@pytest.mark.parametrize("path", ["compiled", "numpy"])
+def test_threads_calling_the_kernels_at_once_take_turns_and_agree(path):
     """The workqueue layer aborts the process on concurrent launches: the backend's lock makes
-    eight threads safe, each getting the result of a serial call."""
+    eight threads safe, each getting the result of a serial call (and the numpy path of a
+    fresh process is safe too, without loading Numba)."""
+    load = ("import bundlelab.kernels.cpu\n" if path == "compiled"
+            else "from bundlelab.kernels import host; host.NUMPY_BUDGET_BYTES = 1 << 40\n")
+    last = ("import numba; print(numba.threading_layer())\n" if path == "compiled"
+            else "import sys; print('numba' in sys.modules)\n")
     out = _python(
-        "import numpy as np, bundlelab\n"
+        "import numpy as np, bundlelab\n" + load +
         "from concurrent.futures import ThreadPoolExecutor\n"
         "rng = np.random.default_rng(0)\n"
         "data = [np.repeat(rng.random((2000 + i, 64), dtype=np.float32), 3, axis=0) for i in range(8)]\n"
@@ -66,7 +74,6 @@ def test_threads_calling_the_kernels_at_once_take_turns_and_agree():
         "        for _ in range(5):\n"
         "            got = list(pool.map(lambda p: bundlelab.find_bundles(*p, mode=mode, gamma=0.0)"
         ".bundle_ids.tolist(), zip(data, labels)))\n"
-        "            assert got == serial, mode\n"
-        "import numba; print(numba.threading_layer())\n"
+        "            assert got == serial, mode\n" + last
     )
-    assert out == "workqueue"
+    assert out == ("workqueue" if path == "compiled" else "False")

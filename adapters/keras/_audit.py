@@ -1,7 +1,16 @@
-"""audit: the bundles of a Keras model on a subset of its training data, in one call."""
+"""audit: the bundles of a Keras model on a subset of its training data, in one call.
+
+Split over workers (``executor=``), each task gets a consecutive slice of the measured subset
+(whole forward passes) and the model as Keras pickles it (its ``.keras`` archive: custom
+layers must be registered with ``keras.saving.register_keras_serializable`` in a module the
+task imports, and the task's ``KERAS_BACKEND`` must be this process's).  On the torch backend a
+task runs with this process's number of torch threads, so its forward passes compute as this
+process's would.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -19,6 +28,7 @@ from ..._validation import (
 from ...bundles import BundleOptions
 from ...report import BundleReport
 from .. import measure_bundles
+from .._split import split_plan
 from ._adapter import KerasAdapter, optimizer_learning_rate
 from ._data import training_subset
 
@@ -73,19 +83,20 @@ class Measurement:
 
     def run(
         self, model: Any, inputs: list, labels: Any, *, progress: bool = False,
-        announce_selection: bool = True,
+        announce_selection: bool = True, executor: Any = None, workers: int | None = None,
     ) -> BundleReport:
         """The report of ``model`` on all of ``(inputs, labels)``.
 
         The layer-selection summary is stored as ``report.params["selection"]``, and printed
         (once, on stderr) when the layers were the default and ``announce_selection``.
+        ``executor`` and ``workers`` split the measurement (:func:`measure_bundles`).
         """
         learning_rate, lr_source = self.learning_rate, "given"
         if learning_rate is None:
             learning_rate, lr_source = optimizer_learning_rate(model), "optimizer"
         if learning_rate is None:
             learning_rate, lr_source = _DEFAULTS.learning_rate, "default"
-        adapter = KerasAdapter(layers=self.layers)
+        adapter = _SplittableAdapter(layers=self.layers)
         selection = adapter.selection(model, inputs)
         if announce_selection and self.layers is None:
             announce(selection.summary)
@@ -103,10 +114,52 @@ class Measurement:
             adapter, model, inputs, labels, layers=[tap.name for tap in selection.taps],
             inference_batch_size=self.inference_batch_size, batch_size=self.batch_size,
             learning_rate=learning_rate, weight_amplitude=weight_amplitude, sources=sources,
-            progress=progress, **self.options,
+            progress=progress, executor=executor, workers=workers, **self.options,
         )
         report.params["selection"] = selection.summary
         return report
+
+
+class _SplittableAdapter(KerasAdapter):
+    """The Keras adapter, able to send the model to the tasks of a split measurement (its
+    inputs, a list of arrays, split as any arrays do)."""
+
+    def worker_copy(self, model: Any) -> _WorkerCopy:
+        """What a task needs to run ``model`` as this adapter would (see the module
+        docstring)."""
+        return _WorkerCopy(KerasAdapter(layers=self.layers), model, _torch_threads())
+
+
+def _torch_threads() -> int | None:
+    """This process's torch threads on the torch backend, else None."""
+    import keras
+
+    if keras.backend.backend() != "torch":
+        return None
+    import torch
+
+    return torch.get_num_threads()
+
+
+@dataclass
+class _WorkerCopy:
+    """The adapter and the model for the tasks, pickled as they are (Keras pickles a model as
+    its ``.keras`` archive), and this process's torch threads (None: another backend)."""
+
+    adapter: KerasAdapter
+    model: Any
+    threads: int | None
+
+    @contextlib.contextmanager
+    def open(self, index: int):
+        """``(adapter, model)`` for slice ``index``."""
+        if self.threads is None:
+            yield self.adapter, self.model
+            return
+        from ...executors import torch_threads
+
+        with torch_threads(self.threads):
+            yield self.adapter, self.model
 
 
 @checked_keywords
@@ -124,6 +177,8 @@ def audit(
     mode: str = "resolution",
     inference_batch_size: int = 256,
     progress: bool = False,
+    executor: Any = None,
+    workers: int | None = None,
     **options: Any,
 ) -> BundleReport:
     """Bundles of a Keras model's hidden layers on a seeded subset of its training data.
@@ -162,6 +217,14 @@ def audit(
         Samples per forward pass; it only bounds memory.
     progress : bool, default=False
         Show a progress bar over forward passes.
+    executor : None, str or bundlelab.executors.Executor, optional
+        None or ``"inprocess"`` (default): one pass here.  ``"processes"``, ``"ray"`` or an
+        Executor: the subset is cut into ``workers`` consecutive slices, each measured by a
+        task on a copy of the model (see the module docstring), and the report equals the
+        single pass's (resolution mode).  For GPUs on Ray, pass an Executor made with
+        ``resources={"num_gpus": 1}``.
+    workers : int, optional
+        Slices; default: the executor's worker count.
     **options
         gamma, epsilon, nonfinite, update_format: see :func:`bundlelab.find_bundles`.  The
         update format defaults to the format of the model's trainable variables (float32 under
@@ -178,4 +241,7 @@ def audit(
     )
     progress = check_bool("progress", progress)
     inputs, labels = training_subset(x, y, n_samples=n_samples, seed=seed)
-    return measurement.run(model, inputs, labels, progress=progress)
+    with split_plan(executor, workers, mode=measurement.options["mode"],
+                    progress=progress) as plan:
+        return measurement.run(model, inputs, labels, progress=progress,
+                               executor=plan.executor, workers=plan.n_slices)

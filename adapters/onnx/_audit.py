@@ -1,7 +1,15 @@
-"""audit: the bundles of an ONNX model on a seeded subset of its training data, in one call."""
+"""audit: the bundles of an ONNX model on a seeded subset of its training data, in one call.
+
+Split over workers (``executor=``), each task gets a consecutive slice of the measured subset
+(whole forward passes) and the model: its file's path when it was given as one (the file, and
+its external data, must then be where every worker can read them: a shared path), else the
+serialized ``ModelProto`` (external data read from its ``base_dir``, which every worker must
+reach too).  A task builds its own onnxruntime session.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -22,8 +30,11 @@ from ..._validation import (
 )
 from ...report import BundleReport
 from .. import measure_bundles
+from .._split import split_plan
 from ._adapter import OnnxAdapter
 from ._data import load_data
+from ._model import OnnxModel, load_model
+from ._runtime import resolve_providers
 
 #: keywords passed on to the core (see :func:`bundlelab.find_bundles`)
 CORE_OPTIONS = ("mode", "gamma", "epsilon", "nonfinite", "device")
@@ -53,6 +64,8 @@ def audit(
     weight_amplitude: float | None = None,
     update_format: str | None = None,
     progress: Callable[[int, dict[str, tuple]], None] | None = None,
+    executor: Any = None,
+    workers: int | None = None,
     **options: Any,
 ) -> BundleReport:
     """Conflicting bundles of an ONNX model's hidden layers on a subset of its training set.
@@ -112,7 +125,15 @@ def audit(
         assumed for a half-precision file, and said so in the report).
     progress : callable, optional
         Called after each forward pass as ``progress(n_rows, shapes)``: the pass's sample count
-        and each layer's per-sample output shape (``{layer: shape}``).
+        and each layer's per-sample output shape (``{layer: shape}``).  Split over workers:
+        once per slice, in slice order, when all are done.
+    executor : None, str or bundlelab.executors.Executor, optional
+        None or ``"inprocess"`` (default): one pass here.  ``"processes"``, ``"ray"`` or an
+        Executor: the subset is cut into ``workers`` consecutive slices, each measured by a
+        task (see the module docstring), and the report equals the single pass's (resolution
+        mode).  With ``providers='cuda'`` each Ray task asks for one GPU.
+    workers : int, optional
+        Slices; default: the executor's worker count.
     **options
         mode, gamma, epsilon, nonfinite, device: see :func:`bundlelab.find_bundles`
         (:data:`CORE_OPTIONS`).
@@ -138,7 +159,8 @@ def audit(
             "The 'progress' parameter must be None or a callable progress(n_rows, shapes). Got "
             f"{short_repr(progress)} instead."
         )
-    adapter = OnnxAdapter(all_nodes=all_nodes, providers=providers, layers=layers)
+    adapter = _SplittableAdapter(all_nodes=all_nodes, providers=providers, layers=layers)
+    adapter.source = model
     onnx_model = adapter.model(model)
     inputs, targets = _training_data(onnx_model, data, labels, labels_key)
     n_total = targets.shape[0]
@@ -158,15 +180,70 @@ def audit(
     note = adapter.weight_note(onnx_model)
     if weight_amplitude is None and note:
         sources["weight_amplitude"] = note
-    report = measure_bundles(
-        adapter, onnx_model, inputs, targets, layers=[tap.layer for tap in taps],
-        inference_batch_size=inference_batch_size, batch_size=batch_size,
-        weight_amplitude=weight_amplitude,
-        update_format=update_format, sources=sources,
-        progress=False if progress is None else progress, **options,
-    )
+    on_gpu = "CUDAExecutionProvider" in resolve_providers(providers)
+    with split_plan(executor, workers, mode=options.get("mode", "resolution"),
+                    on_gpu=on_gpu, progress=None if progress else False) as plan:
+        report = measure_bundles(
+            adapter, onnx_model, inputs, targets, layers=[tap.layer for tap in taps],
+            inference_batch_size=inference_batch_size, batch_size=batch_size,
+            weight_amplitude=weight_amplitude,
+            update_format=update_format, sources=sources,
+            progress=False if progress is None else progress,
+            executor=plan.executor, workers=plan.n_slices, **options,
+        )
     report.params["selection"] = adapter.summary
     return report
+
+
+class _SplittableAdapter(OnnxAdapter):
+    """The ONNX adapter, able to send the model to the tasks of a split audit (its inputs, a
+    dict of arrays, split as any arrays do); ``source`` is the model as the audit got it."""
+
+    source: Any = None
+
+    def worker_copy(self, model: OnnxModel) -> _WorkerCopy:
+        """What a task needs to run ``model`` as this adapter would (see the module
+        docstring)."""
+        keywords = dict(all_nodes=self.all_nodes, providers=self.providers,
+                        layers=self.selection)
+        path = self.source if isinstance(self.source, (str, Path)) else None
+        return _WorkerCopy(keywords, model, self, None if path is None else str(
+            Path(path).resolve()))
+
+
+class _WorkerCopy:
+    """The model for the tasks: the audit's own adapter and model in this process; pickled,
+    the model file's path, or the serialized proto with its name and external-data folder."""
+
+    def __init__(self, keywords: dict, model: OnnxModel, adapter: OnnxAdapter,
+                 path: str | None):
+        self.keywords = keywords
+        self.model: OnnxModel | None = model
+        self.adapter: OnnxAdapter | None = adapter
+        self.path = path
+        self._proto: tuple | None = None  # (bytes, name, base_dir), made once when pickled
+
+    def __getstate__(self) -> dict:
+        if self.path is None and self._proto is None:
+            model = self.model
+            base_dir = None if model.base_dir is None else str(model.base_dir.resolve())
+            self._proto = (model.proto.SerializeToString(), model.name, base_dir)
+        return dict(self.__dict__, model=None, adapter=None)
+
+    @contextlib.contextmanager
+    def open(self, index: int):
+        """``(adapter, model)`` for slice ``index``."""
+        if self.model is not None:
+            yield self.adapter, self.model
+            return
+        if self.path is not None:
+            model = load_model(self.path)
+        else:
+            import onnx
+
+            data, name, base_dir = self._proto
+            model = OnnxModel(onnx.load_from_string(data), name=name, base_dir=base_dir)
+        yield OnnxAdapter(**self.keywords), model
 
 
 @checked_keywords

@@ -1,10 +1,23 @@
-"""audit: the bundles of a model on a subset of its training set, in one call."""
+"""audit: the bundles of a model on a subset of its training set, in one call.
+
+Split over workers (``executor=``), each task gets a consecutive slice of the measured subset
+(whole forward passes) and a copy of the model: the module pickled by ``torch.save`` (its
+classes must be importable where the task runs), loaded on the CPU there and moved to a GPU of
+that machine when the model runs on CUDA here (slice ``i`` on GPU ``i % device_count()``; under
+Ray, which shows each task the one GPU it asked for, that GPU).  A CPU task runs with this
+process's number of intra-op threads, so its forward passes compute as this process's would.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import Any
 
+import numpy as np
+import torch
 from torch import nn
+from torch.utils.data import Subset
 
 from ..._errors import BundleLabError
 from ..._validation import (
@@ -18,9 +31,10 @@ from ..._selection import announce
 from ...bundles import BundleOptions
 from ...report import BundleReport
 from .. import measure_bundles
+from .._split import batch_aligned_bounds, slice_bounds, split_plan
 from ._adapter import TorchAdapter
-from ._data import _DictKeys, _training_subset
-from ._forward import _check_model
+from ._data import _BatchData, _DictKeys, _ItemData, _slice, _TensorData, _training_subset
+from ._forward import _check_model, _device, _to_device
 
 _DEFAULTS = BundleOptions()
 
@@ -45,6 +59,8 @@ def audit(
     progress: bool = False,
     input_key: str | None = None,
     label_key: str = "labels",
+    executor: Any = None,
+    workers: int | None = None,
     **options,
 ) -> BundleReport:
     """Conflicting bundles of a PyTorch model's hidden layers on a subset of its training set.
@@ -95,6 +111,14 @@ def audit(
         as keywords (``model(**inputs)``, the Hugging Face convention).
     label_key : str, default='labels'
         For dict batches: the key of the labels.
+    executor : None, str or bundlelab.executors.Executor, optional
+        None or ``"inprocess"`` (default): one pass here.  ``"processes"``, ``"ray"`` or an
+        Executor: the subset is cut into ``workers`` consecutive slices, each measured by a
+        task on a copy of the model (see the module docstring), and the report equals the
+        single pass's (resolution mode).  Every kind of ``data`` above can be split.
+    workers : int, optional
+        Slices; default: one per GPU when the model runs on CUDA, else the executor's worker
+        count (with ``"ray"`` on CUDA each task asks Ray for one GPU).
     **options
         gamma, epsilon, nonfinite, update_format: see :func:`bundlelab.find_bundles`
         (``update_format`` defaults to the dtype of the model's trainable parameters: float32
@@ -107,27 +131,31 @@ def audit(
     check_keywords("audit()", options, CORE_OPTIONS)
     _check_model(model)
     keys = _DictKeys(input_key, label_key)
+    progress = check_bool("progress", progress)
     subset = _training_subset(data, labels, n_samples=n_samples, seed=seed, model=model,
                               keys=keys)
-    return _measure(
-        model, subset, layers=layers, optimizer=optimizer, train_loader=train_loader,
-        learning_rate=learning_rate, batch_size=batch_size,
-        weight_amplitude=weight_amplitude, mode=mode, inference_batch_size=inference_batch_size,
-        device=device, progress=check_bool("progress", progress), options=options,
-        announce_selection=layers is None, keys=keys,
-    )
+    gpus = torch.cuda.device_count() if _device(model, device).type == "cuda" else 0
+    with split_plan(executor, workers, mode=mode, gpus=gpus, progress=progress) as plan:
+        return _measure(
+            model, subset, layers=layers, optimizer=optimizer, train_loader=train_loader,
+            learning_rate=learning_rate, batch_size=batch_size,
+            weight_amplitude=weight_amplitude, mode=mode,
+            inference_batch_size=inference_batch_size, device=device, progress=progress,
+            options=options, announce_selection=layers is None, keys=keys,
+            executor=plan.executor, workers=plan.n_slices,
+        )
 
 
 def _measure(
     model, subset, *, layers, optimizer, train_loader, learning_rate, batch_size,
     weight_amplitude, mode, inference_batch_size, device, progress, options,
-    announce_selection=False, keys=None,
+    announce_selection=False, keys=None, executor=None, workers=None,
 ) -> BundleReport:
     (learning_rate, batch_size), sources = _training_hyperparameters(
         optimizer, train_loader, learning_rate, batch_size
     )
     inference_batch_size = check_positive_int("inference_batch_size", inference_batch_size)
-    adapter = TorchAdapter(layers=layers, device=device, **_keywords(keys))
+    adapter = _SplittableAdapter(layers=layers, device=device, **_keywords(keys))
     options = dict(options, mode=mode, learning_rate=learning_rate)
     trace = adapter.trace(model, subset)
     taps = trace.select(layers)
@@ -151,10 +179,106 @@ def _measure(
     report = measure_bundles(
         adapter, model, subset, inference_batch_size=inference_batch_size,
         batch_size=batch_size, weight_amplitude=w, progress=progress, sources=sources,
-        **options,
+        executor=executor, workers=workers, **options,
     )
     report.params["selection"] = selection
     return report
+
+
+class _SplittableAdapter(TorchAdapter):
+    """The torch adapter, able to cut an audit's subset into slices and to send the model to
+    the tasks that measure them (see :mod:`bundlelab.adapters._split`)."""
+
+    def split_inputs(self, inputs: Any, n_slices: int, *,
+                     inference_batch_size: int) -> list[tuple[Any, int, int]]:
+        """Consecutive slices of a measured subset (tensors, a dataset's items or ready-made
+        batches), each with its labels and its sample range; tensors go to the CPU, so they
+        unpickle on any machine."""
+        cpu = torch.device("cpu")
+        if isinstance(inputs, _TensorData):
+            n = int(inputs.y.shape[0])
+            return [
+                (_TensorData(_to_device(_slice(inputs.x, stop, start), cpu), inputs.y[start:stop]),
+                 start, stop)
+                for start, stop in batch_aligned_bounds(n, n_slices, inference_batch_size)
+            ]
+        if isinstance(inputs, _ItemData):
+            dataset = inputs.dataset
+            base, index = (dataset.dataset, list(dataset.indices)) if isinstance(
+                dataset, Subset) else (dataset, list(range(len(dataset))))
+            return [
+                (_ItemData(Subset(base, index[start:stop]), inputs.collate_fn, inputs.keys),
+                 start, stop)
+                for start, stop in batch_aligned_bounds(len(index), n_slices,
+                                                        inference_batch_size)
+            ]
+        if isinstance(inputs, _BatchData) and isinstance(inputs.batches_, list):
+            sizes = [int(y.shape[0]) for _, y in inputs.batches_]
+            ends = [0, *np.cumsum(sizes).tolist()]
+            return [
+                (_BatchData([(_to_device(x, cpu), y) for x, y in inputs.batches_[first:last]],
+                            inputs.keys), ends[first], ends[last])
+                for first, last in slice_bounds(len(sizes), n_slices)
+            ]
+        raise BundleLabError(
+            f"cannot split {type(inputs).__name__} data over workers: it can only be read in "
+            "order; pass tensors, arrays, a Dataset or a DataLoader over one, or "
+            "executor='inprocess'"
+        )
+
+    def worker_copy(self, model: nn.Module) -> _WorkerCopy:
+        """What a task needs to run ``model`` as this adapter would (see the module
+        docstring)."""
+        keywords = dict(layers=self.layers, device=self.device, **_keywords(self.keys))
+        return _WorkerCopy(keywords, model, torch.get_num_threads())
+
+
+class _WorkerCopy:
+    """The model and the adapter's settings for the tasks: the model itself in this process,
+    its ``torch.save`` bytes once pickled (made once, shared by every task)."""
+
+    def __init__(self, keywords: dict, model: nn.Module, threads: int):
+        self.keywords = keywords
+        self.model: nn.Module | None = model
+        self.cuda = _device(model, None).type == "cuda"
+        self.threads = threads
+        self._bytes: bytes | None = None
+
+    def __getstate__(self) -> dict:
+        if self._bytes is None:
+            buffer = io.BytesIO()
+            try:
+                torch.save(self.model, buffer)
+            except Exception as exc:  # noqa: BLE001 - pickle's errors vary by what is missing
+                raise BundleLabError(
+                    f"cannot send the model to the workers ({type(exc).__name__}: {exc}); its "
+                    "classes must be importable (defined at module level) where the tasks run, "
+                    "or use executor='inprocess'"
+                ) from None
+            self._bytes = buffer.getvalue()
+        return dict(self.__dict__, model=None)
+
+    @contextlib.contextmanager
+    def open(self, index: int):
+        """``(adapter, model)`` for slice ``index``, with this process's thread count."""
+        model, keywords = self.model, self.keywords
+        if model is None:  # unpickled where the task runs: our own bytes, from the driver
+            model = torch.load(io.BytesIO(self._bytes), map_location="cpu", weights_only=False)
+            if self.cuda:
+                if not torch.cuda.is_available():
+                    raise BundleLabError(
+                        "the model runs on CUDA but a worker sees no GPU; give the workers "
+                        "GPUs (Ray: resources={'num_gpus': 1}) or move the model to the CPU"
+                    )
+                model.to(torch.device("cuda", index % torch.cuda.device_count()))
+                keywords = dict(keywords, device=None)  # the GPU it was moved to
+        threads = torch.get_num_threads()
+        if not self.cuda:
+            torch.set_num_threads(self.threads)
+        try:
+            yield TorchAdapter(**keywords), model
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _keywords(keys) -> dict:

@@ -39,13 +39,17 @@ from ._app import (
     shape_text,
     stdout_console,
 )
+from ._executor import EXECUTOR, RAY_ADDRESS, WORKERS, ExecutorName, executor_from_options
 
 UpdateFormat = choices("UpdateFormat", UPDATE_FORMATS)
 
 HELP = {
     "dump": (
         "Activation dump: .npz, .safetensors, .h5/.hdf5, .pt (a dict of tensors), or a "
-        "directory of .npy files or of thingsvision layer folders."
+        "directory of .npy files or of thingsvision layer folders. Or its shards (disjoint "
+        "samples of the same layers): a folder of dump files, or a quoted glob such as "
+        "'acts/part-*.npz'; shards are taken sorted by name in natural order (part-2 before "
+        "part-10), which is the sample order."
     ),
     "weight_amplitude": (
         "w: the largest absolute weight of the model (resolution mode); 1.0 with a warning "
@@ -109,6 +113,9 @@ def analyze(
     bundle_ids: bool = typer.Option(False, "--bundle-ids", help=HELP["bundle_ids"]),
     demo: bool = typer.Option(False, "--demo", help=HELP["demo"]),
     output_dir: Path = typer.Option(Path("."), "--output-dir", help=HELP["output_dir"]),
+    executor: ExecutorName = EXECUTOR,
+    workers: Optional[int] = WORKERS,
+    ray_address: Optional[str] = RAY_ADDRESS,
 ) -> None:
     """Find conflicting bundles in every layer of an activation dump.
 
@@ -120,6 +127,11 @@ def analyze(
     Layers too big for memory are streamed in row chunks. Arrays that are not float
     activations (image ids, indices) are skipped with a note. The layer order is the one stored
     in the dump, else sorted by name (--order to give one); the report says which.
+
+    A dump written as shards (one file per data-parallel worker, say) is analysed shard by
+    shard where --executor runs its tasks (here, local processes or Ray), and the per-sample
+    fingerprints are merged in shard order: the report equals the one of the concatenated dump.
+
     Try it: bundlelab analyze --demo
     """
     if demo == (dump is not None):
@@ -150,6 +162,26 @@ def analyze(
             sources["weight_amplitude"] = "the demo networks' weights"
     from ..io import analyze_dump, open_dump
     from ..io.analysis import W_NOT_GIVEN, ordered_selection
+    from ..io.shards import shard_paths
+
+    shards = shard_paths(dump)
+    if shards is not None:
+        report, shapes = _analyze_shards(
+            shards, executor_from_options(executor, workers, ray_address), labels=labels,
+            layers=layers, order=order, chunk_rows=chunk_rows, sources=sources, options=options,
+        )
+        if weight_amplitude is None and mode.value == "resolution":
+            note(f"warning: {W_NOT_GIVEN}")
+        emit_report(
+            report, out_format, output=output, plot=plot, bundle_ids=bundle_ids,
+            title=f"{printable(dump.name)} ({len(shards)} shards), {describe_params(report)}, "
+            f"layer order: {report.params['layer_order']}",
+            shapes=shapes,
+        )
+        return
+    if executor.value != "inprocess" or workers is not None or ray_address is not None:
+        note("note: --executor, --workers and --ray-address apply to a sharded dump (a folder "
+             "of dump files or a glob); this single dump is analysed in this process")
 
     with open_dump(dump, labels_key=labels) as opened:
         names, order_text = ordered_selection(opened, layers, order)
@@ -176,6 +208,23 @@ def analyze(
         intro=_demo_intro(dump, n_labels) if demo else None,
         outro=DEMO_OUTRO if demo else None,
     )
+
+
+def _analyze_shards(shards, executor, *, labels, layers, order, chunk_rows, sources, options):
+    """The report of the shards of a dump and each layer's shape (of the first shard)."""
+    from ..io import analyze_dump, open_dump
+    from ..io.analysis import W_NOT_GIVEN
+
+    with executor:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=W_NOT_GIVEN[:20])
+            report = analyze_dump(
+                shards, labels_key=labels, layers=layers, order=order, chunk_rows=chunk_rows,
+                sources=sources, executor=executor, **options,
+            )
+    with open_dump(shards[0], labels_key=labels) as first:
+        shapes = {name: first.info(name).shape[1:] for name in report.names}
+    return report, shapes
 
 
 def _source(context: typer.Context, key: str) -> str:

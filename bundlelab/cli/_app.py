@@ -117,19 +117,30 @@ Device = choices("Device", DEVICES)
 Format = choices("Format", ("table", "json", "csv"))
 
 
-def _optimizers() -> tuple[str, ...]:
+_OPTIMIZER_NOTES = {"ranger": "RAdam + Lookahead, the paper's", "adam": "Adam", "adamw": "AdamW",
+                    "sgd": "momentum 0.9"}
+
+
+def _optimizer_names() -> tuple[str, ...]:
     from ..training import OPTIMIZERS
 
     return tuple(OPTIMIZERS)
 
 
-Optimizer = choices("Optimizer", _optimizers())
-_OPTIMIZER_NOTES = {"ranger": "RAdam + Lookahead, the paper's", "adam": "Adam", "adamw": "AdamW",
-                    "sgd": "momentum 0.9"}
-OPTIMIZER_HELP = "Optimizer: " + ", ".join(
-    f"{name} ({_OPTIMIZER_NOTES[name]})" if name in _OPTIMIZER_NOTES else name
-    for name in _optimizers()
-) + "."
+def __getattr__(name: str):
+    """``Optimizer`` and ``OPTIMIZER_HELP``, built on first use: they import
+    :mod:`bundlelab.training`, which only train, autotune and search need (PEP 562)."""
+    if name == "Optimizer":
+        value = choices("Optimizer", _optimizer_names())
+    elif name == "OPTIMIZER_HELP":
+        value = "Optimizer: " + ", ".join(
+            f"{opt} ({_OPTIMIZER_NOTES[opt]})" if opt in _OPTIMIZER_NOTES else opt
+            for opt in _optimizer_names()
+        ) + "."
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 # -- options shared by several commands (one declaration each) --------------------------------
@@ -160,6 +171,9 @@ FLAGS = {
     "retrain_epochs": "--retrain-epochs",
     "gate_learning_rate": "--gate-lr",
     "check_epochs": "--check-epochs",
+    "executor": "--executor",
+    "workers": "--workers",
+    "address": "--ray-address",
 }
 
 HELP = {
@@ -561,11 +575,45 @@ def _command_name(command, argv: list[str]) -> str | None:
     return next((word for word in argv if word in getattr(command, "commands", {})), None)
 
 
+#: the module that registers each command, in the order of the help's list of commands
+COMMAND_MODULES = {
+    "analyze": "_analyze",
+    "info": "_analyze",
+    "audit": "_audit",
+    "train": "_train",
+    "autotune": "_train",
+    "search": "_search",
+}
+
+
+def load_commands(argv: list[str] | None = None):
+    """Register the commands ``argv`` runs on :data:`app` and return it: only the module of the
+    command named by ``argv``'s first word (``bundlelab info`` imports neither the training
+    nor the search code), every module for anything else (the root help, an unknown
+    command, ``argv`` None).  Idempotent; the help lists the commands in a fixed order
+    whichever modules were imported first."""
+    import importlib
+
+    first = next((word for word in argv or () if not word.startswith("-")), None)
+    names = [COMMAND_MODULES[first]] if first in COMMAND_MODULES else COMMAND_MODULES.values()
+    for name in dict.fromkeys(names):
+        importlib.import_module(f"{__package__}.{name}")
+    order = list(COMMAND_MODULES)
+
+    def position(info) -> int:
+        name = info.name or typer.main.get_command_name(info.callback.__name__)
+        return order.index(name) if name in order else len(order)
+
+    app.registered_commands.sort(key=position)
+    return app
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         argv = ["--help"]
+    load_commands(argv)
     exceptions = _click_exceptions()
     command = typer.main.get_command(app)
     try:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import List, Optional
 
@@ -10,6 +11,7 @@ import typer
 
 from .._errors import BundleLabError
 from .._validation import UPDATE_FORMATS
+from ._executor import EXECUTOR, RAY_ADDRESS, WORKERS, ExecutorName, executor_from_options
 from ._app import (
     BATCH_SIZE,
     EPSILON,
@@ -97,6 +99,9 @@ def audit(
         None, "--inference-batch-size", min=1, show_default=False,
         help=HELP["inference_batch_size"],
     ),
+    executor: ExecutorName = EXECUTOR,
+    workers: Optional[int] = WORKERS,
+    ray_address: Optional[str] = RAY_ADDRESS,
 ) -> None:
     """Find conflicting bundles inside an ONNX model, run by onnxruntime on your data.
 
@@ -109,6 +114,9 @@ def audit(
     --all-nodes taps every node.
     The model runs in batches on a seeded random subset of --n-samples samples of DATA, and
     each layer's outputs are bundled as by analyze (w defaults to the model's largest weight).
+    With --executor processes or ray the subset is cut into --workers consecutive slices, each
+    run by a worker on its own copy of the model (MODEL must be where every worker can read
+    it), and the report equals the one-process report.
     The same as bundlelab.adapters.onnx.audit in Python.
     """
     options = bundle_options(
@@ -126,8 +134,19 @@ def audit(
     require_plot(plot)
     from ..adapters.onnx import audit as audit_model
 
+    if executor.value == "inprocess" and ray_address is None:
+        runner = contextlib.nullcontext()  # one pass here (--workers N: N slices in turn)
+        split = {"executor": None if workers is None else "inprocess", "workers": workers}
+    else:
+        on_gpu = providers.value == "cuda" and executor.value == "ray"
+        runner = executor_from_options(executor, workers, ray_address,
+                                       resources={"num_gpus": 1} if on_gpu else None)
+        split = {"executor": runner, "workers": workers}
     shapes: dict[str, tuple] = {}
-    with Progress(None, "running the model", note_every=NOTE_EVERY_S) as progress:
+    # over workers the executor shows the slices' progress: one live display on stderr
+    display = Progress(None, "running the model", note_every=NOTE_EVERY_S) \
+        if split["executor"] in (None, "inprocess") else _Silent()
+    with runner, display as progress:
         done = {"batches": 0, "rows": 0}
 
         def on_batch(n_rows: int, batch_shapes: dict) -> None:
@@ -144,15 +163,16 @@ def audit(
                     model, data, labels_key=labels, layers=selection, all_nodes=all_nodes,
                     update_format=None if update_format is None else update_format.value,
                     n_samples=n_samples, seed=seed, inference_batch_size=inference_batch_size,
-                    providers=providers.value, progress=on_batch, **options,
+                    providers=providers.value, progress=on_batch, **split, **options,
                 )
         except BundleLabError as exc:
-            text = str(exc)
-            if "all_nodes=True" not in text and "layers='all'" not in text:
-                raise
             # the Python audit's hints name its keywords; here they are flags
-            raise BundleLabError(text.replace("all_nodes=True", "--all-nodes").replace(
-                "layers='all'", "--layers all")) from None
+            text = str(exc)
+            for keyword, flag in _KEYWORD_FLAGS.items():
+                text = text.replace(keyword, flag)
+            if text == str(exc):
+                raise
+            raise BundleLabError(text) from None
     n_measured = report[0].n_samples if len(report) else 0
     emit_report(
         report, out_format, output=output, plot=plot, bundle_ids=False,
@@ -161,6 +181,31 @@ def audit(
         shapes=shapes,
     )
 
+
+
+#: the Python audit's keywords in its hints -> the flags that say the same
+_KEYWORD_FLAGS = {
+    "all_nodes=True": "--all-nodes",
+    "layers='all'": "--layers all",
+    "mode='resolution'": "--mode resolution",
+    "executor='inprocess'": "--executor inprocess",
+}
+
+
+class _Silent:
+    """The progress of a split audit, whose executor shows the slices' progress itself."""
+
+    def __enter__(self) -> "_Silent":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        pass
+
+    def advance(self, n_rows: int) -> None:
+        pass
+
+    def describe(self, description: str) -> None:
+        pass
 
 
 def _given(context: typer.Context, key: str) -> bool:

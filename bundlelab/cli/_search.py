@@ -27,8 +27,15 @@ from ._app import (
     app,
     choices,
     flags_in_errors,
-    load_data,
     plain_text,
+)
+from ._executor import (
+    EXECUTOR,
+    RAY_ADDRESS,
+    THREADS,
+    WORKERS,
+    ExecutorName,
+    executor_from_options,
 )
 
 
@@ -68,7 +75,11 @@ HELP = {
     "family": "Also train the plain family (ResNets with fewer blocks, narrower fabrics) for the "
     "comparison and the front plot; on by default here, as the comparison is what the sweep "
     "is for (sweep() in Python takes the family as a list, none by default).",
-    "out": "Search folder: one sub-folder per search and per retraining; rerun to resume.",
+    "out": "Search folder: one sub-folder per search and per retraining; rerun to resume. "
+    "With --executor ray on several machines, a path they all reach.",
+    "seeds": "Run every search (and family member) with the seeds --seed, --seed + 1, ..., N "
+    "of them; sweep.csv lists every trial and, with N > 1, their means and standard "
+    "deviations.",
 }
 
 _FABRIC = re.compile(r"^(resnet-fabric|conv-fabric)-(\d+)$")
@@ -134,10 +145,15 @@ def search(
                                      help=HELP["budget_step"]),
     device: str = TRAIN_DEVICE,
     seed: int = SEED,
+    seeds: int = typer.Option(1, "--seeds", min=1, help=HELP["seeds"]),
     out: Path = typer.Option(Path("runs/search"), "--out", help=HELP["out"]),
     no_augment: bool = NO_AUGMENT,
     n_train: Optional[int] = N_TRAIN,
     n_test: Optional[int] = N_TEST,
+    executor: ExecutorName = EXECUTOR,
+    workers: Optional[int] = WORKERS,
+    ray_address: Optional[str] = RAY_ADDRESS,
+    threads: Optional[int] = THREADS,
 ) -> None:
     """Find the most accurate network that costs at most C (budgeted super networks).
 
@@ -147,7 +163,12 @@ def search(
     the Pareto front of validation accuracy against cost, reported with test accuracy, is
     plotted against the plain family. Writes OUT/sweep.csv, OUT/front.png and per search
     architecture.yaml (the chosen spec), search-log.png and gates.png. Rerun to resume.
+
+    Each search with its retraining (per budget, lambda and seed), and each family member, is
+    a trial: --executor processes or ray runs them in parallel, with the same results as
+    in-process; OUT/sweep-progress.json counts the trials done, running and failed.
     """
+    from ..datasets import DatasetSource
     from .._validation import check_positive_float
     from ..search import SearchConfig, get_cost, sweep
     from ..training import TrainConfig
@@ -165,12 +186,17 @@ def search(
                              **({} if lr is None else {"learning_rate": lr}),
                              weight_decay=weight_decay, batch_size=batch_size, seed=seed,
                              device=device, augment=not no_augment)
-    dataset = load_data(data, n_train=n_train, n_test=n_test, image_size=None, seed=seed)
+        runner = executor_from_options(executor, workers, ray_address)
+    # the trials load the data where they run, from this description
+    source = DatasetSource(data, n_train=n_train, n_test=n_test, image_size=None, seed=seed)
+    with flags_in_errors():
+        dataset = source.load()
     net, members = resolve_supernet(supernet, dataset, width_multiplier)
     with flags_in_errors():
-        result = sweep(net, dataset, budgets=list(budget), cost=cost, lambdas=lam,
+        result = sweep(net, source, budgets=list(budget), cost=cost, lambdas=lam,
                        search=options, config=config, retrain_epochs=retrain_epochs,
-                       family=members if family else [], directory=out, progress=True)
+                       family=members if family else [], seeds=seeds, directory=out,
+                       progress=True, executor=runner, threads=threads)
     _print(result, net.name, dataset.name)
     typer.echo(f"results: {out}/sweep.csv, {out}/front.png; chosen specs: "
                f"{out}/*/architecture.yaml")
@@ -180,26 +206,39 @@ def _print(result, supernet: str, data: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=plain_text(f"budgeted search of {supernet} on {data} ({result.cost})"))
+    several = len(result.seeds) > 1
+    seeds = f", means over {len(result.seeds)} seeds" if several else ""
+    table = Table(title=plain_text(f"budgeted search of {supernet} on {data} "
+                                   f"({result.cost}{seeds})"))
     for head in ("network", "budget", "lambda", "cost", "within", "front", "val. acc [%]",
                  "test acc [%]", "H^L (last)"):
         table.add_column(head, justify="left" if head == "network" else "right")
-    for p in result.points:
+
+    def value(row, key, fmt, scale=1):
+        """``row[key]``, with its standard deviation over the seeds when there are several."""
+        text = format(scale * row[key], fmt)
+        std = row.get(f"{key}_std")
+        return text if std is None else f"{text} ± {format(scale * std, fmt)}"
+
+    # several seeds: the means (sweep.csv lists every trial as well)
+    for p in result.means:
+        within = "yes" if p["met_budget"] else (
+            f"{p['met_budget_seeds']}/{p['seeds']}" if several else "NO")
         table.add_row(plain_text(p["name"]), f"{p['budget']:.4g}", f"{p['lam']:.2g}",
-                      f"{p['cost']:.4g}",
-                      "yes" if p["met_budget"] else "NO", "*" if p["pareto"] else "",
-                      f"{100 * p['validation_accuracy']:.1f}", f"{100 * p['test_accuracy']:.1f}",
-                      f"{p['final_entropy']:.2g}")
-    for m in result.family:
+                      value(p, "cost", ".4g"), within, "*" if p["pareto"] else "",
+                      value(p, "validation_accuracy", ".1f", 100),
+                      value(p, "test_accuracy", ".1f", 100), value(p, "final_entropy", ".2g"))
+    for m in result.family_means:
         table.add_row(plain_text(m["name"]), "", "", f"{m['cost']:.4g}", "", "family",
-                      f"{100 * m['validation_accuracy']:.1f}", f"{100 * m['test_accuracy']:.1f}",
-                      f"{m['final_entropy']:.2g}")
+                      value(m, "validation_accuracy", ".1f", 100),
+                      value(m, "test_accuracy", ".1f", 100), value(m, "final_entropy", ".2g"))
     console = Console()
     console.print(table)
     for check in result.checks:
         if not check["met_budget"]:
             console.print(f"budget {check['budget']:.4g}: the search could not meet it "
-                          f"(its architecture costs {check['cost']:.4g})")
+                          f"(its architecture costs {check['cost']:.4g}"
+                          f"{', mean over the seeds' if several else ''})")
         elif check["best_family_member"] is not None:
             diff = 100 * (check["test_accuracy"] - check["family_test_accuracy"])
             console.print(plain_text(

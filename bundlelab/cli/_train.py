@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
+from types import SimpleNamespace
 from typing import List, Optional
 
 import typer
@@ -32,6 +33,14 @@ from ._app import (
     load_data,
     plain_text,
 )
+from ._executor import (
+    EXECUTOR,
+    RAY_ADDRESS,
+    THREADS,
+    WORKERS,
+    ExecutorName,
+    executor_from_options,
+)
 
 
 def _backends() -> list[str]:
@@ -49,14 +58,18 @@ HELP = {
     "train_epochs": "Training epochs. The default is short, to try a network on a CPU in "
     "minutes; the paper trains 120 (TrainConfig's default).",
     "autotune_epochs": "Epochs of the final run, the network with no conflicting layer left "
-    "(runs that prune stop after their --check-epochs). The default is short, to try it on a "
-    "CPU; the paper trains 120 (TrainConfig's default).",
+    "(a run that prunes stops at the epoch that found the conflict). The default is short, to "
+    "try it on a CPU; the paper trains 120 (TrainConfig's default).",
     "backend": "Framework that builds and trains the spec.",
-    "seeds": "Repeat with seeds 0..N-1 and report mean ± std.",
+    "seeds": "Repeat with seeds 0..N-1 and report mean ± std; each seed (and each --compare "
+    "network per seed) is a trial that --executor runs.",
     "out": "Run folder; a folder holding the same run resumes it after a crash.",
+    "autotune_out": "Folder of the runs (OUT/seed-K/, one per seed); the same command resumes "
+    "them after a crash. With --executor ray on several machines, a path they all reach.",
     "n_samples": "Training samples on which bundles are measured after each epoch.",
     "measure_every": "Measure bundles every N epochs (and after the last).",
-    "check_epochs": "Check for conflicting layers after each of a run's first N epochs.",
+    "check_epochs": "Epochs of every run that may prune: 'all' (default: watch the whole run, "
+    "restarting when a conflict appears) or N (the first N epochs; 1 is the paper's rule).",
     "preset": "Training setup the other options change: 'default' (AdamW at 1e-2 on a cosine "
     "schedule, incomplete last batch dropped: what trains on the embedded 8x8 digits) or "
     "'paper' (Ranger at a constant 1e-3, every batch kept; TrainConfig.paper()).",
@@ -114,6 +127,18 @@ def _config(preset, optimizer, lr, weight_decay, schedule, **options):
     options.update({k: v for k, v in given.items() if v is not None})
     with flags_in_errors():
         return TrainConfig.paper(**options) if preset.value == "paper" else TrainConfig(**options)
+
+
+def _check_epochs(text: str):
+    """``--check-epochs``: N (an int >= 1) or ``"all"``, as ``autotune()`` takes it."""
+    text = text.strip().lower()
+    if text == "all":
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise BundleLabError(
+        f"The '--check-epochs' option must be an int >= 1 or 'all'. Got {text!r} instead."
+    )
 
 
 def _mean_std(values, fmt: str = ".3g") -> str:
@@ -227,8 +252,9 @@ def autotune(
     backend: Backend = BACKEND,
     device: str = TRAIN_DEVICE,
     seeds: int = typer.Option(1, "--seeds", min=1, help=HELP["seeds"]),
-    out: Path = typer.Option(Path("runs/autotune"), "--out", help=HELP["out"]),
-    check_epochs: int = typer.Option(1, "--check-epochs", min=1, help=HELP["check_epochs"]),
+    out: Path = typer.Option(Path("runs/autotune"), "--out", help=HELP["autotune_out"]),
+    check_epochs: str = typer.Option("all", "--check-epochs", metavar="N|all",
+                                     help=HELP["check_epochs"]),
     compare: Optional[List[str]] = typer.Option(
         None, "--compare", show_default=False, help=HELP["compare"]
     ),
@@ -238,6 +264,10 @@ def autotune(
     image_size: Optional[int] = IMAGE_SIZE,
     n_samples: int = N_SAMPLES,
     measure_every: int = MEASURE_EVERY,
+    executor: ExecutorName = EXECUTOR,
+    workers: Optional[int] = WORKERS,
+    ray_address: Optional[str] = RAY_ADDRESS,
+    threads: Optional[int] = THREADS,
 ) -> None:
     """Auto-tune a network's depth: remove conflicting layers and retrain (the paper's 3.6).
 
@@ -247,10 +277,16 @@ def autotune(
     With --seeds N it runs N times; with --compare resnet-50 it also trains that network and
     prints the paper's Table 1 (layers, accuracy, checkpoint MB, time per step, mean ± std).
     Writes OUT/seed-K/ (autotune.json, evolution.csv, final-spec.yaml, one folder per restart)
-    and OUT/comparison.csv; the same command resumes after a crash.
+    and OUT/comparison.csv; the same command resumes after a crash. Each seed, and each
+    --compare network per seed, is a trial: --executor processes or ray runs them in
+    parallel, with the same results as in-process; OUT/autotune-progress.json counts the
+    trials done, running and failed.
     """
-    from ..autotune import autotune as run_autotune
-    from ..training import fit
+    from ..datasets import DatasetSource
+    from .._trials import TrainingTrial, run_training_trial, trial_threads
+    from ..spec import to_dict
+
+    check_epochs = _check_epochs(check_epochs)
 
     configs = [
         _config(preset, optimizer, lr, weight_decay, schedule, epochs=epochs,
@@ -258,24 +294,40 @@ def autotune(
                 augment=not no_augment, n_samples=n_samples, measure_every=measure_every)
         for seed in range(seeds)
     ]
-    dataset = load_data(data, n_train=n_train, n_test=n_test, image_size=image_size, seed=0)
+    with flags_in_errors():
+        runner = executor_from_options(executor, workers, ray_address)
+        threads = trial_threads(threads, backend.value)
+    # the trials load the data where they run, from this description
+    source = DatasetSource(data, n_train=n_train, n_test=n_test, image_size=image_size, seed=0)
+    with flags_in_errors():
+        dataset = source.load()
     net = resolve_spec(spec, dataset, width_multiplier)
     baselines = {name: resolve_spec(name, dataset, width_multiplier) for name in compare or []}
-    groups: dict[str, list] = {"auto-tune": []}
-    for name in baselines:
-        groups[name] = []
+    folder = out.absolute()  # the trials' folders, wherever they run
+    common = dict(data=source, backend=backend.value, check_epochs=check_epochs,
+                  progress=runner.in_process, threads=threads)
+    trials, groups = [], []
     for config in configs:
         seed = config.seed
-        with flags_in_errors():
-            tuned = run_autotune(net, dataset, backend=backend.value, config=config,
-                                 directory=out / f"seed-{seed}", check_epochs=check_epochs,
-                                 progress=True)
-        groups["auto-tune"].append(tuned.training)
-        typer.echo(f"seed {seed}: auto-tune evolution\n{tuned.evolution_csv()}")
+        trials.append(TrainingTrial(kind="autotune", spec=to_dict(net), config=config,
+                                    directory=str(folder / f"seed-{seed}"), **common))
+        groups.append("auto-tune")
         for name, baseline in baselines.items():
-            groups[name].append(fit(baseline, dataset, backend=backend.value, config=config,
-                                    directory=out / f"{name}-seed-{seed}", progress=True))
-    rows = comparison_rows(groups)
+            trials.append(TrainingTrial(kind="fit", spec=to_dict(baseline), config=config,
+                                        directory=str(folder / f"{name}-seed-{seed}"),
+                                        **common))
+            groups.append(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    with flags_in_errors(), runner:
+        outcomes = runner.map(run_training_trial, trials,
+                              names=[Path(t.directory).name for t in trials],
+                              summary=folder / "autotune-progress.json", what="trials")
+    results: dict[str, list] = {"auto-tune": [], **{name: [] for name in baselines}}
+    for group, outcome in zip(groups, outcomes):
+        results[group].append(SimpleNamespace(**outcome))
+        if outcome["evolution_csv"] is not None:
+            typer.echo(f"seed {outcome['seed']}: auto-tune evolution\n{outcome['evolution_csv']}")
+    rows = comparison_rows(results)
     _write_rows(out, "comparison", rows)
     _print_rows(rows, f"auto-tune from {net.name} on {dataset.name}")
     typer.echo(f"results: {out}/comparison.csv, {out}/seed-*/evolution.csv, "

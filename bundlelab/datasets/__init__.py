@@ -16,5 +16,6 @@ and ``val/<class>/`` images, needs Pillow).
 
 from ._dataset import Dataset
 from ._load import DATASETS, load_dataset
+from ._source import DatasetSource
 
-__all__ = ["DATASETS", "Dataset", "load_dataset"]
+__all__ = ["DATASETS", "Dataset", "DatasetSource", "load_dataset"]

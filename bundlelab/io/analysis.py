@@ -10,6 +10,14 @@ a quarter of the physical memory, at most 4 GiB), and streamed in chunks of abou
 bundles of :func:`bundlelab.find_bundles`; streamed layers trust 128-bit row fingerprints
 (see :mod:`bundlelab.streaming` for the collision bound), so both give the same numbers.
 
+Sharded dumps
+-------------
+``dump`` may also be a set of shards holding disjoint samples of the same layers: a folder of
+dump files, a glob pattern, or a list of paths (:mod:`bundlelab.io.shards` says which files
+are the shards and in which order: sorted by name, in natural order).  Each shard is read and
+fingerprinted in its own task (``executor``), and the driver merges the per-sample state of
+each layer in shard order; the report equals the one of the concatenated dump.
+
 A layer stored uncompressed is memory-mapped, not copied (:mod:`bundlelab.io.dumps`): read
 whole, it costs its size in RSS once (the page cache it maps); streamed, each chunk's pages are
 released once the chunk is fingerprinted (:func:`bundlelab.io.dumps.release_pages`), so the
@@ -53,6 +61,7 @@ from .dumps import (
     physical_memory,
     release_pages,
 )
+from .shards import check_shard_layers, merged_results, shard_paths, shard_streams
 
 GIB = 1 << 30
 MAX_CHUNK_BYTES = 256 << 20
@@ -100,6 +109,7 @@ def analyze_dump(
     progress: Callable[[str, int], None] | None = None,
     order: Any = None,
     sources: Mapping[str, str] | None = None,
+    executor: Any = None,
     **options,
 ) -> BundleReport:
     """Bundles of the layers of an activation dump, in the dump's layer order.
@@ -110,8 +120,12 @@ def analyze_dump(
 
     Parameters
     ----------
-    dump : Dump or path-like
-        An opened dump, or a path for :func:`open_dump` (closed again afterwards).
+    dump : Dump, path-like, glob pattern or sequence of path-like
+        An opened dump, or a path for :func:`open_dump` (closed again afterwards); or the
+        shards of a dump (disjoint samples of the same layers, any format): a folder of dump
+        files, a glob pattern or a list of paths, sorted by name in natural order
+        (:mod:`bundlelab.io.shards`).  The report of the shards equals the one of their
+        concatenation (resolution mode).
     layers : iterable of str, optional
         Layer names or glob patterns to analyse; all float layers when omitted.  A name given
         exactly must be a float layer (an integer array named here is an error).
@@ -127,7 +141,8 @@ def analyze_dump(
         ``N_c``; inferred from the labels when omitted.
     progress : callable(layer, n_rows), optional
         Called with ``n_rows=0`` when a layer starts, then with the number of samples just
-        processed after each chunk (once, with all of them, for a layer read whole).
+        processed after each chunk (once, with all of them, for a layer read whole).  For
+        shards: once per layer when its shards are merged (the executor shows the shards).
     order : sequence of str, path-like or 'layers', optional
         The layer order, instead of the one stored in the dump: layer names in network order,
         a text file of them (one per line, ``#`` comments), or ``'layers'`` for the order of
@@ -137,6 +152,10 @@ def analyze_dump(
         Where learning_rate, batch_size, weight_amplitude and update_format came from, for the
         report (``params["sources"]``); by default "given" for the keywords passed, "default"
         for the others, ``"default (not given)"`` for ``w``.
+    executor : {"inprocess", "processes", "ray"} or Executor, optional
+        Where the shards are read and fingerprinted (:func:`bundlelab.executors.get_executor`);
+        default "inprocess", one shard after another.  A single dump is analysed in this
+        process whatever the executor.
     **options
         Keywords of :func:`bundlelab.find_bundles` (mode, learning_rate, batch_size,
         weight_amplitude, update_format, ...).
@@ -146,7 +165,7 @@ def analyze_dump(
     BundleReport
     """
     own = ("layers", "labels_key", "chunk_rows", "memory_budget", "n_classes", "progress",
-           "order", "sources")
+           "order", "sources", "executor")
     bundle_options = BundleOptions.from_keywords("analyze_dump()", options, also=own)
     chunk_rows = check_optional_int("chunk_rows", chunk_rows, low=1)
     memory_budget = check_optional_int("memory_budget", memory_budget, low=1)
@@ -159,6 +178,14 @@ def analyze_dump(
         raise BundleLabError(
             "The 'progress' parameter must be None or a callable(layer, n_rows). Got "
             f"{short_repr(progress)} instead."
+        )
+    shards = None if isinstance(dump, Dump) else shard_paths(dump)
+    if shards is not None:
+        return _analyze_shards(
+            shards, layers=layers, labels_key=labels_key, chunk_rows=chunk_rows,
+            memory_budget=memory_budget, n_classes=n_classes, progress=progress, order=order,
+            caller_sources=caller_sources, executor=executor, options=options,
+            bundle_options=bundle_options,
         )
     if not isinstance(dump, Dump):
         with open_dump(dump, labels_key=labels_key) as opened:
@@ -201,10 +228,14 @@ def analyze_dump(
                     progress(name, chunk.shape[0])
             result = stream.result(n_classes=n_classes)
         results.append(result)
+    return _dump_report(results, bundle_options, options, caller_sources, order_text, skipped)
+
+
+def _dump_report(results, bundle_options, options, caller_sources, order_text, skipped):
     params = bundle_options.params()
     if "weight_amplitude" not in options and bundle_options.mode == "resolution":
         caller_sources.setdefault("weight_amplitude", W_DEFAULT_SOURCE)
-        warnings.warn(W_NOT_GIVEN, UserWarning, stacklevel=3)
+        warnings.warn(W_NOT_GIVEN, UserWarning, stacklevel=4)
     params["sources"] = report_sources(
         options, caller_sources,
         bundle_options.update_format if bundle_options.mode == "resolution" else None,
@@ -213,6 +244,78 @@ def analyze_dump(
     params["layer_order"] = order_text
     params["skipped"] = skipped
     return BundleReport(results, params)
+
+
+#: why threshold mode cannot analyse shards, and what to do
+THRESHOLD_SHARDS = (
+    "threshold mode cannot analyse a sharded dump ({n} shards): its greedy assigns each sample "
+    "to the first earlier leader within gamma, so a shard's bundles depend on every sample "
+    "before it; concatenate the shards into one dump, or use mode='resolution' (--mode "
+    "resolution)"
+)
+
+
+def _analyze_shards(
+    paths, *, layers, labels_key, chunk_rows, memory_budget, n_classes, progress, order,
+    caller_sources, executor, options, bundle_options,
+) -> BundleReport:
+    """The report of the concatenation of the shards ``paths`` (see the module docstring)."""
+    if bundle_options.mode != "resolution":
+        raise BundleLabError(THRESHOLD_SHARDS.format(n=len(paths)))
+    first = paths[0]
+    # every shard's listing is checked before the first long computation: a missing or
+    # different layer is one line naming the shard and the layer, not a failed task later
+    with open_dump(first, labels_key=labels_key) as dump:
+        names, order_text = ordered_selection(dump, layers, order)
+        labels = dump.labels
+        names, skipped, skip_note = _skip_non_float(dump, names, layers)
+        infos = {name: dump.info(name) for name in names}
+        for name in names:
+            _check_layer(dump, infos[name], len(labels))
+    for path in paths[1:]:
+        with open_dump(path, labels_key=labels_key) as dump:
+            labels = dump.labels
+            check_shard_layers(path, names, first, infos, dump)
+            for name in names:
+                _check_layer(dump, dump.info(name), len(labels))
+            try:
+                theirs, _ = ordered_selection(dump, layers, order)
+                theirs, _, _ = _skip_non_float(dump, theirs, layers)
+            except BundleLabError as exc:
+                raise BundleLabError(f"shard {path.name!r}: {exc}") from None
+            extra = [name for name in theirs if name not in infos]
+            if extra:
+                raise BundleLabError(
+                    f"shard {path.name!r} has the layer {extra[0]!r}, which shard "
+                    f"{first.name!r} lacks: every shard must hold the same layers (pick common "
+                    "ones with --layers)"
+                )
+    if skip_note:
+        announce(skip_note)
+    from ..executors import Executor, get_executor
+
+    owned = not isinstance(executor, Executor)  # the caller's executor stays open
+    running = get_executor("inprocess" if executor is None else executor) if owned else executor
+    task_options = {
+        "names": names, "labels_key": labels_key, "chunk_rows": chunk_rows,
+        "memory_budget": memory_budget, "keywords": dataclasses.asdict(bundle_options),
+        # the default budget is shared by the tasks that may run at once on a worker's machine
+        "tasks_per_machine": 1 if running.in_process else None,
+    }
+    # absolute paths: a worker's working folder may not be the driver's (shared storage)
+    tasks = [(os.path.abspath(path), task_options) for path in paths]
+    task_names = [str(path) for path in paths]
+    try:
+        per_shard = running.map(shard_streams, tasks, names=task_names, what="shards")
+    finally:
+        if owned:
+            running.close()
+    results = merged_results(per_shard, names, n_classes=n_classes)
+    if progress:
+        for result in results:
+            progress(result.layer, 0)
+            progress(result.layer, result.n_samples + result.n_excluded)
+    return _dump_report(results, bundle_options, options, caller_sources, order_text, skipped)
 
 
 @checked_keywords

@@ -2,6 +2,9 @@
 
 A backend implements :class:`KernelBackend` for one device: ``kernels/cpu.py`` holds the Numba
 CPU kernels and :class:`~bundlelab.kernels.cpu.CpuBackend`, ``kernels/cuda.py`` the CUDA ones.
+The ``"cpu"`` entry is :class:`~bundlelab.kernels.host.HostBackend`, which runs a process's
+first small native-format inputs in numpy (bit for bit the same) and loads the Numba kernels
+only when they pay for their load time.
 ``_hashing.py`` (the row fingerprint) and ``_formats.py`` (rounding to narrow float formats) are
 plain Python compiled for both targets.  A backend is looked up by name and built on first use,
 so ``import bundlelab`` compiles and imports nothing heavy, and the CUDA backend is never
@@ -19,7 +22,7 @@ from ._protocol import KernelBackend, Transform
 
 #: device name -> (module, class) of its backend
 BACKENDS = {
-    "cpu": ("bundlelab.kernels.cpu", "CpuBackend"),
+    "cpu": ("bundlelab.kernels.host", "HostBackend"),
     "cuda": ("bundlelab.kernels.cuda", "CudaBackend"),
 }
 

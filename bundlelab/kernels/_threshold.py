@@ -261,7 +261,7 @@ def grid_keys(rows, means, tolerances, probes, scale, gamma):
             signs[p, np.sort(rng.permutation(n_features)[SUBSET:])] = 0.0
             factors[p] = 2.0 ** -math.ceil(math.log2(SUBSET))
 
-    every_row = []  # the signed sums of every row, computed in one pass when one is chosen
+    every_row = {}  # projection -> its signed sum of every row, for the chosen projections
     on_sample = {}
 
     def signed_sum(at, p):
@@ -270,14 +270,13 @@ def grid_keys(rows, means, tolerances, probes, scale, gamma):
                 on_sample[id(at)] = np.empty((PROJECTIONS, at.size))
                 _signed_sums(np.ascontiguousarray(rows[at]), signs, factors, on_sample[id(at)])
             return on_sample[id(at)][p]
-        if not every_row:
-            every_row.append(np.empty((PROJECTIONS, n_rows)))
-            _signed_sums(rows, signs, factors, every_row[0])
-        return every_row[0][p, at]
+        return every_row[p][at]
 
     aggregates = [lambda at, p=p: signed_sum(at, p) for p in range(PROJECTIONS)]
+    first_projection = 0
     if np.isfinite(means[indexed]).all():
         aggregates.insert(0, lambda at: means[at])
+        first_projection = 1
     keys = [(values, wide) for values in aggregates] + keys
 
     if indexed.size > RANKING_ROWS:
@@ -287,11 +286,19 @@ def grid_keys(rows, means, tolerances, probes, scale, gamma):
     sample_buckets = np.empty((sample.size, len(keys)), dtype=np.int64)
     for q, (values, width) in enumerate(keys):
         column = values(sample)
-        order = np.argsort(column, kind="stable")
+        order = np.argsort(column)  # buckets depend on the sorted values only, not on ties
         ids = np.empty(sample.size, dtype=np.int64)
         _bucket_run(np.ascontiguousarray(column[order]), width, ids)
         sample_buckets[order, q] = ids
     chosen = _choose_keys(sample_buckets, GRID_KEYS, indexed.size)
+    # the chosen projections of every row, in one pass that computes no other one
+    projections = [q - first_projection for q in chosen
+                   if first_projection <= q < first_projection + PROJECTIONS]
+    if projections and indexed.size > RANKING_ROWS:  # else the sample's sums serve
+        sums = np.empty((len(projections), n_rows))
+        _signed_sums(rows, np.ascontiguousarray(signs[projections]),
+                     np.ascontiguousarray(factors[projections]), sums)
+        every_row.update(zip(projections, sums))
 
     strides = []
     stride = 1
@@ -300,7 +307,7 @@ def grid_keys(rows, means, tolerances, probes, scale, gamma):
         column = values(indexed)
         if not np.isfinite(column).all():
             continue  # a signed sum that overflowed: no bound holds for it
-        order = np.argsort(column, kind="stable")  # equal keys share a bucket
+        order = np.argsort(column)  # equal keys share a bucket, in whatever order they sort
         ids = np.empty(indexed.size, dtype=np.int64)
         n_buckets = _bucket_run(np.ascontiguousarray(column[order]), width, ids)
         if stride * (n_buckets + 2) >= 2**62:

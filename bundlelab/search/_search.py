@@ -84,6 +84,18 @@ def check_budget(name: str, value: Any) -> float:
     return value
 
 
+def check_reachable(graph: GatedGraph, cost: Cost, budget: float) -> float:
+    """The cost of ``graph``'s cheapest architecture; a one-line error when ``budget`` is
+    below it (no search can meet it)."""
+    _, minimum = cheapest_architecture(graph, cost)
+    if budget < minimum:
+        raise BundleLabError(
+            f"budget {budget:g} is below the cheapest architecture of {graph.spec.name!r}, "
+            f"which costs {minimum:g} ({cost.name}); raise the budget to at least {minimum:g}"
+        )
+    return minimum
+
+
 def budget_magnitude(budget: float) -> int:
     """The order of magnitude ``m`` of a budget (``floor(log10(budget))``)."""
     return math.floor(math.log10(budget))
@@ -377,13 +389,7 @@ class BudgetedSearch(HoldsRunFolder):
             raise
 
     def _check_budget(self) -> None:
-        _, self.minimum_cost = cheapest_architecture(self.graph, self.cost)
-        if self.search.budget < self.minimum_cost:
-            raise BundleLabError(
-                f"budget {self.search.budget:g} is below the cheapest architecture of "
-                f"{self.supernet.name!r}, which costs {self.minimum_cost:g} ({self.cost.name}); "
-                f"raise the budget to at least {self.minimum_cost:g}"
-            )
+        self.minimum_cost = check_reachable(self.graph, self.cost, self.search.budget)
 
     # -- one epoch ------------------------------------------------------------------------
 
