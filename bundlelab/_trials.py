@@ -10,7 +10,7 @@ trial (a worker killed, an error) goes on from its last finished epoch.
 Identical results: torch's CPU results depend on the number of intra-op threads (a reduction
 split over more threads adds in another order), and Ray starts its workers with
 ``OMP_NUM_THREADS`` set to their CPUs (1 by default).  So every trial sets torch's intra-op
-threads to one number for its duration (:func:`pinned_threads`), by default the number the
+threads to one number for its duration (:func:`bundlelab.executors.torch_threads`), by default the number the
 sweep's own process uses (:func:`trial_threads`): a trial on a worker then computes exactly
 what it computes in-process.
 
@@ -20,7 +20,6 @@ in :mod:`bundlelab.search._sweep`.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -71,16 +70,6 @@ def trial_threads(threads: Any, backend: Any) -> int | None:
     return threads
 
 
-def pinned_threads(threads: int | None) -> contextlib.AbstractContextManager:
-    """torch's intra-op threads set to ``threads`` inside the block and restored after
-    (:func:`bundlelab.executors.torch_threads`); nothing when ``threads`` is None."""
-    if threads is None:
-        return contextlib.nullcontext()
-    from .executors import torch_threads
-
-    return torch_threads(threads)
-
-
 @dataclass(frozen=True)
 class TrainingTrial:
     """One auto-tune (``kind="autotune"``) or one plain training run (``kind="fit"``, a
@@ -102,7 +91,8 @@ class TrainingTrial:
     progress : bool
         Progress bars of the run itself (only in-process: workers' bars would mix).
     threads : int or None
-        :func:`pinned_threads`.
+        torch's intra-op threads during the trial (None: left as they are); see
+        :func:`bundlelab.executors.torch_threads`.
     """
 
     kind: str
@@ -126,13 +116,14 @@ def run_training_trial(trial: TrainingTrial) -> dict[str, Any]:
         (the fields of :class:`bundlelab.training.TrainingResult` the comparison table
         shows) and, for an auto-tune, ``evolution_csv``.
     """
+    from .executors import torch_threads
     from .spec import from_dict
     from .training import fit
 
     spec, data = from_dict(trial.spec), trial_data(trial.data)
     options = dict(backend=trial.backend, config=trial.config,
                    directory=os.fspath(trial.directory), progress=trial.progress)
-    with pinned_threads(trial.threads):
+    with torch_threads(trial.threads):
         if trial.kind == "autotune":
             from .autotune import autotune
 

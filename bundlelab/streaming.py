@@ -290,7 +290,7 @@ class BundleStream:
         return state
 
     def __setstate__(self, state: dict) -> None:
-        self.layer = state["layer"]
+        self.__init__(layer=state["layer"])  # every field at its start value, then the state's
         self.options = state["options"]
         self._n_samples = state["n_samples"]
         self._n_features = state["n_features"]
@@ -298,13 +298,13 @@ class BundleStream:
         self._device = state["device"]
         self._nonfinite = [state["nonfinite"]]
         self._labels = [(state["label_codes"].astype(np.int64), list(state["label_classes"]))]
-        self._fingerprints = [state.get("fingerprints", np.empty((0, 2), dtype=np.uint64))]
-        self._nan_rows = [state.get("nan_rows", np.empty(0, dtype=np.int64))]
-        self._roots = [state.get("roots", np.empty(0, dtype=np.int64))]
-        self._leader_rows = state.get("leader_rows")
-        self._leader_means = state.get("leader_means", np.empty(0))
-        self._leader_tolerances = state.get("leader_tolerances", np.empty(0))
-        self._leader_index = state.get("leader_index", np.empty(0, dtype=np.int64))
+        if self.options.mode == "resolution":
+            self._fingerprints, self._nan_rows = [state["fingerprints"]], [state["nan_rows"]]
+        else:
+            self._roots, self._leader_rows = [state["roots"]], state["leader_rows"]
+            self._leader_means = state["leader_means"]
+            self._leader_tolerances = state["leader_tolerances"]
+            self._leader_index = state["leader_index"]
         if self._leader_rows is not None and self._device not in (None, "cpu"):
             from numba import cuda  # the leaders live where the stream computes
 
@@ -366,13 +366,8 @@ def _merged(streams: list[BundleStream]) -> BundleStream:
                 f"{type(stream).__name__}"
             )
         _check_mergeable(first, stream)
-    merged = BundleStream.__new__(BundleStream)
-    merged.layer, merged.options = first.layer, first.options
-    merged._fingerprints, merged._nan_rows, merged._nonfinite, merged._labels = [], [], [], []
-    merged._roots, merged._leader_rows = [], None
-    merged._leader_means, merged._leader_tolerances = np.empty(0), np.empty(0)
-    merged._leader_index = np.empty(0, dtype=np.int64)
-    merged._n_samples, merged._n_features, merged._fmt, merged._device = 0, None, None, None
+    merged = BundleStream(layer=first.layer)
+    merged.options = first.options
     for stream in streams:
         if not stream._n_samples:
             continue  # the empty stream is the identity of merge

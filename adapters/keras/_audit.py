@@ -153,9 +153,6 @@ class _WorkerCopy:
     @contextlib.contextmanager
     def open(self, index: int):
         """``(adapter, model)`` for slice ``index``."""
-        if self.threads is None:
-            yield self.adapter, self.model
-            return
         from ...executors import torch_threads
 
         with torch_threads(self.threads):

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from ..._errors import BundleLabError
+from ...executors import torch_threads
 from ..._validation import (
     check_bool,
     check_keywords,
@@ -272,13 +273,9 @@ class _WorkerCopy:
                     )
                 model.to(torch.device("cuda", index % torch.cuda.device_count()))
                 keywords = dict(keywords, device=None)  # the GPU it was moved to
-        threads = torch.get_num_threads()
-        if not self.cuda:
-            torch.set_num_threads(self.threads)
-        try:
+        # on CUDA the result does not depend on the CPU's threads
+        with torch_threads(None if self.cuda else self.threads):
             yield TorchAdapter(**keywords), model
-        finally:
-            torch.set_num_threads(threads)
 
 
 def _keywords(keys) -> dict:

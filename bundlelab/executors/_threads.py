@@ -18,20 +18,25 @@ from .._validation import check_int
 
 
 @contextlib.contextmanager
-def torch_threads(threads: int = 1) -> Iterator[None]:
+def torch_threads(threads: int | None = 1) -> Iterator[None]:
     """Run the block with ``threads`` torch intra-op threads, then restore the previous number.
 
-    Nothing happens where torch is not installed.
+    Nothing happens where torch is not installed, nor for ``threads=None``.
 
     Parameters
     ----------
-    threads : int, default=1
+    threads : int or None, default=1
+        None leaves the threads as they are (a task whose threads need not be pinned, e.g. one
+        on a GPU or on another backend than torch).
 
     Examples
     --------
     >>> with torch_threads(1):       # doctest: +SKIP
     ...     result = fit(spec, data, config=config, directory=folder)
     """
+    if threads is None:
+        yield
+        return
     threads = check_int("threads", threads, low=1)
     if importlib.util.find_spec("torch") is None:
         yield

@@ -190,7 +190,8 @@ class SweepTrial:
     progress : bool
         Progress bars of the runs themselves (in-process only).
     threads : int or None
-        :func:`bundlelab._trials.pinned_threads`.
+        torch's intra-op threads during the trial (None: left as they are); see
+        :func:`bundlelab.executors.torch_threads`.
     """
 
     name: str
@@ -209,10 +210,10 @@ class SweepTrial:
 
 def run_sweep_trial(trial: SweepTrial) -> dict[str, Any]:
     """Run (or resume) one :class:`SweepTrial`; return its point (plain data)."""
-    from .._trials import pinned_threads
+    from ..executors import torch_threads
     from ..spec import from_dict
 
-    with pinned_threads(trial.threads):
+    with torch_threads(trial.threads):
         return _trial(trial, from_dict(trial.spec))
 
 
