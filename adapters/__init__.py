@@ -45,6 +45,13 @@ inputs into consecutive slices (default: arrays or tensors, or a dict, list or t
 and ``worker_copy(model)`` says how the model reaches a task (default: the adapter and the
 model pickled as they are); see :mod:`bundlelab.adapters._split`.
 
+An adapter that can hand each layer's output over as the model produces it (from a forward
+hook) may define ``feed_layer_outputs(model, inputs, *, layers, inference_batch_size, feed)``
+(see :class:`LayerFeed`): :func:`measure_bundles` then prefers it to ``iter_layer_outputs``, and
+no output needs to be copied or kept until the pass ends.  Either way, small outputs of the
+layers are gathered into large blocks before they are fingerprinted
+(:class:`bundlelab.streaming.StreamBatcher`); the report does not change.
+
 Outputs may be numpy arrays, CuPy arrays or torch tensors (CUDA tensors stay on the GPU).
 ``inference_batch_size`` is the number of samples per forward pass (it only bounds memory);
 ``batch_size``, everywhere in bundlelab, is the training batch size |B| of the metric.
@@ -76,7 +83,6 @@ from .._validation import (
     check_positive_int,
     checked_keywords,
 )
-from ..training._backend import register_backend
 from ._split import split_plan
 
 
@@ -293,15 +299,10 @@ def measure_bundles(
     plan = split_plan(executor, workers, mode=streams[names[0]].options.mode,
                       progress=None if callable(progress) else progress)
     if plan.executor is None:
-        batches = adapter.iter_layer_outputs(
-            model, inputs, layers=names, inference_batch_size=inference_batch_size
-        )
-        if progress is True:
-            from rich.progress import track
-
-            batches = track(batches, description="measuring bundles", transient=True)
-        seen = _stream_batches(streams, batches, labels, names,
-                               progress if callable(progress) else None)
+        wrap = _progress_bar if progress is True else None
+        seen = _stream_batches(streams, adapter, model, inputs, labels, names,
+                               inference_batch_size, progress if callable(progress) else None,
+                               wrap)
     else:
         with plan:
             streams, seen = _measure_split(
@@ -328,30 +329,128 @@ def measure_bundles(
     return BundleReport(results, params)
 
 
-def _stream_batches(streams: Mapping[str, Any], batches: Iterable, labels: np.ndarray | None,
-                    names: Sequence[str], progress: Callable | None) -> int:
-    """Feed each batch's layer outputs (and labels: the batch's own, else the next ones of
-    ``labels``) to the layers' streams; the number of samples fed."""
-    seen = 0
-    for item in batches:
-        outputs, batch_labels = item if isinstance(item, tuple) else (item, None)
-        size = int(outputs[names[0]].shape[0])
-        if batch_labels is None:
-            if labels is None:
-                raise BundleLabError(
-                    "no labels: pass labels=... or data that yields (inputs, labels)"
-                )
-            if seen + size > labels.shape[0]:
-                raise BundleLabError(
-                    f"the model produced more samples than the {labels.shape[0]} labels given"
-                )
-            batch_labels = labels[seen:seen + size]
-        for name in names:
-            streams[name].update(outputs[name], batch_labels)
-        seen += size
-        if progress is not None:
-            progress(size, {name: tuple(outputs[name].shape[1:]) for name in names})
-    return seen
+def _stream_batches(streams: Mapping[str, Any], adapter: Any, model: Any, inputs: Any,
+                    labels: np.ndarray | None, names: Sequence[str], inference_batch_size: int,
+                    progress: Callable | None, wrap: Callable | None = None) -> int:
+    """Run the adapter's forward passes and feed each layer's outputs (and labels: the batch's
+    own, else the next ones of ``labels``) to the layers' streams; the number of samples fed.
+
+    An adapter with the optional ``feed_layer_outputs`` hands each output over as its layer
+    produces it (see :class:`LayerFeed`), so no output outlives its use; otherwise each
+    batch's outputs come from ``iter_layer_outputs``.  ``wrap`` wraps the per-pass iterator
+    (a progress bar)."""
+    from ..streaming import StreamBatcher
+
+    batcher = StreamBatcher(streams)
+    feed = LayerFeed(batcher, labels, names, progress)
+    wrap = wrap or (lambda passes: passes)
+    method = getattr(adapter, "feed_layer_outputs", None)
+    try:
+        if callable(method):
+            for _ in wrap(method(model, inputs, layers=list(names),
+                                 inference_batch_size=inference_batch_size, feed=feed)):
+                feed.end()
+        else:
+            batches = adapter.iter_layer_outputs(
+                model, inputs, layers=names, inference_batch_size=inference_batch_size
+            )
+            for item in wrap(batches):
+                outputs, batch_labels = item if isinstance(item, tuple) else (item, None)
+                feed.begin(batch_labels)
+                for name in names:
+                    feed.take(name, outputs[name])
+                feed.end()
+        feed.flush()
+    finally:
+        batcher.close()  # no background thread outlives the measurement, even on an error
+    return feed.seen
+
+
+def _progress_bar(passes: Iterable) -> Iterable:
+    from rich.progress import track
+
+    return track(passes, description="measuring bundles", transient=True)
+
+
+class LayerFeed:
+    """Takes a measurement's layer outputs, pass by pass, into the layers' streams.
+
+    An adapter's optional ``feed_layer_outputs(model, inputs, *, layers,
+    inference_batch_size, feed)`` is a generator that, for each forward pass, calls
+    ``feed.begin(labels)`` (the batch's own labels, or None when the caller passed them to
+    :func:`measure_bundles`), then ``feed.take(name, output)`` for every layer of ``layers``
+    as the pass produces it (from inside a forward hook, say), and yields once the pass is
+    over.  ``take`` reads the output before it returns (a small one is copied into a block
+    fingerprinted later, see :class:`bundlelab.StreamBatcher`), so the adapter needs no copy
+    of it: later in-place operations of the pass cannot change what was measured.
+
+    Parameters
+    ----------
+    batcher : bundlelab.streaming.StreamBatcher
+        Holds the layers' streams (and gathers small outputs into blocks).
+    labels : ndarray of shape (n_samples,), optional
+        The labels given to :func:`measure_bundles`, taken in order by the passes that carry
+        none of their own.
+    names : sequence of str
+        The measured layers.
+    progress : callable, optional
+        Called after each pass as ``progress(n_rows, {layer: per-sample shape})``.
+
+    Attributes
+    ----------
+    seen : int
+        Samples of the passes ended so far.
+    """
+
+    def __init__(self, batcher: Any, labels: np.ndarray | None, names: Sequence[str],
+                 progress: Callable | None):
+        self._batcher = batcher
+        self._all_labels = labels
+        self._names = names
+        self._progress = progress
+        self.seen = 0  # samples of the passes ended so far
+        self._own: Any = None  # the current pass's own labels
+        self._labels: Any = None  # the current pass's labels once its size is known
+        self._size: int | None = None
+        self._shapes: dict[str, tuple] = {}
+
+    def begin(self, labels: Any = None) -> None:
+        """A forward pass starts; ``labels``: its own labels, if the data carries them."""
+        self._own, self._labels, self._size, self._shapes = labels, None, None, {}
+
+    def take(self, name: str, output: Any) -> None:
+        """Layer ``name``'s output of the current pass, shape (batch, ...)."""
+        if self._size is None:
+            self._size = size = int(output.shape[0])
+            self._labels = self._own if self._own is not None else self._next_labels(size)
+        self._batcher.update(name, output, self._labels)
+        self._shapes[name] = tuple(output.shape[1:])
+
+    def end(self) -> None:
+        """The current forward pass is over."""
+        if self._size is None:
+            return
+        self.seen += self._size
+        if self._progress is not None:
+            self._progress(self._size, {name: self._shapes[name] for name in self._names
+                                        if name in self._shapes})
+        self._size = None
+
+    def flush(self) -> None:
+        """Fingerprint what waits in blocks (before the streams' results)."""
+        self._batcher.flush()
+
+    def _next_labels(self, size: int) -> np.ndarray:
+        labels = self._all_labels
+        if labels is None:
+            raise BundleLabError(
+                "no labels: pass labels=... or data that yields (inputs, labels)"
+            )
+        if self.seen + size > labels.shape[0]:
+            raise BundleLabError(
+                f"the model produced more samples than the {labels.shape[0]} labels given"
+            )
+        return labels[self.seen:self.seen + size]
 
 
 def _measure_split(plan, adapter, model, inputs, labels, keywords, names,
@@ -409,10 +508,15 @@ __all__ = [
 ]
 
 # The frameworks bundlelab ships: adapters here, their training backends in the registry of
-# bundlelab.training (whose get_backend imports this package on first lookup).  Strings, so
-# registering imports no framework.
+# bundlelab.training.  Strings, so registering imports no framework.
 register_adapter("onnx", "bundlelab.adapters.onnx:OnnxAdapter")
 register_adapter("torch", "bundlelab.adapters.torch:TorchAdapter")
 register_adapter("keras", "bundlelab.adapters.keras:KerasAdapter")
-register_backend("torch", "bundlelab.adapters.torch:TorchBackend")
-register_backend("keras", "bundlelab.adapters.keras:KerasBackend")
+
+
+def _register_backends(register: Callable[[str, str], None]) -> None:
+    """Register bundlelab's training backends with ``register`` (called by
+    :mod:`bundlelab.training` on its first backend lookup, so that importing this package, as
+    every audit does, imports no training code)."""
+    register("torch", "bundlelab.adapters.torch:TorchBackend")
+    register("keras", "bundlelab.adapters.keras:KerasBackend")

@@ -152,11 +152,8 @@ def measure_slice(task: SliceTask) -> SliceResult:
 
     streams = {name: BundleStream(**task.streams[name]) for name in task.layers}
     with task.worker.open(task.index) as (adapter, model):
-        batches = adapter.iter_layer_outputs(
-            model, task.inputs, layers=list(task.layers),
-            inference_batch_size=task.inference_batch_size,
-        )
-        seen = _stream_batches(streams, batches, task.labels, task.layers, record)
+        seen = _stream_batches(streams, adapter, model, task.inputs, task.labels, task.layers,
+                               task.inference_batch_size, record)
     return SliceResult(streams, seen, shapes)
 
 

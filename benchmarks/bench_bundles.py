@@ -17,7 +17,8 @@ Baselines (all measured here, now, on the same arrays):
   over N = 2k .. 128k rows and D = 256, 4096 (--quick: N = 2k, 8k).
 
 Ratios are printed as baseline time / bundlelab time (higher is better for bundlelab), except
-"x floor" = bundlelab time / one-pass time (lower is better; the target is <= 3).
+"x floor" = bundlelab time / one-pass time (lower is better).  The run ends with one ``ROW``
+line per row of issue 13's table it measures (name | measured | target | met or not met).
 """
 
 from __future__ import annotations
@@ -135,8 +136,14 @@ def _previous_kernel():
     return fingerprints
 
 
-def fingerprint_floor(n: int, d: int) -> None:
-    """find_bundles and the fingerprint kernel (new and previous) / a.sum(), 1 and 2 threads."""
+def row_line(name: str, measured: str, target: str, met: bool) -> str:
+    """One line of the issue-13 table, in the form the runner collects."""
+    return f"ROW {name} | {measured} | {target} | {'met' if met else 'not met'}"
+
+
+def fingerprint_floor(n: int, d: int) -> list[str]:
+    """find_bundles and the fingerprint kernel (new and previous) / a.sum(), 1 and 2 threads;
+    the ROW lines of the table (all-distinct and half-duplicated rows, each thread count)."""
     import numba
 
     from bundlelab import find_bundles
@@ -157,6 +164,7 @@ def fingerprint_floor(n: int, d: int) -> None:
     fingerprints_native(a[:4], w, alpha, invb, keys, out[:4], nonfinite[:4])
     find_bundles(a[:8], labels[:8])
     threads = numba.get_num_threads()
+    rows = []
     print(f"\nfingerprint pass, {n}x{d} f32 ({a.nbytes / 2**20:.0f} MiB), x a.sum() "
           "(best of 7, interleaved; lower is better, target <= 1.5):")
     print(f"{'threads':<9}{'a.sum s':>9}{'find_bundles distinct':>23}{'half duplicated':>17}"
@@ -174,7 +182,14 @@ def fingerprint_floor(n: int, d: int) -> None:
         print(f"{n_threads:<9}{floor:>9.4f}{best['distinct'] / floor:>22.2f}x"
               f"{best['find_bundles'] / floor:>16.2f}x"
               f"{best['kernel'] / floor:>8.2f}x{best['previous'] / floor:>16.2f}x")
+        plural = "thread" if n_threads == 1 else "threads"
+        for regime, key in (("", "distinct"), (" half duplicated", "find_bundles")):
+            ratio = best[key] / floor
+            rows.append(row_line(
+                f"find_bundles resolution {n}x{d} f32{regime} / a.sum() ({n_threads} {plural})",
+                f"{ratio:.2f}x", "<= 1.5x", ratio <= 1.5))
     numba.set_num_threads(threads)
+    return rows
 
 
 def _row_hasher():
@@ -189,8 +204,9 @@ def _row_hasher():
             hashlib.blake2b(row, digest_size=8).digest(), "little")
 
 
-def peer_scaling(quick: bool) -> None:
-    """find_bundles (resolution) vs hashing every row in a Python loop, then np.unique."""
+def peer_scaling(quick: bool) -> list[str]:
+    """find_bundles (resolution) vs hashing every row in a Python loop, then np.unique; the
+    ROW line: the smallest speed-up over the cells (the target: bundlelab faster in all)."""
     from bundlelab import find_bundles
 
     name, hash_row = _row_hasher()
@@ -204,6 +220,7 @@ def peer_scaling(quick: bool) -> None:
           "confirmed)\nvs find_bundles (resolution, exact); half the rows duplicated; best of 3, "
           "interleaved; speed-up = peer / bundlelab:")
     print(f"{'N x D':<16}{'peer s':>9}{'bundlelab s':>13}{'speed-up':>10}")
+    slowest = None  # (speed-up, cell)
     for d in (256, 4096):
         for n in sizes:
             a = np.random.default_rng(n + d).random((n, d), dtype=np.float32)
@@ -212,9 +229,14 @@ def peer_scaling(quick: bool) -> None:
             find_bundles(a[:8], labels[:8])
             best = interleaved({"peer": lambda: peer(a), "ours": lambda: find_bundles(a, labels)},
                                repeat=3)
-            print(f"{f'{n}x{d}':<16}{best['peer']:>9.4f}{best['ours']:>13.4f}"
-                  f"{best['peer'] / best['ours']:>9.1f}x")
+            speed_up = best["peer"] / best["ours"]
+            print(f"{f'{n}x{d}':<16}{best['peer']:>9.4f}{best['ours']:>13.4f}{speed_up:>9.1f}x")
+            if slowest is None or speed_up < slowest[0]:
+                slowest = (speed_up, f"{n}x{d}")
             del a
+    return [row_line("peer (per-row hash in a Python loop + np.unique) / find_bundles, every cell",
+                     f"{slowest[0]:.1f}x at worst ({slowest[1]}; {name.split(' ')[0]})",
+                     "> 1x in every cell", slowest[0] > 1.0)]
 
 
 def machine() -> str:
@@ -252,9 +274,10 @@ def main() -> None:
     # (kernels/host.py), which bench_startup.py measures.
     import bundlelab.kernels.cpu  # noqa: F401
     if args.fingerprint_only:
-        print(f"machine: {machine()}")
-        fingerprint_floor(2048, 4096 if args.quick else 65536)
-        peer_scaling(args.quick)
+        print(f"machine: {machine()}, load average {os.getloadavg()[0]:.1f}")
+        table = fingerprint_floor(2048, 4096 if args.quick else 65536)
+        table += peer_scaling(args.quick)
+        print("\n".join(table))
         return
 
     import bundlelab
@@ -324,10 +347,11 @@ def main() -> None:
         f"{peak / 2**20:.1f} MiB (one batch is {batch * d_stream * 4 / 2**20:.1f} MiB) vs "
         f"{full / 2**20:.0f} MiB for the whole layer; {result.n_bundles} bundles"
     )
-    fingerprint_floor(n, d_full)
-    peer_scaling(args.quick)
+    table = fingerprint_floor(n, d_full)
+    table += peer_scaling(args.quick)
     gpu_bandwidth(n, d_full, quick=args.quick)
-    print(f"bundlelab {bundlelab.__version__}")
+    print(f"bundlelab {bundlelab.__version__}; load average {os.getloadavg()[0]:.1f}")
+    print("\n".join(table))
 
 
 def gpu_bandwidth(n: int, d: int, *, quick: bool) -> None:

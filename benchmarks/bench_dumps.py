@@ -22,6 +22,8 @@ RSS, as the page cache it shares, not a private copy).  ``time x floor`` is anal
 time over the floor's; ``RSS x layer`` is peak RSS over the layer's size (the target of issue 13
 is <= 1.3 and <= 1.2).  Note: bundlelab's import, its kernel cache load and the bundle
 computation itself are inside analyze's time, so small layers are dominated by fixed costs.
+The run ends with one ``ROW`` line per row of issue 13's table it measures (name | measured |
+target | met or not met): analyze / floor per format, and the worst peak RSS / layer size.
 """
 
 from __future__ import annotations
@@ -115,13 +117,46 @@ def measured(command: list[str], pythonpath: str | None) -> tuple[float, int, st
         return float(wall), int(rss), out.read().decode()
 
 
+#: issue 13's targets for analyze: time over the floor, peak RSS over the layer's size
+TIME_TARGET = 1.3
+RSS_TARGET = 1.2
+
+
+def row(name: str, figure: str, target: str, met: bool) -> str:
+    """One line of issue 13's table, in the form a runner collects."""
+    return f"ROW {name} | {figure} | {target} | {'met' if met else 'not met'}"
+
+
+def row_lines(best, dumps, size_mib: int, layer_bytes: int, fixed_rss: int) -> list[str]:
+    """The ROW lines of this run: analyze over the floor per format, and the peak RSS over the
+    layer's size (the worst format; the fixed RSS of a tiny analyze said beside it)."""
+    lines = []
+    for name in dumps:
+        ratio = best[(name, "new")][0] / best[(name, "floor")][0]
+        lines.append(row(f"analyze {name} {size_mib} MiB / load+sum", f"{ratio:.2f}x",
+                         f"<= {TIME_TARGET}x", ratio <= TIME_TARGET))
+    worst = max(dumps, key=lambda name: best[(name, "new")][1])
+    rss = best[(worst, "new")][1] / layer_bytes
+    above = (best[(worst, "new")][1] - fixed_rss) / layer_bytes
+    lines.append(row(f"analyze peak RSS / layer size {size_mib} MiB",
+                     f"{rss:.2f}x (worst: {worst}; {above:.2f}x above the fixed "
+                     f"{fixed_rss / (1 << 20):.0f} MiB of a tiny analyze)",
+                     f"<= {RSS_TARGET}x", rss <= RSS_TARGET))
+    return lines
+
+
 def baseline_tree(given: str | None) -> tuple[Path, Path | None]:
-    """The baseline checkout, and the worktree to remove afterwards (None if given)."""
+    """The baseline checkout, and the worktree to remove afterwards (None if given).
+
+    A worktree made here gets its ``adapters/`` linked as ``bundlelab/adapters``, as the
+    editable install maps it: otherwise ``bundlelab.adapters`` would resolve to this tree's
+    adapters, whose backend registration the baseline's training code does not know."""
     if given:
         return Path(given).resolve(), None
     folder = Path(tempfile.mkdtemp(prefix="bench-dumps-baseline-"))
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder), PREVIOUS],
                    check=True, capture_output=True)
+    (folder / "bundlelab" / "adapters").symlink_to(folder / "adapters", target_is_directory=True)
     return folder, folder
 
 
@@ -197,6 +232,8 @@ def main() -> None:
               f"(old {fixed['old'] / (1 << 20):.0f} MiB, {fixed_time['old']:.2f} s; new "
               f"{fixed['new'] / (1 << 20):.0f} MiB, {fixed_time['new']:.2f} s), "
               "over the layer's size; the JSON reports of old and new were equal)")
+        for line in row_lines(best, dumps, size_mib, layer_bytes, fixed["new"]):
+            print(line)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         if worktree is not None:

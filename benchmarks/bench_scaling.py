@@ -90,6 +90,7 @@ def main() -> None:
     print("-" * len(header))
     started = time.perf_counter()
     skipped = []
+    ratios = {}  # (mode, regime, n, d) -> x floor
     for mode in args.modes.split(","):
         for regime in args.regimes.split(","):
             for d in widths:
@@ -120,6 +121,7 @@ def main() -> None:
                     if previous is not None:
                         growth = (seconds / previous[1]) ** (np.log(4) / np.log(n / previous[0]))
                     previous = (n, seconds)
+                    ratios[mode, regime, n, d] = seconds / floor
                     print(f"{mode:<11}{regime:<17}{n:>8}{d:>6}{result['r'].n_bundles:>9}"
                           f"{floor:>10.4f}{seconds:>13.4f}{seconds / floor:>8.1f}x", flush=True)
                     a = None  # free the rows before the next cell is built
@@ -127,6 +129,23 @@ def main() -> None:
           f"{time.perf_counter() - started:.0f} s)")
     if skipped:
         print("skipped (over --limit): " + "; ".join(skipped))
+    for line in table_rows(ratios):
+        print(line)
+
+
+def table_rows(ratios: dict) -> list[str]:
+    """The ROW line of issue 13's table this script measures: resolution mode at D = 256 and
+    the largest N run (128k in a full run), worst regime against the target of 2x the floor."""
+    cells = {key: value for key, value in ratios.items()
+             if key[0] == "resolution" and key[3] == 256}
+    if not cells:
+        return []
+    n = max(key[2] for key in cells)
+    measured = {key[1]: value for key, value in cells.items() if key[2] == n}
+    worst = max(measured.values())
+    figures = ", ".join(f"{regime} {value:.1f}x" for regime, value in measured.items())
+    return [f"ROW scaling resolution {n // 1024}k x 256 | {figures} | <= 2x the floor | "
+            f"{'met' if worst <= 2.0 else 'not met'}"]
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ command, format after format) so a busy machine slows all of them alike.  Byte c
 an installed package, and every command runs once before the clock so Numba's kernel cache is
 warm.  The floor is ``bench_dumps.FLOOR``: a fresh ``python`` that imports numpy (and h5py /
 safetensors for their formats), loads the layer the format's own way and sums it.  The target
-of issue 13: ``analyze`` <= 1.3 x the floor.
+of issue 13: ``analyze`` <= 1.3 x the floor; the run ends with one ``ROW`` line per format and
+size (name | measured | target | met or not met).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_dumps import FLOOR, N_FEATURES, measured, write_dumps  # noqa: E402
+from bench_dumps import FLOOR, N_FEATURES, TIME_TARGET, measured, row, write_dumps  # noqa: E402
 
 ANALYZE = ["-m", "bundlelab", "analyze", "{path}", "--weight-amplitude", "1", "--format", "json"]
 
@@ -78,6 +79,7 @@ def main() -> None:
                  "bundlelab --help": python + ["-m", "bundlelab", "--help"]}
         header = f"{'command':34} {'MiB':>5} {'floor s':>8} {'s':>7} {'x floor':>8}"
         rows = []
+        row_lines = []
         for size in sizes:
             where = folder / f"{size}"
             where.mkdir()
@@ -103,6 +105,9 @@ def main() -> None:
             for name in dumps:
                 floor = best[(name, "floor")]
                 rows.append((f"analyze, {name}", size, floor, best[(name, "analyze")]))
+                ratio = best[(name, "analyze")] / floor
+                row_lines.append(row(f"analyze {name} {size} MiB / load+sum", f"{ratio:.2f}x",
+                                     f"<= {TIME_TARGET}x", ratio <= TIME_TARGET))
             npz_floor = best[(next(iter(dumps)), "floor")]
             rows.append(("info (npz)", size, npz_floor, best[("npz", "info")]))
             for name in fixed:
@@ -120,6 +125,8 @@ def main() -> None:
         total = sum(seconds for _, seconds in parts)
         print(f"imports of a fresh analyze of {sizes[0]} MiB (npz): {total:.3f} s; by package: "
               + ", ".join(f"{name} {seconds:.3f}" for name, seconds in parts[:10]))
+        for line in row_lines:
+            print(line)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

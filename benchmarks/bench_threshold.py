@@ -25,6 +25,10 @@ Row regimes (float32):
 
 A previous-kernel cell is skipped (``-``) once that kernel's time, extrapolated quadratically
 from the cell before, would pass ``--old-limit`` seconds.
+
+The run ends with the issue-13 table's row for threshold mode (``ROW name | figure | target |
+met/not met``): the speed-up on distinct rows at 128k x 256 (measured in every mode, ``--quick``
+included), and the new kernel's time growth per 4x rows on distinct rows at D 256.
 """
 
 from __future__ import annotations
@@ -41,6 +45,11 @@ import numpy as np
 
 REGIMES = ("distinct", "half duplicated", "10 bundles", "sparse distinct")
 REACH = 1e-8 / (1e-3 / 64)
+#: the issue-13 table row this script measures, and its target speed-up
+ROW_NAME = "threshold 128k x 256 all distinct, speed-up vs 02bff96"
+ROW_TARGET = 20.0
+#: time growth per 4x rows that counts as near-linear (4 is linear; quadratic is 16)
+GROWTH_TARGET = 5.0
 
 
 #: the last commit before the grid index and the block-parallel greedy
@@ -128,6 +137,7 @@ def main() -> None:
               f"best of {args.repeat}")
         print(f"{'regime':<17}{'N':>8}{'D':>6}{'bundles':>9}{'previous s':>12}{'new s':>10}"
               f"{'speed-up':>10}{'new x per 4N':>14}")
+        cells = {}  # (regime, n, d) -> (new seconds, ratio or None)
         try:
             for regime in args.regimes.split(","):
                 for d in widths:
@@ -147,10 +157,36 @@ def main() -> None:
                         growth = "" if last_new is None else f"{(t_new / last_new) ** per_4n:.1f}"
                         print(f"{regime:<17}{n:>8}{d:>6}{n_bundles:>9}{old_text:>12}"
                               f"{t_new:>10.3f}{ratio:>10}{growth:>14}", flush=True)
+                        cells[regime, n, d] = (t_new, t_old / t_new if old_text != "-" else None)
                         last_new, last_n = t_new, n
+            target_cell = ("distinct", 131072, 256)
+            if target_cell not in cells:  # --quick and narrower runs: measure the row's cell
+                t_new, digest_new, _ = new.run(*target_cell, args.repeat)
+                t_old, digest_old, _ = old.run(*target_cell, 1)
+                assert digest_old == digest_new, "different bundles: distinct 131072x256"
+                cells[target_cell] = (t_new, t_old / t_new)
+                print(f"{'distinct':<17}{131072:>8}{256:>6}{'':>9}{t_old:>12.3f}{t_new:>10.3f}"
+                      f"{t_old / t_new:>9.1f}x", flush=True)
         finally:
             old.close()
             new.close()
+    print_rows(cells, args.baseline)
+
+
+def print_rows(cells: dict, baseline: str) -> None:
+    """The issue-13 table rows, as ``ROW name | figure | target | met/not met``."""
+    _, ratio = cells["distinct", 131072, 256]
+    name = ROW_NAME if baseline == PREVIOUS else ROW_NAME.replace(PREVIOUS, baseline)
+    print(f"ROW {name} | {ratio:.1f}x | >= {ROW_TARGET:.0f}x | "
+          f"{'met' if ratio >= ROW_TARGET else 'not met'}")
+    sizes = sorted(n for regime, n, d in cells if regime == "distinct" and d == 256)
+    if len(sizes) >= 2:
+        first, last = sizes[-2], sizes[-1]
+        per_4n = (cells["distinct", last, 256][0] / cells["distinct", first, 256][0]) ** (
+            np.log(4) / np.log(last / first))
+        print(f"ROW threshold all distinct, time growth per 4x N ({first}..{last} x 256) | "
+              f"{per_4n:.1f}x | <= {GROWTH_TARGET:.0f}x (near-linear) | "
+              f"{'met' if per_4n <= GROWTH_TARGET else 'not met'}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
@@ -189,13 +190,36 @@ def resolve_update_format(update_format: str, activations_dtype: str) -> str:
 # -- resolution mode ---------------------------------------------------------------------------
 
 
-def group_fingerprints(fingerprints: np.ndarray, confirm=None) -> np.ndarray:
+def group_fingerprints(fingerprints: np.ndarray, confirm=None, partner=None) -> np.ndarray:
     """Representative (smallest index) of each sample's class of equal fingerprints.
 
     ``confirm(first, second) -> bool array`` checks candidate pairs exactly; a fingerprint
     collision (different rows, equal fingerprints) is then split correctly.  Without
-    ``confirm`` the grouping trusts the 128-bit fingerprints.
+    ``confirm`` the grouping trusts the 128-bit fingerprints.  ``partner`` (int64, -1: none)
+    holds equalities already proven exactly during the fingerprint pass
+    (:meth:`~bundlelab.kernels.cpu.CpuBackend.fingerprints_partners`): a member connected to
+    its representative through them is not compared again.
     """
+    compiled = sys.modules.get("bundlelab.kernels.cpu")
+    if compiled is not None:
+        # O(n) in a compiled hash table; a process that has not loaded Numba (small inputs,
+        # kernels/host.py) sorts instead: the same representatives either way
+        root, unproven = compiled.CpuBackend().group_rows(fingerprints, partner)
+    else:
+        root = _sorted_roots(fingerprints)
+        unproven = root != np.arange(root.shape[0])
+    if confirm is None:
+        return root
+    members = np.flatnonzero(unproven)
+    if members.size:
+        equal = confirm(root[members], members)
+        if not equal.all():
+            _split_collisions(root, members[~equal], confirm)
+    return root
+
+
+def _sorted_roots(fingerprints: np.ndarray) -> np.ndarray:
+    """The representatives of :func:`group_fingerprints` by a stable sort of the fingerprints."""
     n = fingerprints.shape[0]
     order = np.lexsort((fingerprints[:, 1], fingerprints[:, 0]))  # stable: ties keep index order
     ordered = fingerprints[order]
@@ -204,13 +228,6 @@ def group_fingerprints(fingerprints: np.ndarray, confirm=None) -> np.ndarray:
     group_of = np.cumsum(starts) - 1
     root = np.empty(n, dtype=np.int64)
     root[order] = order[np.flatnonzero(starts)][group_of]
-    if confirm is None:
-        return root
-    members = np.flatnonzero(root != np.arange(n))
-    if members.size:
-        equal = confirm(root[members], members)
-        if not equal.all():
-            _split_collisions(root, members[~equal], confirm)
     return root
 
 
@@ -326,7 +343,13 @@ def _resolution_roots(
 ) -> tuple[np.ndarray, np.ndarray]:
     backend = get_kernel_backend(rows.device)
     transform = resolution_transform(fmt, options)
-    fingerprints, nonfinite = backend.fingerprints(rows.data, fmt, transform, rows.fmt)
+    partner = None
+    if hasattr(backend, "fingerprints_partners"):
+        # optional: a backend that proves duplicates during its pass, while they are in cache
+        fingerprints, nonfinite, partner = backend.fingerprints_partners(
+            rows.data, fmt, transform, rows.fmt)
+    else:
+        fingerprints, nonfinite = backend.fingerprints(rows.data, fmt, transform, rows.fmt)
     keep = _check_nonfinite(nonfinite, options.nonfinite, layer)  # raise before the grouping
     fingerprints = distinct_nan_fingerprints(
         backend, rows, fmt, transform, fingerprints, nonfinite
@@ -335,7 +358,7 @@ def _resolution_roots(
     def confirm(first, second):
         return backend.pairs_equal(rows.data, first, second, fmt, transform, rows.fmt)
 
-    return group_fingerprints(fingerprints, confirm), keep
+    return group_fingerprints(fingerprints, confirm, partner), keep
 
 
 # -- threshold mode ----------------------------------------------------------------------------
@@ -386,10 +409,14 @@ def _layer_result(
 ) -> LayerResult:
     ids = np.full(roots.shape[0], -1, dtype=np.int64)
     if keep.any():
-        # np.unique sorts the representatives, which are the smallest index of each bundle:
-        # the inverse therefore numbers bundles by first occurrence.
-        _, first_occurrence = np.unique(roots[keep], return_inverse=True)
-        ids[keep] = first_occurrence.reshape(-1)
+        # Representatives are the smallest index of each bundle, so their rank among the
+        # representatives of kept samples numbers bundles by first occurrence (what
+        # np.unique's inverse gives, in O(n) instead of a sort).
+        kept_roots = roots[keep]
+        is_representative = np.zeros(roots.shape[0], dtype=bool)
+        is_representative[kept_roots] = True
+        rank = np.cumsum(is_representative) - 1
+        ids[keep] = rank[kept_roots]
     else:
         raise BundleLabError(f"layer {layer!r}: every sample was excluded (NaN or Inf activations)")
     codes = label_codes[keep]

@@ -37,11 +37,14 @@ one stream in order.
 from __future__ import annotations
 
 import dataclasses
+import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 import numpy as np
 
-from ._arrays import as_rows
+from ._arrays import Rows, as_rows, framework_of, is_gpu_array
 from ._errors import BundleLabError
 from ._validation import check_n_classes, checked_keywords, label_codes, merge_label_codes
 from .bundles import (
@@ -116,6 +119,7 @@ class BundleStream:
         self._n_features: int | None = None
         self._fmt = None
         self._device: str | None = None
+        self._pending = 0  # batches a StreamBatcher has taken but not fingerprinted yet
 
     @property
     def n_samples(self) -> int:
@@ -134,22 +138,12 @@ class BundleStream:
         labels : array-like of shape (batch,)
             One class label per sample of the batch.
         """
-        device = self._device or self.options.device_for(activations)
-        rows = as_rows(activations, device=device, layer=self.layer)
-        if self._n_features is not None and (
-            rows.n_features != self._n_features or rows.fmt != self._fmt
-        ):
-            raise BundleLabError(
-                f"layer {self.layer!r}: batch has {rows.n_features} {rows.fmt.name} values per "
-                f"sample, earlier batches had {self._n_features} {self._fmt.name}"
-            )
-        # the batch's labels, encoded as find_bundles encodes them; result() merges the batches
-        # (classes compared as Python values, so any split into batches gives the same classes).
-        # Checked before any state changes: a refused batch leaves the stream as it was.
-        labels = label_codes(labels, rows.n_samples, layer=self.layer)
-        if self._n_features is None:
-            self._n_features, self._fmt, self._device = rows.n_features, rows.fmt, device
-        backend = get_kernel_backend(device)
+        rows, codes, _ = self._accept(activations, labels)
+        self._add_batch(rows, codes)
+
+    def _add_batch(self, rows, codes: tuple) -> None:
+        """Fingerprint (or assign, in threshold mode) an accepted batch now."""
+        backend = get_kernel_backend(self._device)
         if self.options.mode == "resolution":
             fmt = update_format_of(rows.fmt, self.options)
             transform = resolution_transform(fmt, self.options)
@@ -163,8 +157,30 @@ class BundleStream:
             roots, nonfinite = self._threshold_update(rows, backend)
             self._roots.append(roots)
         self._nonfinite.append(nonfinite)
-        self._labels.append(labels)
+        self._labels.append(codes)
         self._n_samples += rows.n_samples
+
+    def _accept(self, activations: Any, labels: Any, codes: tuple | None = None):
+        """``(rows, label codes, device)`` of a batch, checked against the earlier batches;
+        the first batch fixes the layer's width, format and device.  ``codes``: the labels
+        already encoded (by :func:`label_codes`) for a batch of that many samples."""
+        device = self._device or self.options.device_for(activations)
+        rows = as_rows(activations, device=device, layer=self.layer)
+        if self._n_features is not None and (
+            rows.n_features != self._n_features or rows.fmt != self._fmt
+        ):
+            raise BundleLabError(
+                f"layer {self.layer!r}: batch has {rows.n_features} {rows.fmt.name} values per "
+                f"sample, earlier batches had {self._n_features} {self._fmt.name}"
+            )
+        # the batch's labels, encoded as find_bundles encodes them; result() merges the batches
+        # (classes compared as Python values, so any split into batches gives the same classes).
+        # Checked before any state changes: a refused batch leaves the stream as it was.
+        if codes is None or codes[0].shape[0] != rows.n_samples:
+            codes = label_codes(labels, rows.n_samples, layer=self.layer)
+        if self._n_features is None:
+            self._n_features, self._fmt, self._device = rows.n_features, rows.fmt, device
+        return rows, codes, device
 
     def _threshold_update(self, rows, backend) -> tuple[np.ndarray, np.ndarray]:
         means, tolerances, nonfinite = backend.row_means(rows.data)
@@ -250,6 +266,11 @@ class BundleStream:
 
     def _consolidate(self) -> None:
         """One array per field instead of one per batch (result(), pickling)."""
+        if self._pending:
+            raise BundleLabError(
+                f"layer {self.layer!r}: {self._pending} batch(es) still wait in a StreamBatcher; "
+                "call its flush() before result(), merge() or pickling"
+            )
         if self.options.mode == "resolution":
             self._fingerprints = [_joined(self._fingerprints, (0, 2), np.uint64)]
             self._nan_rows = [_joined(self._nan_rows, (0,), np.int64)]
@@ -349,6 +370,222 @@ def merge_streams(streams: Sequence[BundleStream]) -> BundleStream:
     return _merged(list(streams))
 
 
+#: a CPU batch of at least this many bytes is fingerprinted where it is (no copy)
+DIRECT_BYTES = 1 << 20
+#: the size of a block that gathers smaller batches (one kernel call per block)
+BLOCK_BYTES = 4 << 20
+#: the most memory a StreamBatcher's blocks hold together
+BUDGET_BYTES = 16 << 20
+
+
+class StreamBatcher:
+    """Feed several layers' streams, running the fingerprint kernel on large blocks.
+
+    Each fingerprint kernel call has a fixed cost (a parallel launch, tens to hundreds of
+    microseconds) that dominates for a small batch, such as 256 samples x 256 features.  In
+    resolution mode on the CPU, a batch smaller than ``direct_bytes`` is copied into a block
+    shared by every layer whose rows have the same length, dtype and transform constants: a
+    row's fingerprint depends on nothing but the row and those, so one kernel call over a block
+    holding rows of several layers and batches gives each row the fingerprint its own
+    :meth:`BundleStream.update` would.  The block is fingerprinted when full, when the blocks
+    would exceed ``budget_bytes`` (the least recently used one first), and at :meth:`flush`;
+    each batch keeps its place in its stream, so the results equal plain updates bit for bit.
+    With ``background`` (default), a full block is fingerprinted in a background thread while
+    the caller goes on filling the next one (the kernel releases the GIL); at most one block
+    is in flight.
+    Larger batches, GPU batches, threshold mode and narrow formats go to
+    :meth:`BundleStream.update` at once.
+
+    The activations are read (or copied) before :meth:`update` returns, so the caller may
+    reuse or overwrite them at once, e.g. inside a forward hook.  Call :meth:`flush` before
+    :meth:`BundleStream.result`, merging or pickling the streams.
+
+    Parameters
+    ----------
+    streams : mapping of str to BundleStream
+        Layer name -> its stream.
+    direct_bytes, block_bytes, budget_bytes : int
+        Batches of ``direct_bytes`` or more are fingerprinted as they are; smaller ones are
+        gathered into blocks of about ``block_bytes`` (at least one batch); the blocks being
+        filled hold at most ``max(budget_bytes, block_bytes)`` together, plus one block in
+        flight.
+    background : bool, default=True
+        Fingerprint full blocks in a background thread (one Numba thread) meanwhile.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> streams = {"fc1": BundleStream(layer="fc1"), "fc2": BundleStream(layer="fc2")}
+    >>> batcher = StreamBatcher(streams)
+    >>> batcher.update("fc1", np.zeros((2, 4), np.float32), [0, 1])
+    >>> batcher.update("fc2", np.eye(2, 4, dtype=np.float32), [0, 1])
+    >>> batcher.flush()
+    >>> streams["fc1"].result().n_bundles, streams["fc2"].result().n_bundles
+    (1, 2)
+    """
+
+    def __init__(self, streams, *, direct_bytes: int = DIRECT_BYTES,
+                 block_bytes: int = BLOCK_BYTES, budget_bytes: int = BUDGET_BYTES,
+                 background: bool = True):
+        self.streams = streams
+        self.direct_bytes = int(direct_bytes)
+        self.block_bytes = int(block_bytes)
+        self.budget_bytes = max(int(budget_bytes), self.block_bytes)
+        self._blocks: dict[tuple, _Block] = {}  # insertion order: least recently used first
+        self._held = 0  # bytes of the blocks' buffers
+        self._labels: tuple[Any, tuple] | None = None  # (labels object, its codes)
+        self._constants: dict[tuple, tuple] = {}  # (layer, format) -> (fmt, transform)
+        self.background = bool(background)
+        self._worker: ThreadPoolExecutor | None = None
+        self._in_flight: deque = deque()  # (future, parts) of the blocks being fingerprinted
+
+    def update(self, name: str, activations: Any, labels: Any) -> None:
+        """Add a batch of layer ``name`` (see :meth:`BundleStream.update`); its fingerprints
+        may be computed later, in a block."""
+        stream = self.streams[name]
+        if stream.options.mode != "resolution" or framework_of(activations) == "other" or (
+            is_gpu_array(activations) or stream.options.device_for(activations) != "cpu"
+        ):
+            stream.update(activations, labels)
+            return
+        rows, codes, _ = stream._accept(activations, labels, self._codes(labels))
+        if isinstance(labels, np.ndarray) and labels.dtype.kind in "biufUS":
+            # a copy: a caller may refill its labels array in place for the next batch
+            self._labels = (labels.copy(), codes)
+        if not rows.fmt.native or rows.data.nbytes >= self.direct_bytes:
+            stream._add_batch(rows, codes)
+            return
+        fmt, transform = self._constants_of(stream, rows.fmt)
+        key = (rows.n_features, rows.data.dtype.str, fmt.name, transform)
+        block = self._blocks.pop(key, None)
+        if block is not None and block.used + rows.n_samples > block.buffer.shape[0]:
+            self._fingerprint(block)  # its buffer now belongs to that job: a new block below
+            self._held -= block.buffer.nbytes
+            block = None
+        if block is None:
+            capacity = max(self.block_bytes // (rows.data.itemsize * rows.n_features),
+                           rows.n_samples)
+            nbytes = capacity * rows.n_features * rows.data.itemsize
+            while self._blocks and self._held + nbytes > self.budget_bytes:
+                self._retire(next(iter(self._blocks)))
+            block = _Block(np.empty((capacity, rows.n_features), rows.data.dtype), fmt,
+                           transform, rows.fmt)
+            self._held += nbytes
+        self._blocks[key] = block  # now the most recently used
+        stop = block.used + rows.n_samples
+        block.buffer[block.used:stop] = rows.data
+        block.parts.append((stream, len(stream._fingerprints), stream._n_samples, block.used,
+                            stop))
+        block.used = stop
+        # the batch's place in the stream, filled in when its block is fingerprinted
+        stream._fingerprints.append(None)
+        stream._nan_rows.append(None)
+        stream._nonfinite.append(None)
+        stream._labels.append(codes)
+        stream._n_samples += rows.n_samples
+        stream._pending += 1
+
+    def flush(self) -> None:
+        """Fingerprint every waiting batch, fill in its place in its stream, free the blocks
+        (and stop the background thread)."""
+        try:
+            for key in list(self._blocks):
+                self._retire(key)
+            self._collect(wait=0)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the background thread (waiting for its job); batches not yet filled in stay
+        pending (after an error: the streams are not to be used)."""
+        self._labels = None
+        if self._worker is not None:
+            self._worker.shutdown(wait=True, cancel_futures=True)
+            self._worker = None
+
+    def _codes(self, labels: Any) -> tuple | None:
+        """The codes of the previous batch's labels when ``labels`` holds the same values (a
+        forward pass's layers share one labels array); None otherwise."""
+        if self._labels is None or not isinstance(labels, np.ndarray):
+            return None
+        previous, codes = self._labels
+        if previous.shape == labels.shape and previous.dtype == labels.dtype and (
+            np.array_equal(previous, labels)
+        ):
+            return codes
+        return None
+
+    def _constants_of(self, stream: BundleStream, source) -> tuple:
+        key = (id(stream), source.name)
+        if key not in self._constants:
+            fmt = update_format_of(source, stream.options)
+            self._constants[key] = (fmt, resolution_transform(fmt, stream.options))
+        return self._constants[key]
+
+    def _retire(self, key: tuple) -> None:
+        block = self._blocks.pop(key)
+        self._fingerprint(block)
+        self._held -= block.buffer.nbytes
+
+    def _fingerprint(self, block: "_Block") -> None:
+        """Fingerprint a block's rows: in the background thread, where the caller goes on
+        (e.g. with the forward pass) meanwhile; at most one block at a time is in flight."""
+        if not block.used:
+            return
+        rows = Rows(block.buffer[:block.used], block.source, "cpu")
+        job = (rows, block.fmt, block.transform)
+        if not self.background:
+            self._fill(block.parts, _fingerprint_rows(*job))
+            return
+        self._collect(wait=1)  # bounds the memory in flight to one block
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="bundlelab-fingerprints")
+        future = self._worker.submit(_fingerprint_rows, *job, one_thread=True)
+        self._in_flight.append((future, block.parts))
+
+    def _collect(self, wait: int) -> None:
+        """Fill in the finished jobs' batches; wait until at most ``wait`` jobs are left."""
+        while self._in_flight and (len(self._in_flight) > wait or self._in_flight[0][0].done()):
+            future, parts = self._in_flight.popleft()
+            self._fill(parts, future.result())  # a job's error is raised here
+
+    def _fill(self, parts: list, computed: tuple) -> None:
+        fingerprints, nonfinite, nan_rows = computed
+        for stream, slot, first_sample, start, stop in parts:
+            mine = nan_rows[(nan_rows >= start) & (nan_rows < stop)]
+            stream._fingerprints[slot] = fingerprints[start:stop]
+            stream._nan_rows[slot] = mine - start + first_sample
+            stream._nonfinite[slot] = nonfinite[start:stop]
+            stream._pending -= 1
+
+
+def _fingerprint_rows(rows: Rows, fmt, transform, one_thread: bool = False) -> tuple:
+    """``(fingerprints, nonfinite, nan row positions)`` of a block's rows.
+
+    ``one_thread`` (the background thread, which ends with the batcher's flush): Numba's
+    kernels run on this thread alone, so the thread that fills the blocks (a forward pass,
+    say) keeps the other cores."""
+    if one_thread and "numba" in sys.modules:
+        import numba
+
+        numba.set_num_threads(1)  # thread-local: only this thread's launches
+    backend = get_kernel_backend("cpu")
+    fingerprints, nonfinite = backend.fingerprints(rows.data, fmt, transform, rows.fmt)
+    return fingerprints, nonfinite, nan_row_positions(backend, rows, fmt, transform, nonfinite)
+
+
+@dataclasses.dataclass
+class _Block:
+    """Rows of small batches waiting for one fingerprint kernel call."""
+
+    buffer: np.ndarray
+    fmt: Any  # the update format
+    transform: Any
+    source: Any  # the activations' format
+    used: int = 0
+    parts: list = dataclasses.field(default_factory=list)  # (stream, slot, first, start, stop)
+
+
 def _joined(parts: list[np.ndarray], empty_shape: tuple, dtype) -> np.ndarray:
     """The concatenation of ``parts``; the part itself when there is one (no copy)."""
     if len(parts) == 1:
@@ -384,6 +621,7 @@ def _merged(streams: list[BundleStream]) -> BundleStream:
         # holds (the NaN rows, whose fingerprint is made of them); every other field is per
         # sample and does not depend on where the shard starts
         offset = merged._n_samples
+        stream._consolidate()  # also refuses a stream whose batches still wait in a batcher
         merged._fingerprints.extend(stream._fingerprints)
         merged._nan_rows.extend(rows + offset for rows in stream._nan_rows)
         merged._nonfinite.extend(stream._nonfinite)

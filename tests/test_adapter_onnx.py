@@ -227,6 +227,29 @@ def test_constant_layer_is_fully_conflicting_and_healthy_layer_has_zero_entropy(
     assert report.params["weight_amplitude"] == max(float(np.abs(a).max()) for a in weights + biases)
 
 
+def test_the_tapped_session_sleeps_between_passes_and_leaves_the_model_as_it_was(
+    dead_layer_model, rng
+):
+    """Between passes the audit fingerprints on the same cores: onnxruntime's threads must not
+    spin there (a session setting, never a process-wide variable); the taps are added to one
+    serialized copy, not to the caller's model."""
+    from bundlelab.adapters.onnx import OnnxModel
+
+    model, _, _ = dead_layer_model
+    before = model.SerializeToString()
+    onnx_model = OnnxModel(model)
+    adapter = OnnxAdapter()
+    x = rng.normal(size=(20, 8)).astype(np.float32)
+    outputs = list(adapter.iter_layer_outputs(onnx_model, x, layers=["h0", "h1"],
+                                              inference_batch_size=8))
+    assert [o["h1"].shape[0] for o in outputs] == [8, 8, 4]
+    session = onnx_model.session(onnx_model.candidate_taps())
+    options = session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert {"h0", "h1"} <= {o.name for o in session.get_outputs()}
+    assert model.SerializeToString() == before
+
+
 def test_all_nodes_taps_every_float_output_but_never_the_logits(dead_layer_model):
     model, _, _ = dead_layer_model
     assert OnnxAdapter().layer_names(model) == ["h0", "h1"]
@@ -520,6 +543,28 @@ def test_audit_help_says_onnx_only_and_imports_no_framework():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_small_audit_loads_neither_numba_nor_a_framework(dead_layer_model, rng, tmp_path):
+    """An audit whose taps fit the host fingerprint path pays no Numba load, no torch, no
+    training machinery: what it costs over a plain onnxruntime process is the bundle work."""
+    model, _, _ = dead_layer_model
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(300, 8)).astype(np.float32),
+             labels=np.arange(300) % 3)
+    code = (
+        "import sys\n"
+        "from bundlelab.cli import run\n"
+        f"assert run(['audit', {str(tmp_path / 'm.onnx')!r}, '--data', "
+        f"{str(tmp_path / 'd.npz')!r}, '-f', 'json', '-o', {str(tmp_path / 'r.json')!r}]) == 0\n"
+        "print(sorted(m for m in ('numba', 'torch', 'scipy', 'sklearn') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [layer["n_samples"] for layer in report["layers"]] == [300, 300]
 
 
 # -- bundlelab.adapters.onnx.audit: what the CLI's audit runs ----------------------------------

@@ -602,23 +602,41 @@ def test_bad_input_gives_a_one_line_error(call, message):
 # -- (8) memory --------------------------------------------------------------------------------
 
 
-def test_memory_holds_one_batch_of_every_layer_not_every_sample(rng, monkeypatch):
+def test_memory_holds_no_output_beyond_its_use(rng, monkeypatch):
+    """Each tapped output is handed to the streams from inside its hook, uncloned (the very
+    storage the module produced), and the streams' blocks stay within their budget."""
+    from bundlelab.adapters import LayerFeed
+    from bundlelab.streaming import BUDGET_BYTES, StreamBatcher
+
     depth, width, n, batch = 10, 32, 512, 64
     layers = [nn.Linear(8, width), nn.ReLU()]
     for _ in range(depth - 1):
         layers += [nn.Linear(width, width), nn.ReLU()]
     model = nn.Sequential(*layers, nn.Linear(width, 2))
-    largest = []
-    original = TorchAdapter.iter_layer_outputs
+    produced, taken, held, passes = set(), [], [], []
+    for module in model:
+        if isinstance(module, nn.ReLU):
+            module.register_forward_hook(
+                lambda m, args, out: produced.add(out.untyped_storage().data_ptr()))
+    take, end, update = LayerFeed.take, LayerFeed.end, StreamBatcher.update
 
-    def counting(self, *args, **kwargs):
-        for item in original(self, *args, **kwargs):
-            outputs = item[0] if isinstance(item, tuple) else item
-            largest.append(sum(t.numel() * t.element_size() for t in outputs.values()))
-            yield item
+    def taking(self, name, output):
+        taken.append(output.untyped_storage().data_ptr())
+        take(self, name, output)
 
-    monkeypatch.setattr(TorchAdapter, "iter_layer_outputs", counting)
-    report = audit(model, torch.randn(n, 8), rng.integers(0, 2, size=n),
-                   inference_batch_size=batch)
-    assert len(report) == depth and len(largest) == n // batch
-    assert max(largest) == depth * batch * width * 4  # one batch of every layer at a time
+    def ending(self):
+        passes.append(self._size)
+        end(self)
+
+    def updating(self, name, activations, labels):
+        update(self, name, activations, labels)
+        held.append(sum(block.buffer.nbytes for block in self._blocks.values()))
+
+    monkeypatch.setattr(LayerFeed, "take", taking)
+    monkeypatch.setattr(LayerFeed, "end", ending)
+    monkeypatch.setattr(StreamBatcher, "update", updating)
+    x, y = torch.randn(n, 8), rng.integers(0, 2, size=n)
+    report = audit(model, x, y, inference_batch_size=batch)
+    assert len(report) == depth and passes == [batch] * (n // batch)
+    assert len(taken) == depth * n // batch and set(taken) <= produced  # no clone
+    assert 0 < max(held) <= BUDGET_BYTES

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bundlelab
+from bundlelab._arrays import as_rows
 from bundlelab.kernels._formats import FORMATS
 from bundlelab.kernels import Transform
 from bundlelab.kernels.cpu import CpuBackend
@@ -47,7 +48,7 @@ def _activations(rng, n_samples=16, n_features=13, dtype="float32", special=True
 
 
 def _rows_for(a, device):
-    return bundlelab._arrays.as_rows(a, device=device)
+    return as_rows(a, device=device)
 
 
 def _assert_same_result(cpu, gpu):

@@ -26,7 +26,8 @@ from bundlelab.cli._executor import (
     ExecutorName,
     executor_from_options,
 )
-from bundlelab.executors import EXECUTORS, Executor, TasksFailed, get_executor, torch_threads
+from bundlelab.executors import (EXECUTORS, Executor, TasksFailed, executor_in_use, get_executor,
+                                 torch_threads)
 
 LOCAL = ["inprocess", "processes"]
 
@@ -46,6 +47,10 @@ def square_later(task):
     value, delay = task
     time.sleep(delay)
     return value * value
+
+
+def worker_pid(task) -> int:
+    return os.getpid()
 
 
 def attempt(folder, name) -> int:
@@ -371,6 +376,20 @@ def test_progress_beside_workers_notes_the_retries(tmp_path, capsys):
 
 
 # -- choosing an executor ----------------------------------------------------------------------
+
+
+def test_a_callers_executor_stays_open_and_one_made_here_is_closed():
+    with make("processes", workers=1) as executor:  # the caller keeps its workers warm
+        with executor_in_use(executor) as running:
+            assert running is executor
+            first = running.map(worker_pid, [0])
+        # still open: the same warm worker takes the caller's next tasks
+        with executor_in_use(executor) as running:
+            assert running.map(worker_pid, [0]) == first
+    with executor_in_use("processes", workers=1, progress=False) as made:
+        made.map(worker_pid, [0])
+        assert any(pool is not None for pool in made._pools)
+    assert made._pools == []  # closed on leaving the block: no worker is left behind
 
 
 def test_an_executor_is_passed_through_and_the_names_are_the_clis():

@@ -149,3 +149,32 @@ def test_the_confirmation_runs_where_the_pass_ran(monkeypatch, rng):
     monkeypatch.setattr(host, "_COMPILED_MODULE", "bundlelab.kernels.cpu")
     assert host.HostBackend().pairs_equal(rows, first, second, fmt, transform).all()
     assert calls == [1]
+
+
+def test_fingerprints_with_partners_on_both_paths(monkeypatch, rng):
+    """The numpy path proves no duplicates (partner None: all are confirmed after the pass);
+    the compiled one proves them during the pass; the fingerprints are the same bits."""
+    from bundlelab.kernels import cpu
+
+    monkeypatch.setattr(cpu, "PARTNER_ROW_BYTES", 0)  # small rows through the fused pass
+    rows = rng.standard_normal((8, 33)).astype(np.float32)
+    rows[4:] = rows[:4]
+    fmt = FORMATS["float32"]
+    transform = Transform.for_format(fmt, 1.0, 1e-3, 64)
+    monkeypatch.setattr(host, "_COMPILED_MODULE", "not.loaded.module")
+    numpy_fp, numpy_bad, numpy_partner = host.HostBackend().fingerprints_partners(
+        rows, fmt, transform)
+    assert numpy_partner is None
+    monkeypatch.setattr(host, "_COMPILED_MODULE", "bundlelab.kernels.cpu")
+    import numba
+
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)  # rows in order: each duplicate meets its first occurrence
+    try:
+        fp, bad, partner = host.HostBackend().fingerprints_partners(rows, fmt, transform)
+    finally:
+        numba.set_num_threads(threads)
+    np.testing.assert_array_equal(fp, numpy_fp)
+    np.testing.assert_array_equal(bad, numpy_bad)
+    np.testing.assert_array_equal(fp, COMPILED.fingerprints(rows, fmt, transform)[0])
+    assert partner.tolist() == [-1, -1, -1, -1, 0, 1, 2, 3]

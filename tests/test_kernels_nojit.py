@@ -51,6 +51,14 @@ for dtype, update_format in (("float16", "float32"), ("float32", "float64"), ("f
         x.astype(np.float32) if dtype == "float16" else x, f,
         Transform.for_format(f, 1.0, 1e-3, 64), FORMATS[dtype])
     out["fingerprints/" + dtype + "->" + update_format] = [int(v) for v in fp.ravel()]
+# the fused pass (duplicates proven while hashing) and the compiled grouping, for every row
+# length; the bundle ids, not the partners, are fixed (which earlier row a duplicate meets
+# depends on the threads)
+from unittest import mock
+from bundlelab.kernels import cpu as cpu_kernels
+with mock.patch.object(cpu_kernels, "PARTNER_ROW_BYTES", 0):
+    for dtype in ("float32", "float64"):
+        out["fused/" + dtype] = find_bundles(a.astype(dtype), labels).bundle_ids.tolist()
 print(json.dumps(out))
 """
 
@@ -67,6 +75,8 @@ def test_jit_and_interpreted_kernels_agree():
     assert compiled["float32"][:6] == [0, 1, 2, 3, 4, 5] and compiled["float32"][6:] == [0, 1, 2, 3, 4, 5]
     assert compiled["float32/threshold"][8] == 2
     assert compiled["float16->float32"] == compiled["float32"]  # float16 values, float32 updates
+    assert compiled["fused/float32"] == compiled["float32"]
+    assert compiled["fused/float64"] == compiled["float64"]
     for name in ("float32", "float64"):  # three distinct rows, three distinct fingerprints
         assert len(set(compiled["fingerprints/long/" + name])) == 6
 

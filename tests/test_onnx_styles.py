@@ -445,3 +445,117 @@ def test_all_nodes_names_what_shape_inference_rules_out_in_a_fixed_batch_export(
         "'/blocks/blocks.0/attn/Transpose_output_0' (3, 4, 2, 4, 8), "
         "'/blocks/blocks.1/attn/Transpose_output_0' (3, 4, 2, 4, 8)")
     assert all(result.n_samples == 10 for result in report)
+
+
+# -- shape inference without the weights: the same types, the same reports ------------------------
+
+
+def full_inference_types(proto):
+    """The plain reference: onnx's shape inference over the whole model, weights and all."""
+    from bundlelab.adapters.onnx._graph import _dims
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+    except Exception:  # noqa: BLE001
+        inferred = proto
+    types = {}
+    for value in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        if value.type.HasField("tensor_type"):
+            tensor_type = value.type.tensor_type
+            types[value.name] = (tensor_type.elem_type or None, _dims(tensor_type))
+        elif value.type.WhichOneof("value") is not None:
+            types[value.name] = (-1, None)
+    return types
+
+
+@pytest.fixture(scope="module")
+def style_files(tmp_path_factory, images, vit_file):
+    """name -> path of exports in several styles: the legacy exporter (ViT with Erf GELU and
+    attention, EfficientNet with SiLU and SE gates, MobileNetV3 HardSwish at opset 13), a
+    fixed-batch export, the dynamo exporter with its weights in an external file, and an IR 3
+    model that lists its initializers among the graph inputs (with a Reshape read from one)."""
+    folder = tmp_path_factory.mktemp("styles")
+    x, _ = images
+    example = torch.from_numpy(x[:2])
+    torch.manual_seed(0)
+    files = {"vit": vit_file[0],
+             "effnet": export(EfficientNet().eval(), example, folder / "effnet.onnx"),
+             "mobilenet": export(EfficientNet(gate_act=nn.Hardsigmoid, act=nn.Hardswish).eval(),
+                                 example, folder / "mobilenet.onnx", opset=13)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ViT().eval(), (torch.from_numpy(x[:4]),), str(folder / "fixed.onnx"),
+                          dynamo=False, opset_version=17, input_names=["x"])
+    proto = onnx.load(str(folder / "fixed.onnx"))
+    proto.ir_version = IR_VERSION
+    onnx.save(proto, str(folder / "fixed.onnx"))
+    files["fixed"] = folder / "fixed.onnx"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(EfficientNet().eval(), (example,), str(folder / "dynamo.onnx"),
+                              dynamo=True, opset_version=18, input_names=["x"],
+                              dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+                              external_data=True)
+        proto = onnx.load(str(folder / "dynamo.onnx"), load_external_data=False)
+        proto.ir_version = min(proto.ir_version, IR_VERSION)
+        onnx.save(proto, str(folder / "dynamo.onnx"))
+        files["dynamo"] = folder / "dynamo.onnx"
+    except Exception:  # noqa: BLE001 - the dynamo exporter needs onnxscript; the rest still runs
+        pass
+    rng = np.random.default_rng(0)
+    weights = [rng.normal(size=shape).astype(np.float32) for shape in ((3 * 8 * 8, 96), (96, 3))]
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "w0"], ["h"]),
+             helper.make_node("Relu", ["h"], ["a"]),
+             helper.make_node("MatMul", ["a", "w1"], ["logits"])]
+    initializers = [numpy_helper.from_array(np.array([-1, 3 * 8 * 8], np.int64), "shape"),
+                    numpy_helper.from_array(weights[0], "w0"),
+                    numpy_helper.from_array(weights[1], "w1")]
+    graph = helper.make_graph(
+        nodes, "ir3", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])] + [
+            helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in initializers],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+        initializer=initializers)
+    ir3 = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=3)
+    onnx.save(ir3, str(folder / "ir3.onnx"))
+    files["ir3"] = folder / "ir3.onnx"
+    return files
+
+
+def test_shape_inference_without_the_weights_types_every_tensor_as_with_them(style_files):
+    """Old code serialized every weight for onnx's shape inference; the types must not move."""
+    from bundlelab.adapters.onnx._graph import inferred_types, without_weights
+
+    for name, path in style_files.items():
+        proto = onnx.load(str(path), load_external_data=False)
+        assert inferred_types(proto) == full_inference_types(proto), name
+        skeleton, stubs = without_weights(proto)
+        inline = [t for t in proto.graph.initializer
+                  if t.data_location != TensorProto.EXTERNAL and t.name in stubs]
+        if name != "ir3":  # IR 3 declares its weights as inputs already: nothing to add
+            assert stubs, name
+        assert not {t.name for t in skeleton.graph.initializer} & stubs
+        # no weight is copied: the stubs' inputs replace their values
+        added = sum(v.ByteSize() + 8 for v in skeleton.graph.input if v.name in stubs)
+        assert skeleton.ByteSize() <= proto.ByteSize() - sum(t.ByteSize() for t in inline) + added
+    assert "dynamo" in style_files or pytest.skip("the dynamo exporter is not installed")
+
+
+@pytest.mark.parametrize("all_nodes", [False, True], ids=["activations", "all-nodes"])
+def test_audit_report_equals_the_one_with_full_shape_inference(style_files, images, monkeypatch,
+                                                               all_nodes):
+    """The same layers, names, skips and numbers as with types inferred from the whole model."""
+    from bundlelab.adapters.onnx import _model
+
+    x, labels = images
+    for name, path in style_files.items():
+        kwargs = dict(all_nodes=all_nodes, n_samples=40, inference_batch_size=16,
+                      layers="all" if not all_nodes else None)
+        report = audit(path, x, labels, **kwargs)
+        with monkeypatch.context() as patched:
+            patched.setattr(_model, "inferred_types", full_inference_types)
+            reference = audit(path, x, labels, **kwargs)
+        assert [r.to_record(include_ids=True) for r in report] == [
+            r.to_record(include_ids=True) for r in reference], name
+        assert report.params == reference.params, name

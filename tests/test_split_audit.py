@@ -4,8 +4,9 @@ field (bundle ids, params, sources, selection)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +15,9 @@ from hypothesis import strategies as st
 
 from bundlelab import BundleLabError
 from bundlelab.adapters import get_adapter, measure_bundles
+
+sys.path.insert(0, os.path.dirname(__file__))
+from equality import assert_same_report  # noqa: E402
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -28,20 +32,6 @@ needs_onnx = pytest.mark.skipif(
 )
 
 IR_VERSION = 10
-
-
-def assert_same_report(split, single):
-    """Every field of every layer, bundle ids included, and every param."""
-    assert split.params == single.params
-    assert split.names == single.names
-    for mine, theirs in zip(split, single):
-        for field in dataclasses.fields(theirs):
-            a, b = getattr(mine, field.name), getattr(theirs, field.name)
-            if isinstance(b, np.ndarray):
-                np.testing.assert_array_equal(a, b, err_msg=field.name)
-            else:
-                assert a == b, field.name
-    assert split.to_dict(include_ids=True) == single.to_dict(include_ids=True)
 
 
 def torch_model(seed=0):
@@ -346,3 +336,24 @@ def test_torch_task_runs_with_the_drivers_threads_on_a_copy():
             assert all(torch.equal(a, b) for a, b in zip(rebuilt.parameters(),
                                                          model.parameters()))
         assert torch.get_num_threads() == 1
+
+
+@pytest.mark.slow  # two spawned workers import torch: about 10 s
+def test_torch_split_in_processes_equals_the_cloning_single_pass(monkeypatch):
+    """Workers consume each tap in its hook and gather small outputs into blocks; the merged
+    report equals a single pass on the path that cloned every tap and streamed it per batch."""
+    from bundlelab.adapters.torch import TorchAdapter
+    from bundlelab.streaming import StreamBatcher
+
+    model, (x, y) = torch_model(), torch_data()
+    x[[5, 77, 150]] = float("nan")  # NaN rows keep sample-index fingerprints across slices
+    kwargs = dict(n_samples=None, seed=3, inference_batch_size=24, weight_amplitude="layer",
+                  learning_rate=0.05, batch_size=32, nonfinite="keep")
+    split = torch_audit(model, x, y, executor="processes", workers=2, **kwargs)
+    monkeypatch.delattr(TorchAdapter, "feed_layer_outputs")
+    monkeypatch.setattr(StreamBatcher, "update",
+                        lambda self, name, output, labels: self.streams[name].update(output,
+                                                                                      labels))
+    single = torch_audit(model, x, y, **kwargs)
+    assert_same_report(split, single)
+    assert max(r.largest_bundle for r in single) > 1

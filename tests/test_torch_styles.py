@@ -2,8 +2,14 @@
 activations recognised by what they compute, gates left out, repeated blocks, dict batches,
 the update format of the model's parameters."""
 
+import os
+import sys
+
 import numpy as np
 import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from equality import assert_same_report  # noqa: E402
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -595,3 +601,87 @@ def test_audit_under_autocast_updates_float32_weights_and_says_where_values_came
     half = audit(ResNetStyle().half(), x.half(), y, layers=["relu"], batch_size=32)
     assert half["relu"].update_format == "float16"
     assert half.params["sources"]["batch_size"] == "given"
+
+
+# -- the audit consumes each tap in its hook: reports equal to the cloning path's ----------------
+
+
+def previous_path(monkeypatch):
+    """The audit path before taps were consumed in their hooks: each pass's tapped outputs
+    cloned (``iter_layer_outputs``), then one ``BundleStream.update`` per layer and batch."""
+    from bundlelab.streaming import StreamBatcher
+
+    monkeypatch.delattr(TorchAdapter, "feed_layer_outputs")
+    monkeypatch.setattr(StreamBatcher, "update",
+                        lambda self, name, output, labels: self.streams[name].update(output,
+                                                                                      labels))
+
+
+def repeated_digits(n=150):
+    """Digits with every sample twice (bundles of two, some conflicting) and a few NaN pixels
+    (rows that must stay apart), shuffled."""
+    x, y = digits(75)
+    x, y = torch.cat([x, x]), np.concatenate([y, (y + 1) % 10])
+    x[[3, 40]] = float("nan")
+    order = np.random.default_rng(0).permutation(n)
+    return x[order], y[order]
+
+
+def mlp(depth=6, width=24):
+    layers = [nn.Flatten(), nn.Linear(64, width), nn.ReLU()]
+    for _ in range(depth - 1):
+        layers += [nn.Linear(width, width), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers, nn.Linear(width, 10))
+
+
+STYLES = {
+    "resnet": ResNetStyle, "mobilenetv3": MobileNetV3Style, "efficientnet": EfficientNetStyle,
+    "convnext": ConvNeXtStyle, "vit": ViTStyle, "functional": FunctionalNet, "mlp": mlp,
+}
+
+
+@pytest.mark.parametrize("style", list(STYLES))
+@pytest.mark.parametrize("options", [
+    dict(inference_batch_size=64, nonfinite="keep"),  # 64, 64, 22: a short last pass
+    dict(inference_batch_size=150, layers="all", weight_amplitude="layer", nonfinite="exclude",
+         learning_rate=0.5, batch_size=2),  # per-layer w: several transforms share no block
+    dict(inference_batch_size=7, layers="blocks", update_format="bfloat16",
+         nonfinite="keep"),
+])
+def test_taps_consumed_in_their_hooks_give_the_cloning_path_report(style, options, monkeypatch):
+    model, (x, y) = STYLES[style](), repeated_digits()
+    if style == "mlp" and options.get("layers") == "blocks":  # it has no repeated blocks
+        options = dict(options, layers=None)
+    report = audit(model, x, y, n_samples=None, **options)
+    with monkeypatch.context() as patch:
+        previous_path(patch)
+        before = audit(model, x, y, n_samples=None, **options)
+    assert_same_report(report, before)
+    assert max(r.largest_bundle for r in report) > 1
+
+
+@pytest.mark.parametrize("case", ["float64", "half", "threshold", "loader", "tiny blocks"])
+def test_every_stream_path_gives_the_cloning_path_report(case, monkeypatch):
+    from bundlelab.streaming import StreamBatcher
+
+    model, (x, y) = mlp(), repeated_digits()
+    data, labels, options = x, y, dict(inference_batch_size=32, nonfinite="keep")
+    if case == "float64":
+        model, data = model.double(), x.double()
+    elif case == "half":  # float16 rows: streamed at once, not gathered into blocks
+        model, data = model.half(), x.half()
+    elif case == "threshold":
+        options["mode"] = "threshold"
+    elif case == "loader":  # labels carried by the batches (strings), batches kept
+        dataset = torch.utils.data.TensorDataset(x, torch.as_tensor(y))
+        data = torch.utils.data.DataLoader(dataset, batch_size=40)
+        labels = None
+    else:  # blocks of one batch, a budget of one block: blocks retired as new ones start
+        init = StreamBatcher.__init__
+        monkeypatch.setattr(StreamBatcher, "__init__", lambda self, streams: init(
+            self, streams, direct_bytes=1 << 14, block_bytes=1, budget_bytes=1))
+    report = audit(model, data, labels, n_samples=None, **options)
+    with monkeypatch.context() as patch:
+        previous_path(patch)
+        before = audit(model, data, labels, n_samples=None, **options)
+    assert_same_report(report, before)

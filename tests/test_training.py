@@ -397,3 +397,198 @@ def test_a_lock_file_that_is_a_link_is_refused_and_its_target_left_alone(tmp_pat
     with pytest.raises(BundleLabError, match="cannot lock .*run: .lock: "):
         FolderLock(tmp_path / "run").acquire()
     assert precious.read_text() == "keep me"
+
+
+# -- an epoch costs what a plain loop costs (issue 13), with the same results ------------------
+
+
+def plain_torch_losses(spec, data, config, epochs):
+    """The training loss of each epoch from a plain PyTorch loop over the same batches: the
+    reference the run's loop must match bit for bit."""
+    import torch.nn.functional as F
+
+    from bundlelab.adapters.torch import build_model
+    from bundlelab.adapters.torch._optim import make_optimizer
+    from bundlelab.training import training_batches
+
+    model = build_model(spec, seed=config.seed)
+    optimizer = make_optimizer(config.optimizer, model.parameters(),
+                               learning_rate=config.learning_rate,
+                               weight_decay=config.weight_decay)
+    steps = config.batches_per_epoch(len(data.y_train))
+    losses = []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        total, seen = torch.zeros(()), 0
+        for step, (x, y) in enumerate(training_batches(data, config, epoch)):
+            for group in optimizer.param_groups:
+                group["lr"] = config.learning_rate_at(epoch, step, steps)
+            optimizer.zero_grad(set_to_none=True)
+            yt = torch.from_numpy(y.astype(np.int64))
+            loss = F.cross_entropy(model(torch.from_numpy(x)), yt)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach() * len(y)
+            seen += len(y)
+        losses.append(float(total) / seen)
+    return losses
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_an_epoch_trains_exactly_as_a_plain_torch_loop_measured_or_not(digits, tmp_path,
+                                                                       progress):
+    spec = conv_net(blocks=[1, 1, 0, 0], width_multiplier=0.125, input_shape=digits.input_shape)
+    config = small_config(epochs=3)
+    measured = fit(spec, digits, config=config, directory=tmp_path / "m", progress=progress)
+    with Training(spec, digits, config=config, progress=progress) as run:
+        bare = [run.train_epoch(measure=False) for _ in range(3)]
+    plain = plain_torch_losses(spec, digits, config, 3)
+    assert [r.train_loss for r in measured.history] == plain
+    # measuring (a no_grad forward in inference mode) leaves the training untouched
+    assert [r.train_loss for r in bare] == plain
+    assert [r.test_loss for r in bare] == [r.test_loss for r in measured.history]
+    assert all(r.report is not None for r in measured.history)
+
+
+def test_every_measurement_sees_the_runs_fixed_subset(digits, monkeypatch):
+    spec = fully_connected(depth=2, width=16, input_shape=digits.input_shape)
+    run = Training(spec, digits, config=small_config(epochs=2))
+    seen = []
+    original = run.trainee.measure_bundles
+
+    def measure_bundles(x, y, **options):
+        seen.append((x.copy(), y.copy()))
+        return original(x, y, **options)
+
+    monkeypatch.setattr(run.trainee, "measure_bundles", measure_bundles)
+    run.train_epoch()
+    run.train_epoch()
+    assert len(seen) == 2
+    for x, y in seen:
+        np.testing.assert_array_equal(x, digits.x_train[run.measure_index])
+        np.testing.assert_array_equal(y, digits.y_train[run.measure_index])
+
+
+def test_the_progress_bar_redraws_from_the_loop_without_a_thread_of_its_own(monkeypatch):
+    import threading
+
+    from rich.progress import Progress
+
+    from bundlelab.training._progress import batch_progress
+
+    redraws = []
+    monkeypatch.setattr(Progress, "refresh", lambda self: redraws.append(1))
+    threads = []
+    with batch_progress("epoch 1/1", 50, refresh_seconds=float("inf")) as advance:
+        for _ in advance(range(50)):
+            threads.append(threading.active_count())
+        during = len(redraws)
+    assert max(threads) == threading.active_count()  # no refresh thread while the steps run
+    assert during == 1  # drawn when the epoch starts, then only when time has passed
+    redraws.clear()
+    with batch_progress("epoch 1/1", 50, refresh_seconds=0.0) as advance:
+        assert list(advance(range(50))) == list(range(50))
+        during = len(redraws)
+    assert during == 51
+    with batch_progress("epoch 1/1", 3, show=False) as advance:
+        assert list(advance(iter([1, 2, 3]))) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("kind", ["training", "search"])
+def test_a_run_with_progress_starts_no_refresh_thread(digits, kind):
+    import threading
+
+    from bundlelab.search import BudgetedSearch, SearchConfig, resnet_fabric
+
+    counts = []
+    if kind == "training":
+        run = Training(fully_connected(depth=2, width=16, input_shape=digits.input_shape),
+                       digits, config=small_config(epochs=1), progress=True)
+    else:
+        fabric = resnet_fabric(1, k=2, filters=(4, 8), input_shape=digits.input_shape)
+        run = BudgetedSearch(fabric, digits, SearchConfig(budget=1e12, warmup_epochs=0,
+                                                          search_epochs=1),
+                             config=small_config(), progress=True)
+    trainee = run.trainee
+    step = trainee.train_step if kind == "search" else None
+    if step is not None:
+        def counted_step(*args, **kwargs):
+            counts.append(threading.active_count())
+            return step(*args, **kwargs)
+        trainee.train_step = counted_step
+        before = threading.active_count()
+        run.train_epoch()
+    else:
+        from bundlelab.training import _run
+
+        original = _run.training_batches
+
+        def counted(*args, **kwargs):
+            for batch in original(*args, **kwargs):
+                counts.append(threading.active_count())
+                yield batch
+        before = threading.active_count()
+        _run.training_batches, restore = counted, original
+        try:
+            run.train_epoch()
+        finally:
+            _run.training_batches = restore
+    assert counts and max(counts) == before
+
+
+def test_a_cli_run_with_stdout_redirected_leaves_only_its_results_there(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "bundlelab", "train", "fc-2x16", "--data", "digits", "--epochs",
+         "3", "--n-train", "256", "--n-test", "64", "--n-samples", "64", "--device", "cpu",
+         "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, check=True)
+    lines = done.stdout.splitlines()
+    # the table's title comes first: no blank line left by a progress bar per epoch
+    assert lines and lines[0].strip(), done.stdout
+    assert "" not in [line.strip() for line in lines], done.stdout
+    assert "epoch 3/3" in done.stderr
+
+
+@pytest.mark.parametrize("given, device, expected", [
+    (["--threads", "2"], "cpu", 2),   # as given
+    ([], "cpu", 1),                   # the default on a CPU: one thread, whatever the cores
+])
+def test_the_cli_trains_on_the_threads_it_is_given_and_restores_them(tmp_path, monkeypatch,
+                                                                     given, device, expected):
+    from bundlelab import training
+    from bundlelab.cli import run as cli_run
+
+    seen = []
+    real_fit = training.fit
+
+    def fit(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(training, "fit", fit)
+    original = torch.get_num_threads()
+    torch.set_num_threads(3)  # not what either case asks for
+    try:
+        cli_run(["train", "fc-2x16", "--data", "digits", "--epochs", "1", "--n-train", "128",
+                 "--n-test", "32", "--n-samples", "32", "--device", device, *given,
+                 "--out", str(tmp_path / "run")])
+    except SystemExit as exc:
+        assert not exc.code
+    finally:
+        after = torch.get_num_threads()
+        torch.set_num_threads(original)
+    assert seen == [expected]
+    assert after == 3
+
+
+def test_cli_threads_default_to_one_on_the_cpu_only(monkeypatch):
+    from bundlelab.cli._executor import cli_threads
+
+    assert cli_threads(None, "cpu") == 1
+    assert cli_threads(4, "cpu") == 4
+    assert cli_threads(None, "cuda") is None and cli_threads(None, "cuda:1") is None
+    assert cli_threads(None, "cpu", "keras") is None  # keras keeps its own threads
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cli_threads(None, "auto") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli_threads(None, "auto") == 1

@@ -65,21 +65,86 @@ def _dims(tensor_type: Any) -> tuple[int | str | None, ...] | None:
     )
 
 
+#: float initializers with more values than this are shape-inferred from their type alone
+WEIGHT_STUB_VALUES = 64
+_FLOAT_DATA_TYPES = frozenset({
+    onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16,
+})
+
+
 def inferred_types(proto: Any) -> dict[str, tuple[int | None, tuple | None]]:
-    """tensor -> (elem type, dims) from onnx's shape inference; gaps where it cannot tell."""
+    """tensor -> (elem type, dims) from onnx's shape inference; gaps where it cannot tell.
+
+    Inference runs on :func:`without_weights` of ``proto``: onnx serializes the model it is
+    given, and the weights are nearly all of a model's bytes."""
+    skeleton, stubs = without_weights(proto)
     try:
-        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False)
     except Exception:  # noqa: BLE001 - inference is a hint: onnxruntime types the taps anyway
-        inferred = proto
+        inferred = skeleton
     graph = inferred.graph
-    types = {}
+    types: dict[str, tuple[int | None, tuple | None]] = {}
     for value in [*graph.value_info, *graph.input, *graph.output]:
-        if value.type.HasField("tensor_type"):
-            tensor_type = value.type.tensor_type
-            types[value.name] = (tensor_type.elem_type or None, _dims(tensor_type))
-        elif value.type.WhichOneof("value") is not None:
-            types[value.name] = (-1, None)  # a sequence, map or optional: never a layer
+        if value.name not in stubs:  # a weight's stand-in input is none of the model's inputs
+            _note_type(types, value)
+    for value in proto.graph.value_info:
+        if value.name in stubs:  # a weight the file itself describes: inference keeps that
+            _note_type(types, value)
     return types
+
+
+def _note_type(types: dict, value: Any) -> None:
+    if value.type.HasField("tensor_type"):
+        tensor_type = value.type.tensor_type
+        types[value.name] = (tensor_type.elem_type or None, _dims(tensor_type))
+    elif value.type.WhichOneof("value") is not None:
+        types[value.name] = (-1, None)  # a sequence, map or optional: never a layer
+
+
+def without_weights(proto: Any) -> tuple[Any, set[str]]:
+    """A copy of ``proto`` for shape inference whose large float initializers are graph
+    inputs of the same type and shape, and the names of the inputs added for them.
+
+    Shape inference reads an initializer's values only where they decide a shape (Reshape's
+    shape, Resize's scales, Pad's pads: integers, or a few floats), so a float tensor of more
+    than :data:`WEIGHT_STUB_VALUES` values infers the same as an input of its type and shape.
+    Nothing of the weights is copied."""
+    graph = proto.graph
+    inputs = {value.name for value in graph.input}
+    skeleton = onnx.ModelProto()
+    _copy_fields(proto, skeleton, skip="graph")
+    _copy_fields(graph, skeleton.graph, skip="initializer")
+    stubs = set()
+    for tensor in graph.initializer:
+        if tensor.data_type in _FLOAT_DATA_TYPES and _n_values(tensor) > WEIGHT_STUB_VALUES:
+            if tensor.name not in inputs:  # IR < 4 lists every initializer as an input
+                skeleton.graph.input.append(onnx.helper.make_tensor_value_info(
+                    tensor.name, tensor.data_type, list(tensor.dims)))
+                stubs.add(tensor.name)
+        else:
+            skeleton.graph.initializer.append(tensor)
+    return skeleton, stubs
+
+
+def _copy_fields(source: Any, target: Any, *, skip: str) -> None:
+    """Every field that is set in message ``source`` but ``skip``, copied into ``target``."""
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if isinstance(value, (str, bytes, int, float, bool)):
+            setattr(target, field.name, value)
+        elif hasattr(value, "extend"):  # a repeated field
+            getattr(target, field.name).extend(value)
+        else:
+            getattr(target, field.name).CopyFrom(value)
+
+
+def _n_values(tensor: Any) -> int:
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return count
 
 
 def topological_order(graph: Any, known: list[str]) -> list:

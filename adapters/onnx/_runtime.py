@@ -22,6 +22,12 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 _EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 
+#: onnxruntime settings of every session the adapter builds, set on the session (never through
+#: process-wide environment variables).  Between two forward passes the audit fingerprints
+#: the taps on the same cores; onnxruntime's intra-op threads, left spinning after each pass,
+#: would take those cores from it (and from any other busy process), so they sleep instead.
+SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
+
 
 def _onnxruntime() -> Any:
     return require("onnxruntime", purpose="running ONNX models", extra="onnx")
@@ -65,6 +71,8 @@ def new_session(model: OnnxModel, tensors: list[str], providers: list[str]) -> A
     options = ort.SessionOptions()
     options.log_severity_level = 4  # only fatal: failures come back as exceptions, and log
     # lines on stderr would break the CLI's one-line errors
+    for key, value in SESSION_CONFIG.items():
+        options.add_session_config_entry(key, value)
     if model.has_external_data:
         options.add_session_config_entry(_EXTERNAL_FOLDER_KEY, str(model.base_dir.resolve()))
     outputs = model.proto.graph.output

@@ -83,15 +83,27 @@ class TorchAdapter:
         plan = _plan(model, layers)
         for x, y in data.batches(check_positive_int("inference_batch_size", inference_batch_size)):
             outputs = _tap_outputs(model, _to_device(x, device), plan)
-            missing = [name for name in layers if name not in outputs]
-            if missing:
-                raise BundleLabError(
-                    f"layer {missing[0]!r} was not called on a batch although the tracing pass "
-                    "called it (input-dependent control flow); choose layers=[...] every "
-                    "batch reaches"
-                )
+            _check_called(layers, outputs)
             outputs = {name: outputs[name] for name in layers}
             yield outputs if y is None else (outputs, y)
+
+    def feed_layer_outputs(
+        self, model: nn.Module, inputs: Any, *, layers: Sequence[str], inference_batch_size: int,
+        feed: Any,
+    ) -> Iterator[None]:
+        """Per forward pass, hand each tapped output to ``feed`` from inside its hook, as the
+        pass produces it (see :class:`bundlelab.adapters.LayerFeed`): no output is cloned or
+        kept after its use.  Yields once per pass; the passes are those of
+        :meth:`iter_layer_outputs`."""
+        _check_model(model)
+        data = _as_data(inputs, model, self.keys)
+        device = _device(model, self.device)
+        plan = _plan(model, layers)
+        for x, y in data.batches(check_positive_int("inference_batch_size", inference_batch_size)):
+            feed.begin(y)
+            called = _tap_outputs(model, _to_device(x, device), plan, take=feed.take)
+            _check_called(layers, called)
+            yield
 
     def weight_amplitude(self, model: nn.Module) -> float:
         """``w``: max ``|w|`` over the model's trainable parameters (all if none is trainable)."""
@@ -130,6 +142,17 @@ class TorchAdapter:
                 parameters = modules[tap.source].parameters()
                 amplitudes[tap.name] = _amplitude(parameters, repr(tap.source))
         return amplitudes
+
+
+def _check_called(layers: Sequence[str], called: Any) -> None:
+    """Refuse a pass that did not call every tap (``called``: the taps it called)."""
+    missing = [name for name in layers if name not in called]
+    if missing:
+        raise BundleLabError(
+            f"layer {missing[0]!r} was not called on a batch although the tracing pass "
+            "called it (input-dependent control flow); choose layers=[...] every "
+            "batch reaches"
+        )
 
 
 def _amplitude(parameters: Any, owner: str) -> float:

@@ -124,8 +124,15 @@ def _functional_tap(tap: str, modules: dict) -> tuple[str, str, int] | None:
     return head, suffix, call
 
 
-def _tap_outputs(model: nn.Module, x: Any, plan: _Plan) -> dict[str, torch.Tensor]:
-    outputs: dict[str, torch.Tensor] = {}
+def _tap_outputs(model: nn.Module, x: Any, plan: _Plan,
+                 take: Callable[[str, torch.Tensor], None] | None = None) -> dict:
+    """One forward pass's tapped outputs: tap name -> a clone of the output; or, with
+    ``take``, each output handed to ``take(tap, output)`` inside its hook, as it is produced,
+    and tap name -> None (the taps that were called).
+
+    ``take`` must read the output before it returns: later in-place operations of the pass
+    may change it (a shared ``ReLU(inplace=True)``, ``out += identity``)."""
+    outputs: dict = {} if take is None else _Taken(take)
     calls: dict[nn.Module, int] = {}
 
     def after(module, args, output):
@@ -135,6 +142,10 @@ def _tap_outputs(model: nn.Module, x: Any, plan: _Plan) -> dict[str, torch.Tenso
             return
         if not isinstance(output, torch.Tensor):
             raise BundleLabError(f"layer {tap!r} outputs {_describe(output)}, not a tensor")
+        if take is not None:
+            _synchronize(output)
+            outputs[tap] = output.detach()
+            return
         # a clone: later in-place ops of the forward pass must not change what we measure
         outputs[tap] = output.detach().clone(memory_format=torch.contiguous_format)
 
@@ -146,9 +157,32 @@ def _tap_outputs(model: nn.Module, x: Any, plan: _Plan) -> dict[str, torch.Tenso
             names = {module: name for name, module in model.named_modules() if name}
             running = stack.enter_context(module_stack(names))
             layer_modules = {n for m, n in names.items() if module_role(m) is not None}
+            # with take, the mode's clone of a functional tap is consumed at once (_Taken)
             stack.enter_context(CapturingMode(running, layer_modules, plan.functions, outputs))
         _call(model, x)
     return outputs
+
+
+class _Taken(dict):
+    """The outputs of a pass whose taps are consumed as they come: setting a tap hands its
+    output to ``take`` and keeps only the tap's name (as a key, with the value None)."""
+
+    def __init__(self, take: Callable[[str, torch.Tensor], None]):
+        super().__init__()
+        self._take = take
+
+    def __setitem__(self, tap: str, output: torch.Tensor) -> None:
+        self._take(tap, output)
+        super().__setitem__(tap, None)
+
+
+def _synchronize(output: torch.Tensor) -> None:
+    """Wait for a CUDA output produced on a side stream: the fingerprint kernels run on the
+    default stream, which would not wait for it (the default stream needs no wait)."""
+    if output.is_cuda:
+        stream = torch.cuda.current_stream(output.device)
+        if stream != torch.cuda.default_stream(output.device):
+            stream.synchronize()
 
 
 def _shapes(value: Any) -> tuple:

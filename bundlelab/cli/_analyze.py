@@ -319,7 +319,9 @@ def _n_classes(labels) -> int:
     import numpy as np
 
     try:
-        return int(np.unique(labels).shape[0])
+        # return_counts: numpy's plain np.unique asks np.ma.is_masked first, which imports
+        # numpy.ma (a fifth of numpy's import) into a process that never uses it
+        return int(np.unique(labels, return_counts=True)[0].shape[0])
     except TypeError:  # values that do not sort
         return len(set(labels.tolist()))
 

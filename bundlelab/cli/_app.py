@@ -24,6 +24,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from .._errors import BundleLabError, require
 from .._validation import DEVICES, MODES, NONFINITE_POLICIES
+from ._values import light_coercion
 
 #: a run longer than this reports progress lines even when stderr is not a terminal
 LONG_RUN_S = 30.0
@@ -43,10 +44,11 @@ def _untyped_flags(params: list) -> list:
 
 
 class Command(TyperCommand):
-    """A command whose usage line names its arguments as click does (``DUMP``, ``[SPEC]``)."""
+    """A command whose usage line names its arguments as click does (``DUMP``, ``[SPEC]``)
+    and whose options are converted without pydantic where that gives the same value."""
 
     def get_params(self, ctx):
-        return _untyped_flags(super().get_params(ctx))
+        return light_coercion(_untyped_flags(super().get_params(ctx)))
 
     def collect_usage_pieces(self, ctx) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
@@ -62,7 +64,7 @@ class Command(TyperCommand):
 
 class Group(TyperGroup):
     def get_params(self, ctx):
-        return _untyped_flags(super().get_params(ctx))
+        return light_coercion(_untyped_flags(super().get_params(ctx)))
 
 
 class _Typer(typer.Typer):
@@ -259,7 +261,6 @@ def plain_text(text: object):
     from rich.text import Text
 
     return Text(printable(text))
-
 
 
 @contextmanager
@@ -471,11 +472,13 @@ def _summary(results: list, *, network: str | None = None) -> str:
     return text
 
 
-def stdout_console():
+def stdout_console(width: int = 120):
+    """A rich console on stdout, ``width`` columns wide when stdout is not a terminal."""
     from rich.console import Console
 
-    # Off a terminal rich would wrap at 80 columns; a report is more useful unwrapped.
-    return Console(width=None if sys.stdout.isatty() else 120)
+    # Off a terminal rich would wrap at 80 columns and cut a wide table's cells to "…"; a
+    # report or a table in a log file is more useful whole.
+    return Console(width=None if sys.stdout.isatty() else width)
 
 
 def _render_plain(table, lines: list[str]) -> str:

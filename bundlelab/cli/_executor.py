@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from .._errors import BundleLabError
+from .._errors import BundleLabError, require
 from ._app import choices, flags_in_errors
 
 #: the executors, in the order --help lists them (bundlelab.executors.EXECUTORS)
@@ -31,9 +31,13 @@ HELP = {
     "ray_address": "The Ray cluster to join with --executor ray: auto (the one started on "
     "this machine with `ray start`), HOST:PORT or ray://HOST:10001. Default: a local Ray "
     "started for the command.",
-    "threads": "torch's intra-op threads in each trial. Default: as many as this process uses, "
-    "so trials in worker processes or on Ray (whose workers start with one) give the same "
-    "results as in-process; fewer when several trials share a machine's cores.",
+    "threads": "torch's intra-op threads in each trial, wherever it runs. Default: 1 when "
+    "the trials compute on the CPU, torch's own count on a GPU. One thread because a CPU "
+    "thread pool whose threads wait for each other stalls when other processes keep the "
+    "cores busy (an epoch of a small net 24x slower on 2 threads of a loaded 2-core "
+    "machine), because the small nets a CPU trains gain little from more, and because the "
+    "results then do not depend on the machine's core count. Raise it for a large net on "
+    "an idle many-core machine.",
 }
 
 EXECUTOR = typer.Option(ExecutorName("inprocess"), "--executor", help=HELP["executor"])
@@ -42,6 +46,34 @@ RAY_ADDRESS = typer.Option(None, "--ray-address", metavar="ADDRESS", show_defaul
                            help=HELP["ray_address"])
 #: the trials' threads (search, autotune): set in every trial, wherever it runs
 THREADS = typer.Option(None, "--threads", min=1, show_default=False, help=HELP["threads"])
+
+
+def cli_threads(threads: Optional[int], device: str, backend: str = "torch") -> Optional[int]:
+    """``--threads``, or its default: 1 for a torch run on the CPU (see ``HELP["threads"]``).
+
+    Parameters
+    ----------
+    threads : int, optional
+        The value of ``--threads``.
+    device : str
+        The value of ``--device``: ``"cpu"``, ``"auto"`` (the GPU when there is one),
+        ``"cuda"`` or ``"cuda:N"``.
+    backend : str, default="torch"
+        Other backends keep their threads (None).
+
+    Returns
+    -------
+    int or None
+        None: torch's own count (a GPU run, or another backend).
+    """
+    if threads is not None or backend != "torch":
+        return threads
+    if device == "cpu":
+        return 1
+    if device == "auto":  # the torch backend imports torch anyway
+        torch = require("torch", purpose="the torch backend", extra="torch")
+        return None if torch.cuda.is_available() else 1
+    return None
 
 def executor_from_options(executor, workers: Optional[int] = None,
                           ray_address: Optional[str] = None, *,

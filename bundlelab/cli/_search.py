@@ -28,6 +28,7 @@ from ._app import (
     choices,
     flags_in_errors,
     plain_text,
+    stdout_console,
 )
 from ._executor import (
     EXECUTOR,
@@ -35,6 +36,7 @@ from ._executor import (
     THREADS,
     WORKERS,
     ExecutorName,
+    cli_threads,
     executor_from_options,
 )
 
@@ -192,18 +194,18 @@ def search(
     with flags_in_errors():
         dataset = source.load()
     net, members = resolve_supernet(supernet, dataset, width_multiplier)
-    with flags_in_errors():
+    with flags_in_errors(), runner:  # made here, so closed here: sweep() leaves it open
         result = sweep(net, source, budgets=list(budget), cost=cost, lambdas=lam,
                        search=options, config=config, retrain_epochs=retrain_epochs,
                        family=members if family else [], seeds=seeds, directory=out,
-                       progress=True, executor=runner, threads=threads)
+                       progress=True, executor=runner,
+                       threads=cli_threads(threads, device))
     _print(result, net.name, dataset.name)
     typer.echo(f"results: {out}/sweep.csv, {out}/front.png; chosen specs: "
                f"{out}/*/architecture.yaml")
 
 
 def _print(result, supernet: str, data: str) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     several = len(result.seeds) > 1
@@ -232,7 +234,7 @@ def _print(result, supernet: str, data: str) -> None:
         table.add_row(plain_text(m["name"]), "", "", f"{m['cost']:.4g}", "", "family",
                       value(m, "validation_accuracy", ".1f", 100),
                       value(m, "test_accuracy", ".1f", 100), value(m, "final_entropy", ".2g"))
-    console = Console()
+    console = stdout_console(width=200)  # the networks' names are long
     console.print(table)
     for check in result.checks:
         if not check["met_budget"]:

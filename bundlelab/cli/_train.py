@@ -32,6 +32,7 @@ from ._app import (
     flags_in_errors,
     load_data,
     plain_text,
+    stdout_console,
 )
 from ._executor import (
     EXECUTOR,
@@ -39,6 +40,7 @@ from ._executor import (
     THREADS,
     WORKERS,
     ExecutorName,
+    cli_threads,
     executor_from_options,
 )
 
@@ -79,6 +81,12 @@ HELP = {
     "Default: the preset's (0.01).",
     "schedule": "Learning-rate schedule: cosine (from --lr to 0 over --epochs; a resumed run "
     "keeps its --epochs) or constant. Default: the preset's (cosine; the paper's: constant).",
+    "train_threads": "torch's intra-op threads for the run. Default: 1 on the CPU, torch's "
+    "own count on a GPU: a CPU thread pool whose threads wait for each other stalls when "
+    "other processes keep the cores busy (an epoch of a small net 24x slower on 2 threads of "
+    "a loaded 2-core machine), the small nets a CPU trains gain little from more, and the "
+    "results then do not depend on the machine's core count (they change in their last bits "
+    "with it). Raise it for a large net on an idle many-core machine.",
     "compare": "Also train these specs (e.g. resnet-50) with the same settings and seeds, for "
     "the comparison table; repeat the option.",
 }
@@ -166,7 +174,6 @@ def comparison_rows(groups: dict) -> list[dict]:
 
 
 def _print_rows(rows: list[dict], title: str) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=plain_text(title))
@@ -174,11 +181,11 @@ def _print_rows(rows: list[dict], title: str) -> None:
                "final_entropy"]
     heads = ["network", "seeds", "layers", "test acc. [%]", "checkpoint [MB]", "time/step [ms]",
              "H^L (last)"]
-    for head in heads:
-        table.add_column(head, justify="left" if head == "network" else "right")
+    for head in heads:  # plain_text: "[ms]" would be read as rich markup and vanish
+        table.add_column(plain_text(head), justify="left" if head == "network" else "right")
     for row in rows:
         table.add_row(*(plain_text(row[c]) for c in columns))
-    Console().print(table)
+    stdout_console(width=200).print(table)
 
 
 def _write_rows(folder: Path, stem: str, rows: list[dict]) -> None:
@@ -217,12 +224,15 @@ def train(
     image_size: Optional[int] = IMAGE_SIZE,
     n_samples: int = N_SAMPLES,
     measure_every: int = MEASURE_EVERY,
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, show_default=False,
+                                          help=HELP["train_threads"]),
 ) -> None:
     """Train a spec, recording the bundle entropy of every layer after each epoch.
 
     Writes the run folder (checkpoint every epoch, run.json, spec.yaml; at the end result.json
     and entropy.png, the H^l(t) heatmap). Run the same command again to resume after a crash.
     """
+    from ..executors import torch_threads
     from ..training import fit
 
     config = _config(preset, optimizer, lr, weight_decay, schedule, epochs=epochs,
@@ -230,8 +240,9 @@ def train(
                      augment=not no_augment, n_samples=n_samples, measure_every=measure_every)
     dataset = load_data(data, n_train=n_train, n_test=n_test, image_size=image_size, seed=seed)
     net = resolve_spec(spec, dataset, width_multiplier)
-    result = fit(net, dataset, backend=backend.value, config=config, directory=out,
-                 progress=True)
+    with torch_threads(cli_threads(threads, device, backend.value)):
+        result = fit(net, dataset, backend=backend.value, config=config, directory=out,
+                     progress=True)
     rows = comparison_rows({net.name: [result]})
     _print_rows(rows, f"{net.name} on {dataset.name}, {epochs} epochs")
     typer.echo(f"run folder: {out}")
@@ -296,7 +307,7 @@ def autotune(
     ]
     with flags_in_errors():
         runner = executor_from_options(executor, workers, ray_address)
-        threads = trial_threads(threads, backend.value)
+        threads = trial_threads(cli_threads(threads, device, backend.value), backend.value)
     # the trials load the data where they run, from this description
     source = DatasetSource(data, n_train=n_train, n_test=n_test, image_size=image_size, seed=0)
     with flags_in_errors():

@@ -10,7 +10,8 @@ default, "inprocess", is a plain loop in this process.  docs/distributed.md says
 Ray cluster and where run folders must live.
 """
 
-from ._base import EXECUTORS, Executor, TasksFailed, get_executor
+from ._base import EXECUTORS, Executor, TasksFailed, executor_in_use, get_executor
 from ._threads import torch_threads
 
-__all__ = ["EXECUTORS", "Executor", "TasksFailed", "get_executor", "torch_threads"]
+__all__ = ["EXECUTORS", "Executor", "TasksFailed", "executor_in_use", "get_executor",
+           "torch_threads"]

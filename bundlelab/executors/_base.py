@@ -13,10 +13,11 @@ retry resumes from the last finished epoch instead of starting over.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -385,3 +386,32 @@ def _check_resources(resources: Any) -> dict[str, float]:
             )
         checked[key] = value
     return checked
+
+
+@contextlib.contextmanager
+def executor_in_use(executor: str | Executor | None = None, **options: Any) -> Iterator[Executor]:
+    """:func:`get_executor` for a ``with`` block, closed at its end only if made here.
+
+    Library functions that take an ``executor`` argument run their tasks inside this block:
+    an executor they made from a name is theirs to close, while an :class:`Executor` the
+    caller passed stays open, so that the caller can map more tasks on the same workers (a
+    Ray cluster or a warm process pool) and closes it when done.
+
+    Parameters
+    ----------
+    executor : str, Executor or None, default=None
+        None means "inprocess".
+    **options
+        :func:`get_executor`'s keywords (``workers``, ``address``, ``progress``,
+        ``resources``), for an executor made here.
+
+    Yields
+    ------
+    Executor
+    """
+    running = get_executor("inprocess" if executor is None else executor, **options)
+    if running is executor:  # the caller's: entered (kept warm) and closed by the caller
+        yield running
+        return
+    with running:  # made here: its workers stay up for every map of the block, then go
+        yield running

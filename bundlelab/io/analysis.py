@@ -292,24 +292,20 @@ def _analyze_shards(
                 )
     if skip_note:
         announce(skip_note)
-    from ..executors import Executor, get_executor
+    from ..executors import executor_in_use
 
-    owned = not isinstance(executor, Executor)  # the caller's executor stays open
-    running = get_executor("inprocess" if executor is None else executor) if owned else executor
-    task_options = {
-        "names": names, "labels_key": labels_key, "chunk_rows": chunk_rows,
-        "memory_budget": memory_budget, "keywords": dataclasses.asdict(bundle_options),
-        # the default budget is shared by the tasks that may run at once on a worker's machine
-        "tasks_per_machine": 1 if running.in_process else None,
-    }
-    # absolute paths: a worker's working folder may not be the driver's (shared storage)
-    tasks = [(os.path.abspath(path), task_options) for path in paths]
-    task_names = [str(path) for path in paths]
-    try:
-        per_shard = running.map(shard_streams, tasks, names=task_names, what="shards")
-    finally:
-        if owned:
-            running.close()
+    with executor_in_use(executor) as running:
+        task_options = {
+            "names": names, "labels_key": labels_key, "chunk_rows": chunk_rows,
+            "memory_budget": memory_budget, "keywords": dataclasses.asdict(bundle_options),
+            # the default budget is shared by the tasks that may run at once on a worker's
+            # machine
+            "tasks_per_machine": 1 if running.in_process else None,
+        }
+        # absolute paths: a worker's working folder may not be the driver's (shared storage)
+        tasks = [(os.path.abspath(path), task_options) for path in paths]
+        per_shard = running.map(shard_streams, tasks, names=[str(path) for path in paths],
+                                what="shards")
     results = merged_results(per_shard, names, n_classes=n_classes)
     if progress:
         for result in results:

@@ -1,5 +1,12 @@
-"""Numba CPU kernels (row fingerprints, exact row comparison, greedy threshold assignment) and
-:class:`CpuBackend`, the :class:`~bundlelab.kernels.KernelBackend` that drives them.
+"""Numba CPU kernels (row fingerprints, exact row comparison, the grouping of fingerprints,
+greedy threshold assignment) and :class:`CpuBackend`, the
+:class:`~bundlelab.kernels.KernelBackend` that drives them.
+
+Resolution mode's exactness contract (group by fingerprint, confirm every member against its
+representative) is met in two places: :func:`fingerprints_partners_native` compares a long row
+with an earlier row of the same fingerprint right after hashing it, while it is in cache, and
+:func:`group_rows` leaves only the members no such proven equality connects to their
+representative for the exact comparison after the pass.
 
 Inputs are validated once in Python (``bundlelab/_validation.py``); the kernels contain no
 checks.  ``parallel=True`` with ``prange`` appears only in the driver loops over rows, and every
@@ -51,7 +58,7 @@ round_to_format = _inline(_formats.round_to_format)
 TILE = 1024
 
 
-@_njit
+@_inline
 def _hash_tile(words, first_word, n_words, keys, lane_a, lane_b):
     """Add the tile's words (the first at position ``first_word`` of the row, a multiple of
     ``BLOCK_WORDS``: tiles start at multiples of TILE values) to the lane sums.  ``keys`` is
@@ -81,6 +88,88 @@ def _emulated_value(v, w, alpha, invb, precision, emin, max_finite, round_input)
     return round_to_format(w - step, precision, emin, max_finite)
 
 
+#: rows per task of the parallel fingerprint drivers at most: one scratch tile per task, not
+#: per row (a heap allocation per row costs more than hashing a short row)
+ROWS_PER_TASK = 64
+
+
+@_njit
+def _rows_per_task(n_samples):
+    """Rows per task: up to ROWS_PER_TASK, and at least 64 tasks while there are rows enough,
+    so short passes still spread over the threads (the thread count would be a dynamic global,
+    which the on-disk cache refuses)."""
+    return max(1, min(ROWS_PER_TASK, n_samples // 64))
+
+
+# Inlined into its drivers (as _hash_tile): in one function Numba drops the reference counting
+# of the per-row and per-tile views, which costs as much as hashing a short row (measured at 256
+# values a row: 2.5x -> 2.0x the floor).
+@_inline
+def _fingerprint_row_native(row, w, alpha, invb, keys, buf):
+    """``(lane a, lane b, non-finite)`` of one row: its transformed values, ``buf`` (TILE values
+    of the update format) as scratch; the lanes still need :func:`finish`."""
+    n_features = row.shape[0]
+    work = type(w)
+    zero = work(0)
+    per_word = 8 // buf.itemsize
+    words = buf.view(np.uint64)
+    lane_a = np.uint64(0)
+    lane_b = np.uint64(0)
+    bad = False
+    for start in range(0, n_features, TILE):
+        count = min(TILE, n_features - start)
+        # A 1-D slice lets LLVM vectorise this loop; 2-D indexing with wraparound does not.
+        src = row[start:start + count]
+        for k in range(count):
+            v = src[k]
+            # The non-finite flag is about the activation, not t: a finite activation whose
+            # transform overflows to -inf is a valid (if extreme) input.
+            bad |= (v - v) != 0  # true for NaN and +-inf only
+            t = w - (work(v) * alpha) * invb
+            # Adding +0.0 maps -0.0 to +0.0 and leaves every other value unchanged, so the
+            # bit patterns agree exactly when IEEE equality does (NaN aside).
+            buf[k] = t + zero
+        if count % per_word:
+            buf[count] = zero  # pad the last word of an odd-length float32 row
+        lane_a, lane_b = _hash_tile(
+            words, start // per_word, (count + per_word - 1) // per_word, keys, lane_a, lane_b,
+        )
+    return lane_a, lane_b, bad
+
+
+@_njit
+def _rows_equal_native(row_i, row_j, w, alpha, invb):
+    """Transformed rows ``row_i`` and ``row_j`` are IEEE-equal in every value."""
+    n_features = row_i.shape[0]
+    work = type(w)
+    # Compare tile by tile without a branch inside the tile, so the loop vectorises; stop at
+    # the first tile that differs.
+    for start in range(0, n_features, TILE):
+        src_i = row_i[start:start + TILE]
+        src_j = row_j[start:start + TILE]
+        differs = False
+        for k in range(src_i.shape[0]):
+            ti = w - (work(src_i[k]) * alpha) * invb
+            tj = w - (work(src_j[k]) * alpha) * invb
+            differs |= ti != tj  # NaN != NaN: a NaN row equals no row
+        if differs:
+            return False
+    return True
+
+
+@_njit
+def _bits_equal(row_i, row_j):
+    """Rows ``row_i`` and ``row_j`` hold the same bits (one branch-free pass: comparing a row in
+    cache with one streaming from memory runs near the stream's speed this way, about twice
+    as fast as the transformed comparison measured)."""
+    bits_i = row_i.view(np.uint32)
+    bits_j = row_j.view(np.uint32)
+    differs = np.uint32(0)
+    for k in range(bits_i.shape[0]):
+        differs |= bits_i[k] ^ bits_j[k]
+    return differs == 0
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def fingerprints_native(rows, w, alpha, invb, keys, out, nonfinite):
     """Fingerprint ``t = w - (a * alpha) * invb`` per row, in the dtype of the constants.
@@ -88,39 +177,123 @@ def fingerprints_native(rows, w, alpha, invb, keys, out, nonfinite):
     ``w``, ``alpha`` and ``invb`` share one dtype, float32 or float64 (the update format); each
     activation is cast to it first, so the arithmetic stays in it whatever the rows' dtype.
     """
-    n_samples, n_features = rows.shape
-    work = type(w)
-    zero = work(0)
-    for i in numba.prange(n_samples):
-        buf = np.zeros(TILE, dtype=work)
-        per_word = 8 // buf.itemsize
-        words = buf.view(np.uint64)
-        lane_a = np.uint64(0)
-        lane_b = np.uint64(0)
-        bad = False
-        row = rows[i]
-        for start in range(0, n_features, TILE):
-            count = min(TILE, n_features - start)
-            # A 1-D slice lets LLVM vectorise this loop; 2-D indexing with wraparound does not.
-            src = row[start:start + count]
-            for k in range(count):
-                v = src[k]
-                # The non-finite flag is about the activation, not t: a finite activation whose
-                # transform overflows to -inf is a valid (if extreme) input.
-                bad |= (v - v) != 0  # true for NaN and +-inf only
-                t = w - (work(v) * alpha) * invb
-                # Adding +0.0 maps -0.0 to +0.0 and leaves every other value unchanged, so the
-                # bit patterns agree exactly when IEEE equality does (NaN aside).
-                buf[k] = t + zero
-            if count % per_word:
-                buf[count] = zero  # pad the last word of an odd-length float32 row
-            lane_a, lane_b = _hash_tile(
-                words, start // per_word, (count + per_word - 1) // per_word, keys, lane_a,
-                lane_b,
-            )
-        out[i, 0] = finish(lane_a)
-        out[i, 1] = finish(lane_b)
-        nonfinite[i] = bad
+    n_samples = rows.shape[0]
+    per_task = _rows_per_task(n_samples)
+    for task in numba.prange((n_samples + per_task - 1) // per_task):
+        buf = np.zeros(TILE, dtype=type(w))
+        for i in range(task * per_task, min(n_samples, (task + 1) * per_task)):
+            lane_a, lane_b, bad = _fingerprint_row_native(rows[i], w, alpha, invb, keys, buf)
+            out[i, 0] = finish(lane_a)
+            out[i, 1] = finish(lane_b)
+            nonfinite[i] = bad
+
+
+#: rows shorter than this (bytes) are confirmed after the pass: the table probe costs a cache
+#: miss per row, as much as reading about 4 KiB, which confirming a short duplicate later
+#: costs less than; a long row saves a whole re-read of itself
+PARTNER_ROW_BYTES = 32 << 10
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def fingerprints_partners_native(rows, w, alpha, invb, keys, out, nonfinite, seen, partner):
+    """:func:`fingerprints_native`, and for each row an earlier-hashed row proven equal to it.
+
+    Confirming a duplicate right after hashing it reads only the other row again (this one is
+    still in cache); confirming after the pass reads both.  ``seen`` (int64, shape (m, 2) with
+    m a power of two >= 2 * n_samples, zeros) is an open-addressing table of
+    ``(row + 1, first fingerprint word)``, one cache line per probe, shared by the threads
+    without locks: a lost or torn entry only costs a missed or a failed comparison, because
+    ``partner[i] = j`` (-1: none) is written only after the exact comparison of rows ``i`` and
+    ``j`` succeeded.  Which ``j`` a row meets depends on the threads' timing, the proof does
+    not: the grouping checks each member against its representative through these proven
+    edges and compares the rest exactly.
+    """
+    n_samples = rows.shape[0]
+    mask = np.uint64(seen.shape[0] - 1)
+    # Equal bits give equal t, and a t that equals itself, unless t can be NaN: never for
+    # finite activations when alpha and invb are non-zero and w is finite (no inf * 0, no
+    # inf - inf); then a row of finite activations is proven by its bits alone.
+    bits_prove = alpha != 0 and invb != 0 and (w - w) == 0
+    per_task = _rows_per_task(n_samples)
+    for task in numba.prange((n_samples + per_task - 1) // per_task):
+        buf = np.zeros(TILE, dtype=type(w))
+        for i in range(task * per_task, min(n_samples, (task + 1) * per_task)):
+            lane_a, lane_b, bad = _fingerprint_row_native(rows[i], w, alpha, invb, keys, buf)
+            fp_a = finish(lane_a)
+            fp_b = finish(lane_b)
+            out[i, 0] = fp_a
+            out[i, 1] = fp_b
+            nonfinite[i] = bad
+            partner[i] = -1
+            key = np.int64(fp_a)
+            slot = fp_a & mask
+            while True:
+                entry = seen[slot, 0]
+                if entry == 0:
+                    seen[slot, 1] = key
+                    seen[slot, 0] = i + 1
+                    break
+                if seen[slot, 1] == key:
+                    j = entry - 1
+                    if out[j, 0] == fp_a and out[j, 1] == fp_b and (
+                            (bits_prove and not bad and _bits_equal(rows[i], rows[j]))
+                            or _rows_equal_native(rows[i], rows[j], w, alpha, invb)):
+                        partner[i] = j
+                    break
+                slot = (slot + np.uint64(1)) & mask
+
+
+@_njit
+def _find(parent, i):
+    """Union-find root of ``i``, halving the path on the way."""
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
+@numba.njit(cache=True, nogil=True)
+def group_rows(fingerprints, partner, root, unproven):
+    """Group rows by fingerprint: ``root[i]`` = the smallest row with ``i``'s fingerprint;
+    ``unproven[i]`` = ``i`` is a member (not its own root) not yet proven equal to its root.
+
+    ``partner[i] = j`` (>= 0) is a proven equality of rows ``i`` and ``j`` (see
+    :func:`fingerprints_partners_native`), -1 none; a member is proven when such edges connect
+    it to its root (union-find over the edges; equal rows have equal fingerprints, so an edge
+    never leaves a group).  Serial and O(n): one pass in sample order over an open-addressing
+    table keyed by the fingerprint, so the first row seen of each fingerprint is its root.
+    """
+    n = fingerprints.shape[0]
+    size = 1
+    while size < 2 * n:
+        size *= 2
+    mask = np.uint64(size - 1)
+    table = np.zeros(size, dtype=np.int64)  # root + 1, 0 = empty
+    for i in range(n):
+        fp_a = fingerprints[i, 0]
+        fp_b = fingerprints[i, 1]
+        slot = fp_a & mask
+        while True:
+            entry = table[slot]
+            if entry == 0:
+                table[slot] = i + 1
+                root[i] = i
+                break
+            r = entry - 1
+            if fingerprints[r, 0] == fp_a and fingerprints[r, 1] == fp_b:
+                root[i] = r
+                break
+            slot = (slot + np.uint64(1)) & mask
+    parent = np.arange(n)
+    for i in range(n):
+        j = partner[i]
+        if j >= 0:
+            a = _find(parent, i)
+            b = _find(parent, j)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    for i in range(n):
+        unproven[i] = root[i] != i and _find(parent, i) != _find(parent, root[i])
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -165,26 +338,8 @@ def fingerprints_emulated(
 def pairs_equal_native(rows, first, second, w, alpha, invb, out):
     """``out[p]`` = transformed rows ``first[p]`` and ``second[p]`` are IEEE-equal everywhere
     (computed in the dtype of the constants, as :func:`fingerprints_native`)."""
-    n_features = rows.shape[1]
-    work = type(w)
     for p in numba.prange(first.shape[0]):
-        row_i = rows[first[p]]
-        row_j = rows[second[p]]
-        equal = True
-        # Compare tile by tile without a branch inside the tile, so the loop vectorises; stop
-        # at the first tile that differs.
-        for start in range(0, n_features, TILE):
-            src_i = row_i[start:start + TILE]
-            src_j = row_j[start:start + TILE]
-            differs = False
-            for k in range(src_i.shape[0]):
-                ti = w - (work(src_i[k]) * alpha) * invb
-                tj = w - (work(src_j[k]) * alpha) * invb
-                differs |= not (ti == tj)
-            if differs:
-                equal = False
-                break
-        out[p] = equal
+        out[p] = _rows_equal_native(rows[first[p]], rows[second[p]], w, alpha, invb)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -208,13 +363,17 @@ def pairs_equal_emulated(
         out[p] = equal
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+# fastmath "reassoc" lets the sums vectorise: the tolerance bounds the error of every summation
+# order, and no flag that assumes finite values is set, so ``bad`` stays exact.  In the order of
+# the loop the sums are a chain of dependent adds, a quarter of memory speed.
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc"})
 def row_means(rows, means, tolerances, nonfinite):
     """Row means in float64 and a bound on their rounding error.
 
     ``|mean_i - mean_j| <= max_k |a_ik - a_jk|`` in exact arithmetic, so the means prune the
     candidate pairs of ``threshold`` mode; the tolerance keeps the pruning conservative under
-    the rounding of the float64 sums (error <= n * u * sum|a|, u = 2**-53; we use 4x that).
+    the rounding of the float64 sums, in any order (error <= n * u * sum|a|, u = 2**-53; we use
+    4x that).
     """
     n_samples, n_features = rows.shape
     for i in numba.prange(n_samples):
@@ -284,6 +443,35 @@ class CpuBackend:
         return out, nonfinite
 
     @_one_launch_at_a_time
+    def fingerprints_partners(self, rows, fmt, transform, source=None):
+        """:meth:`fingerprints`, and ``partner`` (int64, -1: none): for each row an
+        earlier-hashed row proven exactly equal to it in the same pass; None (none proven:
+        every member is confirmed after the pass) for the emulated formats and for rows
+        shorter than :data:`PARTNER_ROW_BYTES`."""
+        n = rows.shape[0]
+        if not fmt.native or rows.shape[1] * rows.itemsize < PARTNER_ROW_BYTES:
+            out, nonfinite = self.fingerprints.__wrapped__(self, rows, fmt, transform, source)
+            return out, nonfinite, None
+        out = np.empty((n, 2), dtype=np.uint64)
+        nonfinite = np.empty(n, dtype=np.bool_)
+        partner = np.empty(n, dtype=np.int64)
+        seen = np.zeros((1 << max(1, 2 * n - 1).bit_length(), 2), dtype=np.int64)
+        w, alpha, invb = _native_constants(fmt, transform)
+        fingerprints_partners_native(rows, w, alpha, invb, fingerprint_keys(rows.shape[1], fmt),
+                                     out, nonfinite, seen, partner)
+        return out, nonfinite, partner
+
+    def group_rows(self, fingerprints, partner=None):
+        """``(root, unproven)`` of :func:`group_rows` (serial: no launch lock)."""
+        n = fingerprints.shape[0]
+        root = np.empty(n, dtype=np.int64)
+        unproven = np.empty(n, dtype=np.bool_)
+        if partner is None:
+            partner = np.full(n, -1, dtype=np.int64)
+        group_rows(np.ascontiguousarray(fingerprints, dtype=np.uint64), partner, root, unproven)
+        return root, unproven
+
+    @_one_launch_at_a_time
     def pairs_equal(self, rows, first, second, fmt, transform, source=None):
         out = np.empty(first.shape[0], dtype=np.bool_)
         first = np.ascontiguousarray(first, dtype=np.int64)
@@ -326,7 +514,9 @@ class CpuBackend:
 __all__ = [
     "CpuBackend",
     "fingerprints_native",
+    "fingerprints_partners_native",
     "fingerprints_emulated",
+    "group_rows",
     "pairs_equal_native",
     "pairs_equal_emulated",
     "row_means",

@@ -189,6 +189,13 @@ class HostBackend:
             return fingerprints(rows, fmt, transform)
         return self._compiled().fingerprints(rows, fmt, transform, source)
 
+    def fingerprints_partners(self, rows, fmt, transform, source=None):
+        """``(fingerprints, nonfinite, partner)``: the compiled pass also proves duplicates
+        equal while it hashes them (``partner``); the numpy path proves none (None)."""
+        if self._numpy_pays(fmt, rows.nbytes):
+            return (*fingerprints(rows, fmt, transform), None)
+        return self._compiled().fingerprints_partners(rows, fmt, transform, source)
+
     def pairs_equal(self, rows, first, second, fmt, transform, source=None):
         # The exact confirmation follows a fingerprint pass over the same rows and reads at
         # most twice as much: it runs where that pass ran (loading Numba for it alone would

@@ -62,7 +62,7 @@ from ..training._folder import HoldsRunFolder, draw_optional
 from ._costs import Cost, LatencyCost, cheapest_architecture, get_cost
 from ._extract import deterministic_switches, extract, fit_to_budget
 from ._graph import GatedGraph
-from ..training._progress import resolve_progress
+from ..training._progress import batch_progress, resolve_progress
 
 SEARCH_FORMAT = "bundlelab.search/1"
 STATE_FILE = "search.json"
@@ -421,24 +421,26 @@ class BudgetedSearch(HoldsRunFolder):
         lam = self.search.lam_value
         loss_sum = correct = seen = 0
         sampled_costs = []
-        for x, y in self._batches(epoch, warm):
-            n = len(y)
-            if warm:
-                switches = np.ones((n, self.graph.n_gates), dtype=bool)
-                alive = np.broadcast_to(all_alive, (n, all_alive.size))
-                penalty = np.zeros(n)
-            else:
-                p = self.trainee.gate_probabilities()
-                switches = rng.random((n, p.size)) < p
-                alive, live = self.graph.real_architecture(switches)
-                cost = self.cost(self.graph, alive, live)
-                sampled_costs.append(cost)
-                penalty = lam * self._penalty(cost)
-            step = self.trainee.train_step(x, y, switches, np.ascontiguousarray(alive),
-                                           penalty.astype(np.float32), reinforce=not warm)
-            loss_sum += step["loss"] * step["n"]
-            correct += step["correct"]
-            seen += step["n"]
+        with self._progress_bar(epoch, warm) as advance:
+            batches = advance(training_batches(self.data, self.config, epoch))
+            for x, y in batches:
+                n = len(y)
+                if warm:
+                    switches = np.ones((n, self.graph.n_gates), dtype=bool)
+                    alive = np.broadcast_to(all_alive, (n, all_alive.size))
+                    penalty = np.zeros(n)
+                else:
+                    p = self.trainee.gate_probabilities()
+                    switches = rng.random((n, p.size)) < p
+                    alive, live = self.graph.real_architecture(switches)
+                    cost = self.cost(self.graph, alive, live)
+                    sampled_costs.append(cost)
+                    penalty = lam * self._penalty(cost)
+                step = self.trainee.train_step(x, y, switches, np.ascontiguousarray(alive),
+                                               penalty.astype(np.float32), reinforce=not warm)
+                loss_sum += step["loss"] * step["n"]
+                correct += step["correct"]
+                seen += step["n"]
         probabilities = self.trainee.gate_probabilities()
         switches = deterministic_switches(probabilities)
         alive, live = self.graph.real_architecture(switches)
@@ -461,16 +463,11 @@ class BudgetedSearch(HoldsRunFolder):
             self._print(record)
         return record
 
-    def _batches(self, epoch: int, warm: bool):
-        batches = training_batches(self.data, self.config, epoch)
-        if not self.progress:
-            return batches
-        from rich.progress import track
-
+    def _progress_bar(self, epoch: int, warm: bool):
         total = self.config.batches_per_epoch(len(self.data.y_train))
         phase = "warm-up" if warm else "search"
-        return track(batches, total=total, transient=True,
-                     description=f"{phase} epoch {epoch}/{self.search.epochs}")
+        return batch_progress(f"{phase} epoch {epoch}/{self.search.epochs}", total,
+                              show=self.progress)
 
     def run(self) -> SearchResult:
         """Run the remaining epochs and return the deterministic architecture."""

@@ -308,7 +308,8 @@ def sweep(supernet: Spec, data: Any, *, budgets: list, cost: str = "flops",
         None: when stderr is a terminal.
     executor : str or Executor, default="inprocess"
         ``"inprocess"`` (one trial after another here), ``"processes"`` (local worker
-        processes) or ``"ray"`` (:func:`bundlelab.executors.get_executor`).
+        processes) or ``"ray"`` (:func:`bundlelab.executors.get_executor`), made and closed
+        here; or an Executor, used as it is and left open for the caller's next tasks.
     workers : int, optional
         Worker processes of ``"processes"`` (default: the CPU count).
     address : str, optional
@@ -361,14 +362,15 @@ def sweep(supernet: Spec, data: Any, *, budgets: list, cost: str = "flops",
         check_instance("family", spec, Spec, "a list of bundlelab.spec.Spec")
         check_data(spec, data)
     threads = trial_threads(threads, backend)
-    from ..executors import Executor, get_executor
+    from ..executors import Executor, executor_in_use
 
-    with FolderLock(directory) if directory is not None else contextlib.nullcontext():
+    # an Executor made by the caller brings its own progress setting, and stays open
+    in_use = executor_in_use(executor, workers=workers, address=address, resources=resources,
+                             progress=None if isinstance(executor, Executor) else progress)
+    with FolderLock(directory) if directory is not None else contextlib.nullcontext(), \
+            in_use as runner:
         if directory is not None:
             clean_leftovers(directory)
-        # an Executor made by the caller brings its own progress setting
-        runner = get_executor(executor, workers=workers, address=address, resources=resources,
-                              progress=None if isinstance(executor, Executor) else progress)
         return _sweep(supernet, source, budgets=budgets, cost=cost, lambdas=lambdas,
                       options=options, config=config, retrain_epochs=retrain_epochs,
                       family=members, backend=backend, seeds=seeds,
@@ -429,11 +431,10 @@ def _sweep(supernet, data, *, budgets, cost, lambdas, options, config, retrain_e
             trials.append(SweepTrial(name=name, spec=to_dict(member),
                                      config=config.replace(seed=seed), directory=where(name),
                                      **common))
-    with runner:
-        outcomes = runner.map(run_sweep_trial, trials, names=[t.name for t in trials],
-                              retries=retries,
-                              summary=None if folder is None else folder / PROGRESS_FILE,
-                              what="trials")
+    outcomes = runner.map(run_sweep_trial, trials, names=[t.name for t in trials],
+                          retries=retries,
+                          summary=None if folder is None else folder / PROGRESS_FILE,
+                          what="trials")
     searched = [t.search is not None for t in trials]
     points = [o for o, s in zip(outcomes, searched) if s]
     members = [o for o, s in zip(outcomes, searched) if not s]

@@ -128,15 +128,19 @@ class SuperNetBackend(Backend, Protocol):
 
 
 #: name -> "module:attribute" (imported on first use) or a factory; bundlelab's own backends
-#: are registered by :mod:`bundlelab.adapters`, imported on the first lookup
+#: are registered by :mod:`bundlelab.adapters` on the first lookup
 _BACKENDS = Registry("backend")
 _ADAPTERS_PACKAGE = "bundlelab.adapters"
+_own_backends_registered = False
 
 
 def _registered() -> Registry:
     """The registry, with the backends of :mod:`bundlelab.adapters` (which imports no
     framework) registered."""
-    importlib.import_module(_ADAPTERS_PACKAGE)
+    global _own_backends_registered
+    if not _own_backends_registered:
+        importlib.import_module(_ADAPTERS_PACKAGE)._register_backends(_BACKENDS.register)
+        _own_backends_registered = True
     return _BACKENDS
 
 

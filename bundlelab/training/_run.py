@@ -46,7 +46,7 @@ from ._augment import augment_batch
 from ._backend import Backend, get_backend
 from ._config import TrainConfig
 from ._folder import HoldsRunFolder, RunFolder, draw_optional
-from ._progress import resolve_progress
+from ._progress import batch_progress, resolve_progress
 
 RUN_FORMAT = "bundlelab.run/1"
 
@@ -290,6 +290,7 @@ class Training(HoldsRunFolder):
         self.measure_index = np.sort(
             np.random.default_rng(config.seed).choice(n, min(n, config.n_samples), replace=False)
         )
+        self._measured_samples: tuple[np.ndarray, np.ndarray] | None = None
         self._folder = None
         if directory is not None:
             self._folder = RunFolder(directory, RUN_FILE, RUN_FORMAT,
@@ -404,10 +405,15 @@ class Training(HoldsRunFolder):
         """Bundles of every measured layer on the run's fixed training subset, now."""
         if not measured_layers(self.spec):  # e.g. an auto-tune that pruned every layer
             return BundleReport([], {})
-        index = self.measure_index
+        if self._measured_samples is None:
+            # gathered once: the subset is fixed for the run, and a copy of 2048 CIFAR images
+            # (25 MB) every epoch is work a plain loop does not do
+            index = self.measure_index
+            self._measured_samples = (np.ascontiguousarray(self.data.x_train[index]),
+                                      self.data.y_train[index])
+        x, y = self._measured_samples
         return self.trainee.measure_bundles(
-            self.data.x_train[index], self.data.y_train[index],
-            learning_rate=self.config.learning_rate, batch_size=self.config.batch_size,
+            x, y, learning_rate=self.config.learning_rate, batch_size=self.config.batch_size,
         )
 
     def run(self) -> TrainingResult:
@@ -499,24 +505,10 @@ class Training(HoldsRunFolder):
 
     # -- progress -------------------------------------------------------------------------
 
-    @contextlib.contextmanager
     def _progress_bar(self, epoch: int):
-        if not self.progress:
-            yield lambda batches: batches
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
         total = self.config.batches_per_epoch(len(self.data.y_train))
-        with Progress("[progress.description]{task.description}", BarColumn(),
-                      MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as bar:
-            task = bar.add_task(f"{self.spec.name} epoch {epoch}/{self.config.epochs}", total=total)
-
-            def advance(batches):
-                for item in batches:
-                    yield item
-                    bar.advance(task)
-
-            yield advance
+        return batch_progress(f"{self.spec.name} epoch {epoch}/{self.config.epochs}", total,
+                              show=self.progress)
 
     def _print_epoch(self, record: EpochRecord) -> None:
         from rich.console import Console
