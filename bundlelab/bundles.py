@@ -300,9 +300,11 @@ def nan_row_positions(
     (in the update format ``fmt``).  Only rows flagged non-finite can have it, except where a
     finite activation can reach ``inf * 0`` or ``inf - inf``: ``1/|B|`` rounded to 0
     (``a * alpha`` may overflow), ``alpha`` rounded to 0 while a wide activation is narrowed
-    (the cast may overflow), or ``w`` rounded to infinity.
+    (the cast may overflow), ``alpha`` rounded to infinity (``0 * alpha``), or ``w`` rounded
+    to infinity.
     """
     if (transform.inverse_batch_size == 0.0 or not math.isfinite(transform.weight_amplitude)
+            or not math.isfinite(transform.learning_rate)
             or (transform.learning_rate == 0.0 and needs_rounding(rows.fmt, fmt))):
         candidates = np.arange(nonfinite.shape[0], dtype=np.int64)
     else:

@@ -537,7 +537,9 @@ class StreamBatcher:
         if not self.background:
             self._fill(block.parts, _fingerprint_rows(*job))
             return
-        self._collect(wait=1)  # bounds the memory in flight to one block
+        # the previous block must be done before this one goes: one block in flight at most
+        # (the caller fills the next block meanwhile)
+        self._collect(wait=0)
         if self._worker is None:
             self._worker = ThreadPoolExecutor(1, thread_name_prefix="bundlelab-fingerprints")
         future = self._worker.submit(_fingerprint_rows, *job, one_thread=True)

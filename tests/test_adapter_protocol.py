@@ -224,6 +224,27 @@ def test_third_party_backends_and_the_super_network_protocol(monkeypatch):
         register_backend("bad-test", "no colon")
 
 
+def test_a_backend_registered_under_a_builtin_name_before_any_lookup_stays():
+    """The built-in backends are registered on the first lookup: a user's own "torch",
+    registered before that, is not replaced (a fresh process: the registry is global)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import bundlelab.adapters\n"
+        "from bundlelab.training import get_backend, register_backend\n"
+        "class Mine:\n"
+        "    name, checkpoint_suffix = 'torch', '.bin'\n"
+        "    def build(self, spec, config): raise NotImplementedError\n"
+        "register_backend('torch', Mine)\n"
+        "print(type(get_backend('torch')).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[0] == "Mine"
+
+
 @pytest.mark.parametrize("package, blocked, hint", [
     ("bundlelab.adapters.torch", "torch", "pip install 'bundlelab[torch]'"),
     ("bundlelab.adapters.onnx", "onnx", "pip install 'bundlelab[onnx]'"),

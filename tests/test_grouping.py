@@ -187,6 +187,21 @@ def test_fused_pass_never_proves_nan_rows(weight_amplitude):
     assert proven == (weight_amplitude != float("inf"))
 
 
+@pytest.mark.parametrize("d", [4096, 8192])  # 16 KiB rows: no shortcut; 32 KiB: the shortcut
+def test_an_alpha_that_overflows_leaves_zero_rows_apart(d):
+    """A learning rate finite in float64 but infinite in float32 gives 0 * inf = NaN for a zero
+    activation: such rows equal no row, with or without the in-cache shortcut."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = bundlelab.find_bundles(np.zeros((4, d), np.float32), [0, 1, 0, 1],
+                                        learning_rate=1e39, update_format="float32",
+                                        weight_amplitude=1.0, nonfinite="keep")
+    assert list(result.bundle_ids) == [0, 1, 2, 3]
+    assert result.entropy == 0.0
+
+
 @settings(max_examples=150, **SETTINGS)
 @given(case=planted(modes=("resolution",)))
 def test_fused_pass_matches_reference(case):

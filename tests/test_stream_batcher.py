@@ -98,3 +98,31 @@ def test_a_refused_batch_leaves_the_stream_and_the_blocks_as_they_were():
         batcher.update("x", np.ones((2, 3), np.float32), [0])  # one label for two rows
     batcher.flush()
     assert streams["x"].n_samples == 2 and streams["x"].result().n_bundles == 1
+
+
+def test_at_most_one_block_is_in_flight(monkeypatch):
+    """The memory bound: the blocks being filled, plus one block being fingerprinted in the
+    background, never two (a slow kernel makes the caller wait instead)."""
+    import time
+
+    from bundlelab import streaming
+
+    real = streaming._fingerprint_rows
+
+    def slow(*args, **kwargs):
+        time.sleep(0.05)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(streaming, "_fingerprint_rows", slow)
+    streams = {"a": BundleStream(layer="a"), "b": BundleStream(layer="b")}
+    batcher = StreamBatcher(streams, direct_bytes=10_000, block_bytes=400, budget_bytes=400)
+    rng = np.random.default_rng(0)
+    most = 0
+    for _ in range(12):  # every update fills a 20-row block: one job per update
+        labels = rng.integers(0, 3, 20)
+        for name in streams:
+            batcher.update(name, rng.random((20, 5), dtype=np.float32), labels)
+            most = max(most, len(batcher._in_flight))
+    batcher.flush()
+    assert most == 1
+    assert all(stream.result().n_samples == 240 for stream in streams.values())

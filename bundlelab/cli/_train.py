@@ -232,6 +232,7 @@ def train(
     Writes the run folder (checkpoint every epoch, run.json, spec.yaml; at the end result.json
     and entropy.png, the H^l(t) heatmap). Run the same command again to resume after a crash.
     """
+    from .._trials import trial_threads
     from ..executors import torch_threads
     from ..training import fit
 
@@ -240,7 +241,9 @@ def train(
                      augment=not no_augment, n_samples=n_samples, measure_every=measure_every)
     dataset = load_data(data, n_train=n_train, n_test=n_test, image_size=image_size, seed=seed)
     net = resolve_spec(spec, dataset, width_multiplier)
-    with torch_threads(cli_threads(threads, device, backend.value)):
+    with flags_in_errors():  # --threads with another backend than torch: one line
+        threads = trial_threads(cli_threads(threads, device, backend.value), backend.value)
+    with torch_threads(threads):
         result = fit(net, dataset, backend=backend.value, config=config, directory=out,
                      progress=True)
     rows = comparison_rows({net.name: [result]})

@@ -211,9 +211,9 @@ def fingerprints_partners_native(rows, w, alpha, invb, keys, out, nonfinite, see
     n_samples = rows.shape[0]
     mask = np.uint64(seen.shape[0] - 1)
     # Equal bits give equal t, and a t that equals itself, unless t can be NaN: never for
-    # finite activations when alpha and invb are non-zero and w is finite (no inf * 0, no
-    # inf - inf); then a row of finite activations is proven by its bits alone.
-    bits_prove = alpha != 0 and invb != 0 and (w - w) == 0
+    # finite activations when alpha and invb are non-zero and finite and w is finite (no
+    # inf * 0, no inf - inf); then a row of finite activations is proven by its bits alone.
+    bits_prove = alpha != 0 and invb != 0 and (alpha - alpha) == 0 and (w - w) == 0
     per_task = _rows_per_task(n_samples)
     for task in numba.prange((n_samples + per_task - 1) // per_task):
         buf = np.zeros(TILE, dtype=type(w))
@@ -243,6 +243,10 @@ def fingerprints_partners_native(rows, w, alpha, invb, keys, out, nonfinite, see
                 slot = (slot + np.uint64(1)) & mask
 
 
+#: 2**64 / golden ratio: multiplying by it spreads consecutive keys over the high bits
+_FIBONACCI = np.uint64(0x9E3779B97F4A7C15)
+
+
 @_njit
 def _find(parent, i):
     """Union-find root of ``i``, halving the path on the way."""
@@ -264,15 +268,19 @@ def group_rows(fingerprints, partner, root, unproven):
     table keyed by the fingerprint, so the first row seen of each fingerprint is its root.
     """
     n = fingerprints.shape[0]
-    size = 1
-    while size < 2 * n:
-        size *= 2
-    mask = np.uint64(size - 1)
-    table = np.zeros(size, dtype=np.int64)  # root + 1, 0 = empty
+    bits = 1
+    while (1 << bits) < 2 * n:
+        bits += 1
+    mask = np.uint64((1 << bits) - 1)
+    shift = np.uint64(64 - bits)
+    table = np.zeros(1 << bits, dtype=np.int64)  # root + 1, 0 = empty
     for i in range(n):
         fp_a = fingerprints[i, 0]
         fp_b = fingerprints[i, 1]
-        slot = fp_a & mask
+        # the slot from both words, mixed (Fibonacci hashing): NaN rows carry (sample index,
+        # 2**64 - 1), consecutive integers whose low bits would fill one run of slots that
+        # every later row probing into it walks to its end (quadratic time)
+        slot = ((fp_a ^ fp_b) * _FIBONACCI) >> shift
         while True:
             entry = table[slot]
             if entry == 0:

@@ -139,7 +139,13 @@ def _registered() -> Registry:
     framework) registered."""
     global _own_backends_registered
     if not _own_backends_registered:
-        importlib.import_module(_ADAPTERS_PACKAGE)._register_backends(_BACKENDS.register)
+        def register_unless_taken(name: str, factory: str) -> None:
+            # a backend the user registered under a built-in name before this first lookup
+            # stays theirs, as it would have had the built-ins been registered first
+            if name not in _BACKENDS.names():
+                _BACKENDS.register(name, factory)
+
+        importlib.import_module(_ADAPTERS_PACKAGE)._register_backends(register_unless_taken)
         _own_backends_registered = True
     return _BACKENDS
 
