@@ -26,20 +26,12 @@ import sys
 import time
 from pathlib import Path
 
+from _rows import rows_of
+
 HERE = Path(__file__).resolve().parent
 # the table's order: core kernels, dumps and start-up, audits, training; each is one script
 SCRIPTS = ("bench_bundles", "bench_scaling", "bench_threshold", "bench_dumps", "bench_startup",
            "bench_audit", "bench_onnx_audit", "bench_epoch")
-
-
-def rows_of(output: str) -> list[list[str]]:
-    """The ``ROW`` lines of a script's output, as their four fields."""
-    rows = []
-    for line in output.splitlines():
-        if line.startswith("ROW "):
-            fields = [field.strip() for field in line[4:].split("|")]
-            rows.append((fields + [""] * 4)[:4])
-    return rows
 
 
 def run(script: str, quick: bool) -> tuple[list[list[str]], float, int]:

@@ -33,6 +33,8 @@ import tracemalloc
 
 import numpy as np
 
+from _rows import row
+
 
 def best_of(fn, repeat=3):
     times = []
@@ -136,11 +138,6 @@ def _previous_kernel():
     return fingerprints
 
 
-def row_line(name: str, measured: str, target: str, met: bool) -> str:
-    """One line of the issue-13 table, in the form the runner collects."""
-    return f"ROW {name} | {measured} | {target} | {'met' if met else 'not met'}"
-
-
 def fingerprint_floor(n: int, d: int) -> list[str]:
     """find_bundles and the fingerprint kernel (new and previous) / a.sum(), 1 and 2 threads;
     the ROW lines of the table (all-distinct and half-duplicated rows, each thread count)."""
@@ -185,7 +182,7 @@ def fingerprint_floor(n: int, d: int) -> list[str]:
         plural = "thread" if n_threads == 1 else "threads"
         for regime, key in (("", "distinct"), (" half duplicated", "find_bundles")):
             ratio = best[key] / floor
-            rows.append(row_line(
+            rows.append(row(
                 f"find_bundles resolution {n}x{d} f32{regime} / a.sum() ({n_threads} {plural})",
                 f"{ratio:.2f}x", "<= 1.5x", ratio <= 1.5))
     numba.set_num_threads(threads)
@@ -234,7 +231,7 @@ def peer_scaling(quick: bool) -> list[str]:
             if slowest is None or speed_up < slowest[0]:
                 slowest = (speed_up, f"{n}x{d}")
             del a
-    return [row_line("peer (per-row hash in a Python loop + np.unique) / find_bundles, every cell",
+    return [row("peer (per-row hash in a Python loop + np.unique) / find_bundles, every cell",
                      f"{slowest[0]:.1f}x at worst ({slowest[1]}; {name.split(' ')[0]})",
                      "> 1x in every cell", slowest[0] > 1.0)]
 

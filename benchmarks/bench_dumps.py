@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _rows import row
+
 ROOT = Path(__file__).resolve().parent.parent
 N_FEATURES = 1024
 LAYER = "layer"
@@ -120,11 +122,6 @@ def measured(command: list[str], pythonpath: str | None) -> tuple[float, int, st
 #: issue 13's targets for analyze: time over the floor, peak RSS over the layer's size
 TIME_TARGET = 1.3
 RSS_TARGET = 1.2
-
-
-def row(name: str, figure: str, target: str, met: bool) -> str:
-    """One line of issue 13's table, in the form a runner collects."""
-    return f"ROW {name} | {figure} | {target} | {'met' if met else 'not met'}"
 
 
 def row_lines(best, dumps, size_mib: int, layer_bytes: int, fixed_rss: int) -> list[str]:

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _rows import row
+
 ROOT = Path(__file__).resolve().parent.parent
 N_SAMPLES = 2048
 #: samples per forward pass of the floor: what the audit picks for these models
@@ -276,8 +278,8 @@ def main() -> None:
               f"a fresh `python -m bundlelab audit`, of this tree and of commit {PREVIOUS})")
         for name, floor, audit, _ in results:
             ratio = audit / floor
-            print(f"ROW onnx audit CLI / plain onnxruntime process ({name}) | {ratio:.2f}x | "
-                  f"<= {TARGET}x | {'met' if ratio <= TARGET else 'not met'}")
+            print(row(f"onnx audit CLI / plain onnxruntime process ({name})", f"{ratio:.2f}x",
+                      f"<= {TARGET}x", ratio <= TARGET))
     finally:
         if baseline is not None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _rows import row
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_threshold import make_rows as threshold_rows  # noqa: E402
 
@@ -144,8 +146,8 @@ def table_rows(ratios: dict) -> list[str]:
     measured = {key[1]: value for key, value in cells.items() if key[2] == n}
     worst = max(measured.values())
     figures = ", ".join(f"{regime} {value:.1f}x" for regime, value in measured.items())
-    return [f"ROW scaling resolution {n // 1024}k x 256 | {figures} | <= 2x the floor | "
-            f"{'met' if worst <= 2.0 else 'not met'}"]
+    return [row(f"scaling resolution {n // 1024}k x 256", figures, "<= 2x the floor",
+                worst <= 2.0)]
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_dumps import FLOOR, N_FEATURES, TIME_TARGET, measured, row, write_dumps  # noqa: E402
+from _rows import row  # noqa: E402
+from bench_dumps import FLOOR, N_FEATURES, TIME_TARGET, measured, write_dumps  # noqa: E402
 
 ANALYZE = ["-m", "bundlelab", "analyze", "{path}", "--weight-amplitude", "1", "--format", "json"]
 

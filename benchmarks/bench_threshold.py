@@ -43,6 +43,8 @@ import time
 
 import numpy as np
 
+from _rows import row
+
 REGIMES = ("distinct", "half duplicated", "10 bundles", "sparse distinct")
 REACH = 1e-8 / (1e-3 / 64)
 #: the issue-13 table row this script measures, and its target speed-up
@@ -177,16 +179,15 @@ def print_rows(cells: dict, baseline: str) -> None:
     """The issue-13 table rows, as ``ROW name | figure | target | met/not met``."""
     _, ratio = cells["distinct", 131072, 256]
     name = ROW_NAME if baseline == PREVIOUS else ROW_NAME.replace(PREVIOUS, baseline)
-    print(f"ROW {name} | {ratio:.1f}x | >= {ROW_TARGET:.0f}x | "
-          f"{'met' if ratio >= ROW_TARGET else 'not met'}")
+    print(row(name, f"{ratio:.1f}x", f">= {ROW_TARGET:.0f}x", ratio >= ROW_TARGET))
     sizes = sorted(n for regime, n, d in cells if regime == "distinct" and d == 256)
     if len(sizes) >= 2:
         first, last = sizes[-2], sizes[-1]
         per_4n = (cells["distinct", last, 256][0] / cells["distinct", first, 256][0]) ** (
             np.log(4) / np.log(last / first))
-        print(f"ROW threshold all distinct, time growth per 4x N ({first}..{last} x 256) | "
-              f"{per_4n:.1f}x | <= {GROWTH_TARGET:.0f}x (near-linear) | "
-              f"{'met' if per_4n <= GROWTH_TARGET else 'not met'}")
+        print(row(f"threshold all distinct, time growth per 4x N ({first}..{last} x 256)",
+                  f"{per_4n:.1f}x", f"<= {GROWTH_TARGET:.0f}x (near-linear)",
+                  per_4n <= GROWTH_TARGET))
 
 
 if __name__ == "__main__":
