@@ -45,6 +45,11 @@ inputs into consecutive slices (default: arrays or tensors, or a dict, list or t
 and ``worker_copy(model)`` says how the model reaches a task (default: the adapter and the
 model pickled as they are); see :mod:`bundlelab.adapters._split`.
 
+An adapter whose forward passes run on CPU threads may define ``forward_threads(model)``: how
+many threads they keep busy (None: unknown).  When they take every core, the small outputs'
+blocks are fingerprinted between layers instead of in a background thread (see
+:class:`bundlelab.streaming.StreamBatcher`), which would stall the passes' own thread pool.
+
 An adapter that can hand each layer's output over as the model produces it (from a forward
 hook) may define ``feed_layer_outputs(model, inputs, *, layers, inference_batch_size, feed)``
 (see :class:`LayerFeed`): :func:`measure_bundles` then prefers it to ``iter_layer_outputs``, and
@@ -69,6 +74,7 @@ registers them by name: the adapters for :func:`get_adapter` and the training ba
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -341,17 +347,19 @@ def _stream_batches(streams: Mapping[str, Any], adapter: Any, model: Any, inputs
     (a progress bar)."""
     from ..streaming import StreamBatcher
 
-    batcher = StreamBatcher(streams)
+    batcher = StreamBatcher(streams, background=_core_to_spare(adapter, model))
     feed = LayerFeed(batcher, labels, names, progress)
     wrap = wrap or (lambda passes: passes)
     method = getattr(adapter, "feed_layer_outputs", None)
+    passes = None
     try:
         if callable(method):
-            for _ in wrap(method(model, inputs, layers=list(names),
-                                 inference_batch_size=inference_batch_size, feed=feed)):
+            passes = method(model, inputs, layers=list(names),
+                            inference_batch_size=inference_batch_size, feed=feed)
+            for _ in wrap(passes):
                 feed.end()
         else:
-            batches = adapter.iter_layer_outputs(
+            passes = batches = adapter.iter_layer_outputs(
                 model, inputs, layers=names, inference_batch_size=inference_batch_size
             )
             for item in wrap(batches):
@@ -362,8 +370,35 @@ def _stream_batches(streams: Mapping[str, Any], adapter: Any, model: Any, inputs
                 feed.end()
         feed.flush()
     finally:
-        batcher.close()  # no background thread outlives the measurement, even on an error
+        # an adapter's passes may hold the model's state (hooks, eval mode) between passes:
+        # closed now, also when this loop fails, not when a traceback lets the generator go
+        close = getattr(passes, "close", None)
+        try:
+            if callable(close):
+                close()
+        finally:
+            batcher.close()  # no background thread outlives the measurement, even on an error
     return feed.seen
+
+
+def _core_to_spare(adapter: Any, model: Any) -> bool:
+    """Whether a core is left beside the forward passes for the background fingerprints.
+
+    An adapter's optional ``forward_threads(model)`` says how many CPU threads its forward
+    passes keep busy (None: it cannot tell).  When they take every core the process may use,
+    a background thread would take a core from the passes' own pool, whose threads wait for
+    each other at the end of every operation; the blocks are then fingerprinted in the calling
+    thread, between two layers, on one thread."""
+    method = getattr(adapter, "forward_threads", None)
+    threads = method(model) if callable(method) else None
+    return threads is None or threads < _usable_cores()
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _progress_bar(passes: Iterable) -> Iterable:
@@ -380,7 +415,10 @@ class LayerFeed:
     ``feed.begin(labels)`` (the batch's own labels, or None when the caller passed them to
     :func:`measure_bundles`), then ``feed.take(name, output)`` for every layer of ``layers``
     as the pass produces it (from inside a forward hook, say), and yields once the pass is
-    over.  ``take`` reads the output before it returns (a small one is copied into a block
+    over.  It may keep the model's measuring state (hooks, eval mode, no gradients) from one
+    pass to the next: its caller must ``close()`` it when it stops early (as
+    :func:`measure_bundles` does, also on an error), and the generator restores that state
+    then.  ``take`` reads the output before it returns (a small one is copied into a block
     fingerprinted later, see :class:`bundlelab.StreamBatcher`), so the adapter needs no copy
     of it: later in-place operations of the pass cannot change what was measured.
 
@@ -411,19 +449,22 @@ class LayerFeed:
         self.seen = 0  # samples of the passes ended so far
         self._own: Any = None  # the current pass's own labels
         self._labels: Any = None  # the current pass's labels once its size is known
+        self._codes: tuple | None = None  # their encoding, made by the pass's first layer
         self._size: int | None = None
         self._shapes: dict[str, tuple] = {}
 
     def begin(self, labels: Any = None) -> None:
         """A forward pass starts; ``labels``: its own labels, if the data carries them."""
-        self._own, self._labels, self._size, self._shapes = labels, None, None, {}
+        self._own, self._labels, self._codes = labels, None, None
+        self._size, self._shapes = None, {}
 
     def take(self, name: str, output: Any) -> None:
         """Layer ``name``'s output of the current pass, shape (batch, ...)."""
         if self._size is None:
             self._size = size = int(output.shape[0])
             self._labels = self._own if self._own is not None else self._next_labels(size)
-        self._batcher.update(name, output, self._labels)
+        # the labels are encoded once per pass, not once per layer
+        self._codes = self._batcher._update(name, output, self._labels, self._codes)
         self._shapes[name] = tuple(output.shape[1:])
 
     def end(self) -> None:

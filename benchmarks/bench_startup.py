@@ -33,15 +33,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _rows import row  # noqa: E402
-from bench_dumps import FLOOR, N_FEATURES, TIME_TARGET, measured, write_dumps  # noqa: E402
+from bench_dumps import (  # noqa: E402
+    FLOOR,
+    N_FEATURES,
+    TIME_TARGET,
+    child_env,
+    measured,
+    write_dumps,
+)
 
 ANALYZE = ["-m", "bundlelab", "analyze", "{path}", "--weight-amplitude", "1", "--format", "json"]
-
-
-def child_env(pycache: Path) -> None:
-    """Byte code cached as in an installed package (``measured`` passes os.environ on)."""
-    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-    os.environ["PYTHONPYCACHEPREFIX"] = str(pycache)
 
 
 def import_breakdown(path: Path) -> list[tuple[str, float]]:

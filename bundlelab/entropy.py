@@ -10,9 +10,11 @@ import numpy as np
 from ._validation import check_positive_float, checked_keywords, label_codes
 
 
-#: ``bundle_stats`` counts (bundle, label) pairs in a dense table while it holds at most this
-#: many cells per sample (plus 1024), and sorts the pairs otherwise
-DENSE_PAIRS_PER_SAMPLE = 4
+#: ``bundle_stats`` counts the (bundle, label) pairs of the conflicting bundles in a dense table
+#: while it holds at most this many cells per sample of theirs (plus 1024), and sorts the pairs
+#: otherwise (measured at 118k pairs: 2.7 ms against 6.8 ms for the sort at 4 cells per pair,
+#: 8.4 ms against 6.4 ms at 16)
+DENSE_PAIRS_PER_SAMPLE = 8
 
 
 @dataclass(frozen=True)
@@ -42,32 +44,36 @@ def bundle_stats(bundle_ids: np.ndarray, label_codes: np.ndarray, *, epsilon: fl
     n_bundles = int(bundle_ids.max()) + 1
     n_codes = int(label_codes.max()) + 1
     sizes = np.bincount(bundle_ids, minlength=n_bundles)
-    # Distinct (bundle, label) pairs with their counts; sorted by bundle, so each bundle's
-    # label counts are contiguous.
-    keys = bundle_ids.astype(np.int64) * n_codes + label_codes
-    if n_bundles * n_codes <= DENSE_PAIRS_PER_SAMPLE * n_samples + 1024:
-        # a table of every (bundle, label) count: O(n + bundles * labels), no sort (the sort
-        # was most of a layer's bookkeeping at 128k samples)
-        table = np.bincount(keys, minlength=n_bundles * n_codes)
-        pair_keys = np.flatnonzero(table)
-        pair_counts = table[pair_keys]
-    else:  # many bundles and many labels: the table would not fit
-        pair_keys, pair_counts = np.unique(keys, return_counts=True)
-    pair_bundle = pair_keys // n_codes
-    labels_per_bundle = np.bincount(pair_bundle, minlength=n_bundles)
-    conflicting = labels_per_bundle >= 2
+    # A bundle conflicts when a member's label differs from one member's label (whichever the
+    # assignment keeps): O(n), no sort of the (bundle, label) pairs.
+    one_label = np.empty(n_bundles, dtype=label_codes.dtype)
+    one_label[bundle_ids] = label_codes
+    differs = label_codes != one_label[bundle_ids]
+    conflicting = np.bincount(bundle_ids[differs], minlength=n_bundles) > 0
+    n_conflicting = int(np.count_nonzero(conflicting))
 
     total = 0.0
-    if conflicting.any():
-        in_conflict = conflicting[pair_bundle]
-        counts = pair_counts[in_conflict].astype(np.float64)
-        owner = pair_bundle[in_conflict]
-        p = counts / sizes[owner]
+    if n_conflicting:
+        # the label counts of the conflicting bundles only (renumbered 0..c-1 in order):
+        # distinct (bundle, label) pairs with their counts, sorted by bundle, so each
+        # bundle's label counts are contiguous
+        members = conflicting[bundle_ids]
+        compact = np.cumsum(conflicting) - 1
+        keys = compact[bundle_ids[members]] * n_codes + label_codes[members]
+        if n_conflicting * n_codes <= DENSE_PAIRS_PER_SAMPLE * keys.size + 1024:
+            table = np.bincount(keys, minlength=n_conflicting * n_codes)
+            pair_keys = np.flatnonzero(table)
+            pair_counts = table[pair_keys]
+        else:  # many bundles and many labels: the table would not fit
+            pair_keys, pair_counts = np.unique(keys, return_counts=True)
+        owner = pair_keys // n_codes
+        conflict_sizes = sizes[conflicting]
+        p = pair_counts.astype(np.float64) / conflict_sizes[owner]
         terms = -p * (np.log(p + epsilon) if epsilon else np.log(p))
-        per_bundle = np.bincount(owner, weights=terms, minlength=n_bundles)[conflicting]
+        per_bundle = np.bincount(owner, weights=terms, minlength=n_conflicting)
         if epsilon:
             per_bundle = np.maximum(per_bundle, 0.0)
-        total = float(np.dot(sizes[conflicting].astype(np.float64), per_bundle)) / n_samples
+        total = float(np.dot(conflict_sizes.astype(np.float64), per_bundle)) / n_samples
 
     # bincount, not np.unique: numpy's unique without counts imports numpy.ma (0.1-0.2 s of a
     # short audit's process); the codes are small non-negative ints
@@ -75,7 +81,7 @@ def bundle_stats(bundle_ids: np.ndarray, label_codes: np.ndarray, *, epsilon: fl
     return BundleStats(
         n_samples=n_samples,
         n_bundles=n_bundles,
-        n_conflicting=int(conflicting.sum()),
+        n_conflicting=n_conflicting,
         entropy=total,
         largest_bundle=int(sizes.max()),
         fully_conflicting=bool(n_bundles == 1 and distinct_labels >= 2),

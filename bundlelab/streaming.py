@@ -44,7 +44,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._arrays import Rows, as_rows, framework_of, is_gpu_array
+from ._arrays import Rows, as_rows, framework_of, is_gpu_array, to_host
 from ._errors import BundleLabError
 from ._validation import check_n_classes, checked_keywords, label_codes, merge_label_codes
 from .bundles import (
@@ -392,7 +392,8 @@ class StreamBatcher:
     each batch keeps its place in its stream, so the results equal plain updates bit for bit.
     With ``background`` (default), a full block is fingerprinted in a background thread while
     the caller goes on filling the next one (the kernel releases the GIL); at most one block
-    is in flight.
+    is in flight.  Without it, the caller fingerprints a full block itself, on one Numba
+    thread (for a caller whose other cores are busy, e.g. a forward pass on every core).
     Larger batches, GPU batches, threshold mode and narrow formats go to
     :meth:`BundleStream.update` at once.
 
@@ -408,9 +409,10 @@ class StreamBatcher:
         Batches of ``direct_bytes`` or more are fingerprinted as they are; smaller ones are
         gathered into blocks of about ``block_bytes`` (at least one batch); the blocks being
         filled hold at most ``max(budget_bytes, block_bytes)`` together, plus one block in
-        flight.
+        flight (whose memory the next block reuses once it is fingerprinted).
     background : bool, default=True
-        Fingerprint full blocks in a background thread (one Numba thread) meanwhile.
+        Fingerprint full blocks in a background thread (one Numba thread) meanwhile; False:
+        in the calling thread (one Numba thread).
 
     Examples
     --------
@@ -437,43 +439,88 @@ class StreamBatcher:
         self._constants: dict[tuple, tuple] = {}  # (layer, format) -> (fmt, transform)
         self.background = bool(background)
         self._worker: ThreadPoolExecutor | None = None
-        self._in_flight: deque = deque()  # (future, parts) of the blocks being fingerprinted
+        self._in_flight: deque = deque()  # (future, block) of the blocks being fingerprinted
+        self._lanes: dict[str, _Lane] = {}  # layer -> what its last gathered batch was
+        # one fingerprinted block's memory, kept for the next block: a fresh buffer costs a
+        # page fault per 4 KiB on its first fill, about as much as the copy itself
+        self._spare: np.ndarray | None = None
 
     def update(self, name: str, activations: Any, labels: Any) -> None:
         """Add a batch of layer ``name`` (see :meth:`BundleStream.update`); its fingerprints
         may be computed later, in a block."""
+        self._update(name, activations, labels, None)
+
+    def _update(self, name: str, activations: Any, labels: Any,
+                codes: tuple | None) -> tuple | None:
+        """:meth:`update`; ``codes``: the labels already encoded by :func:`label_codes` (a
+        forward pass's layers share one labels array), or None.  Returns the codes it used
+        (None when the batch went to :meth:`BundleStream.update`), for the pass's next layer."""
+        lane = self._lanes.get(name)
+        data = None if lane is None else lane.rows(activations, self.direct_bytes)
+        if data is None:
+            return self._update_checked(name, activations, labels, codes)
+        # the layer's earlier batch was checked and had the same kind, width and format: only
+        # the labels are new
+        if codes is None or codes[0].shape[0] != data.shape[0]:
+            codes = self._codes(labels)
+            if codes is None or codes[0].shape[0] != data.shape[0]:
+                codes = label_codes(labels, data.shape[0], layer=lane.stream.layer)
+                self._remember_labels(labels, codes)
+        self._gather(lane, data, codes)
+        return codes
+
+    def _update_checked(self, name: str, activations: Any, labels: Any,
+                        codes: tuple | None) -> tuple | None:
+        """A batch whose layer has no lane yet (or that does not fit it): every check of
+        :meth:`BundleStream.update`; a batch gathered into a block opens the layer's lane."""
+        self._lanes.pop(name, None)
         stream = self.streams[name]
         if stream.options.mode != "resolution" or framework_of(activations) == "other" or (
             is_gpu_array(activations) or stream.options.device_for(activations) != "cpu"
         ):
             stream.update(activations, labels)
-            return
-        rows, codes, _ = stream._accept(activations, labels, self._codes(labels))
+            return None
+        if codes is None:
+            codes = self._codes(labels)
+        rows, codes, _ = stream._accept(activations, labels, codes)
+        self._remember_labels(labels, codes)
+        if not rows.fmt.native or rows.data.nbytes >= self.direct_bytes:
+            stream._add_batch(rows, codes)
+            return codes
+        fmt, transform = self._constants_of(stream, rows.fmt)
+        lane = _Lane(stream, (rows.n_features, rows.data.dtype.str, fmt.name, transform), fmt,
+                     transform, rows.fmt, type(activations), activations.dtype,
+                     tuple(activations.shape[1:]), rows.n_features)
+        self._lanes[name] = lane
+        self._gather(lane, rows.data, codes)
+        return codes
+
+    def _remember_labels(self, labels: Any, codes: tuple) -> None:
         if isinstance(labels, np.ndarray) and labels.dtype.kind in "biufUS":
             # a copy: a caller may refill its labels array in place for the next batch
             self._labels = (labels.copy(), codes)
-        if not rows.fmt.native or rows.data.nbytes >= self.direct_bytes:
-            stream._add_batch(rows, codes)
-            return
-        fmt, transform = self._constants_of(stream, rows.fmt)
-        key = (rows.n_features, rows.data.dtype.str, fmt.name, transform)
+
+    def _gather(self, lane: "_Lane", data: np.ndarray, codes: tuple) -> None:
+        """Copy a checked batch's rows (n_samples, n_features) into its block and give the
+        batch its place in its stream."""
+        stream, key, n_samples = lane.stream, lane.key, data.shape[0]
         block = self._blocks.pop(key, None)
-        if block is not None and block.used + rows.n_samples > block.buffer.shape[0]:
+        if block is not None and block.used + n_samples > block.buffer.shape[0]:
             self._fingerprint(block)  # its buffer now belongs to that job: a new block below
             self._held -= block.buffer.nbytes
             block = None
         if block is None:
-            capacity = max(self.block_bytes // (rows.data.itemsize * rows.n_features),
-                           rows.n_samples)
-            nbytes = capacity * rows.n_features * rows.data.itemsize
+            itemsize, n_features = data.itemsize, lane.n_features
+            capacity = max(self.block_bytes // (itemsize * n_features), n_samples)
+            nbytes = capacity * n_features * itemsize
             while self._blocks and self._held + nbytes > self.budget_bytes:
                 self._retire(next(iter(self._blocks)))
-            block = _Block(np.empty((capacity, rows.n_features), rows.data.dtype), fmt,
-                           transform, rows.fmt)
+            block = _Block(self._buffer(nbytes).view(data.dtype).reshape(capacity, n_features),
+                           lane.fmt, lane.transform, lane.source)
             self._held += nbytes
         self._blocks[key] = block  # now the most recently used
-        stop = block.used + rows.n_samples
-        block.buffer[block.used:stop] = rows.data
+        stop = block.used + n_samples
+        block.buffer[block.used:stop] = data
         block.parts.append((stream, len(stream._fingerprints), stream._n_samples, block.used,
                             stop))
         block.used = stop
@@ -482,7 +529,7 @@ class StreamBatcher:
         stream._nan_rows.append(None)
         stream._nonfinite.append(None)
         stream._labels.append(codes)
-        stream._n_samples += rows.n_samples
+        stream._n_samples += n_samples
         stream._pending += 1
 
     def flush(self) -> None:
@@ -492,13 +539,30 @@ class StreamBatcher:
             for key in list(self._blocks):
                 self._retire(key)
             self._collect(wait=0)
+            self._merge_labels()
         finally:
             self.close()
+
+    def _merge_labels(self) -> None:
+        """Merge each stream's per-batch label codes once for all the streams that hold the
+        same batches' codes (the layers of one forward pass share them), instead of once per
+        stream in its result()."""
+        merged: dict[tuple, tuple] = {}
+        for stream in self.streams.values():
+            parts = stream._labels
+            if len(parts) < 2 or stream._pending:
+                continue
+            key = tuple(map(id, parts))  # the parts stay alive during the loop: ids are unique
+            if key not in merged:
+                merged[key] = merge_label_codes(parts)
+            stream._labels = [merged[key]]
 
     def close(self) -> None:
         """Stop the background thread (waiting for its job); batches not yet filled in stay
         pending (after an error: the streams are not to be used)."""
         self._labels = None
+        self._lanes.clear()
+        self._spare = None
         if self._worker is not None:
             self._worker.shutdown(wait=True, cancel_futures=True)
             self._worker = None
@@ -535,7 +599,8 @@ class StreamBatcher:
         rows = Rows(block.buffer[:block.used], block.source, "cpu")
         job = (rows, block.fmt, block.transform)
         if not self.background:
-            self._fill(block.parts, _fingerprint_rows(*job))
+            self._fill(block.parts, _fingerprint_rows(*job, one_thread=True))
+            self._recycle(block.buffer)
             return
         # the previous block must be done before this one goes: one block in flight at most
         # (the caller fills the next block meanwhile)
@@ -543,13 +608,28 @@ class StreamBatcher:
         if self._worker is None:
             self._worker = ThreadPoolExecutor(1, thread_name_prefix="bundlelab-fingerprints")
         future = self._worker.submit(_fingerprint_rows, *job, one_thread=True)
-        self._in_flight.append((future, block.parts))
+        self._in_flight.append((future, block))
 
     def _collect(self, wait: int) -> None:
         """Fill in the finished jobs' batches; wait until at most ``wait`` jobs are left."""
         while self._in_flight and (len(self._in_flight) > wait or self._in_flight[0][0].done()):
-            future, parts = self._in_flight.popleft()
-            self._fill(parts, future.result())  # a job's error is raised here
+            future, block = self._in_flight.popleft()
+            self._fill(block.parts, future.result())  # a job's error is raised here
+            self._recycle(block.buffer)
+
+    def _buffer(self, nbytes: int) -> np.ndarray:
+        """``nbytes`` of memory for a new block: the spare buffer when it is large enough."""
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.nbytes >= nbytes:
+            return spare[:nbytes]
+        return np.empty(nbytes, np.uint8)
+
+    def _recycle(self, buffer: np.ndarray) -> None:
+        """Keep a fingerprinted block's memory (the largest seen) as the spare buffer."""
+        while buffer.base is not None:
+            buffer = buffer.base
+        if self._spare is None or buffer.nbytes > self._spare.nbytes:
+            self._spare = buffer
 
     def _fill(self, parts: list, computed: tuple) -> None:
         fingerprints, nonfinite, nan_rows = computed
@@ -564,16 +644,61 @@ class StreamBatcher:
 def _fingerprint_rows(rows: Rows, fmt, transform, one_thread: bool = False) -> tuple:
     """``(fingerprints, nonfinite, nan row positions)`` of a block's rows.
 
-    ``one_thread`` (the background thread, which ends with the batcher's flush): Numba's
-    kernels run on this thread alone, so the thread that fills the blocks (a forward pass,
-    say) keeps the other cores."""
-    if one_thread and "numba" in sys.modules:
-        import numba
+    ``one_thread``: Numba's kernels run on one thread, so the other cores stay with whatever
+    runs beside (the forward pass filling the blocks, or, called between two of its layers,
+    the pass's own thread pool, whose idle threads still hold their cores)."""
+    # before bundlelab's Numba kernels are loaded (a young process hashes in numpy) Numba's
+    # threads must not start: they would start on Numba's default layer
+    if not one_thread or "bundlelab.kernels.cpu" not in sys.modules:
+        return _fingerprinted(rows, fmt, transform)
+    # the module may still be importing in another thread, before it chose the threading
+    # layer: this import waits for it to finish
+    import numba
 
-        numba.set_num_threads(1)  # thread-local: only this thread's launches
+    from .kernels import cpu  # noqa: F401
+
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)  # thread-local: only this thread's launches
+    try:
+        return _fingerprinted(rows, fmt, transform)
+    finally:
+        numba.set_num_threads(threads)
+
+
+def _fingerprinted(rows: Rows, fmt, transform) -> tuple:
     backend = get_kernel_backend("cpu")
     fingerprints, nonfinite = backend.fingerprints(rows.data, fmt, transform, rows.fmt)
     return fingerprints, nonfinite, nan_row_positions(backend, rows, fmt, transform, nonfinite)
+
+
+@dataclasses.dataclass
+class _Lane:
+    """A layer's last gathered batch, checked in full: a later batch of the same array type,
+    dtype and per-sample shape, on the CPU and small enough, goes into the same blocks without
+    the checks (they would pass and give the same rows, format and transform)."""
+
+    stream: BundleStream
+    key: tuple  # the blocks it goes to
+    fmt: Any  # the update format
+    transform: Any
+    source: Any  # the activations' format
+    kind: type  # the activations' array type
+    dtype: Any  # the activations' own dtype object (numpy or torch)
+    shape: tuple  # per sample
+    n_features: int
+
+    def rows(self, activations: Any, direct_bytes: int) -> np.ndarray | None:
+        """The batch as host rows (n_samples, n_features), or None when it does not fit."""
+        if type(activations) is not self.kind or activations.dtype != self.dtype or (
+            tuple(activations.shape[1:]) != self.shape or is_gpu_array(activations)
+        ):
+            return None
+        data = to_host(activations)
+        n_samples = data.shape[0]
+        if not n_samples or n_samples * self.n_features * data.itemsize >= direct_bytes:
+            return None
+        # a view when contiguous; the block copy reads it once either way
+        return data.reshape(n_samples, self.n_features)
 
 
 @dataclasses.dataclass

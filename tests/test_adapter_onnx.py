@@ -688,3 +688,99 @@ def test_measure_bundles_renamed_keywords(dead_layer_model, rng):
         measure_bundles(OnnxAdapter(), model, x, labels, train_batch_size=8)
     with pytest.raises(BundleLabError, match="'inference_batch_size'"):
         next(OnnxAdapter().iter_layer_outputs(model, x, layers=["h0"], inference_batch_size=0))
+
+
+# -- what the audit need not do: probe batches inference answers, a second serialization --------
+
+
+def _record_batch_sizes(monkeypatch):
+    """The sample counts of every batch onnxruntime runs, in order."""
+    from bundlelab.adapters.onnx import OnnxModel
+
+    sizes, run = [], OnnxModel.run
+
+    def recording(self, session, tensors, feeds):
+        sizes.append(next(iter(feeds.values())).shape[0])
+        return run(self, session, tensors, feeds)
+
+    monkeypatch.setattr(OnnxModel, "run", recording)
+    return sizes
+
+
+def _with_reversed_reshape(model):
+    """``model`` plus Relu(Reshape(h0, reversed Shape(h0))): a (16, N) tensor whose shape
+    onnx's inference cannot tell (the Reshape's shape is computed at run time)."""
+    extra = onnx.ModelProto()
+    extra.CopyFrom(model)
+    extra.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), "minus1"))
+    extra.graph.initializer.append(numpy_helper.from_array(np.array([-3], np.int64), "start"))
+    extra.graph.initializer.append(numpy_helper.from_array(np.array([-4], np.int64), "stop"))
+    extra.graph.node.extend([
+        helper.make_node("Shape", ["h0"], ["h0_shape"]),
+        helper.make_node("Slice", ["h0_shape", "minus1", "start", "minus1", "minus1"],
+                         ["reversed_shape"]),
+        helper.make_node("Reshape", ["h0", "reversed_shape"], ["h0_t"]),
+        helper.make_node("Relu", ["h0_t"], ["r"], name="act_t"),
+        helper.make_node("ReduceSum", ["r"], ["r_sum"], keepdims=0),
+    ])
+    extra.graph.output.append(helper.make_tensor_value_info("r_sum", TensorProto.FLOAT, None))
+    return extra
+
+
+def test_probe_batches_run_only_for_taps_inference_has_not_typed(dead_layer_model, rng,
+                                                                monkeypatch):
+    """Where onnx's shape inference proves every tap's first axis is the batch ('N', as the
+    input), no probe batch of 2 and 3 samples runs; a tap it cannot tell still gets them and
+    is left out, named, when its first axis is not the batch."""
+    model, _, _ = dead_layer_model
+    x = rng.normal(size=(20, 8)).astype(np.float32)
+    labels = np.arange(20) % 3
+    sizes = _record_batch_sizes(monkeypatch)
+    report = audit(model, x, labels, inference_batch_size=8)
+    assert report.names == ["h0", "h1"]
+    assert sizes == [8, 8, 4]  # the measured batches only
+    sizes.clear()
+    weights, biases = dead_layer_model[1:]
+    fixed = mlp_graph(weights, biases, inputs_dims=(4, None))  # exported with a batch of 4
+    assert audit(fixed, x[:10], labels[:10]).names == ["h0", "h1"]
+    assert sizes == [4, 4, 4]  # no probe of the fixed size either; the last batch padded
+
+    sizes.clear()
+    report = audit(_with_reversed_reshape(model), x, labels, inference_batch_size=8)
+    assert sizes == [2, 3, 8, 8, 4]
+    assert report.names == ["h0", "h1"]
+    assert report.params["selection"].endswith(
+        "; 1 tensor skipped, its first axis is not the batch: 'r' (16, 2)")
+    # a probe repeats samples when the data holds fewer than 3
+    sizes.clear()
+    assert OnnxAdapter().layer_names(_with_reversed_reshape(model), x[:1]) == ["h0", "h1"]
+    assert sizes == [2, 3]
+
+
+def test_a_declared_batch_axis_is_not_taken_for_a_proof(dead_layer_model, rng, monkeypatch):
+    """A file that declares a tensor ('N', 16) where it is (16, N) at run time: inference
+    would keep the declaration and derive ('N', 16) for what follows; the probe batches still
+    run, and the tap is left out, named, instead of measured along the wrong axis."""
+    model = _with_reversed_reshape(dead_layer_model[0])
+    model.graph.value_info.append(
+        helper.make_tensor_value_info("h0_t", TensorProto.FLOAT, ["N", 16]))
+    x = rng.normal(size=(20, 8)).astype(np.float32)
+    labels = np.arange(20) % 3
+    sizes = _record_batch_sizes(monkeypatch)
+    report = audit(model, x, labels, inference_batch_size=8)
+    assert sizes == [2, 3, 8, 8, 4]
+    assert report.names == ["h0", "h1"]
+    assert "skipped, its first axis is not the batch: 'r' (16, 2)" in report.params["selection"]
+
+
+def test_a_text_format_model_audits_as_its_binary_file(dead_layer_model, rng, tmp_path):
+    """onnx's text formats (by extension, as onnx.load reads them) load as before."""
+    model, _, _ = dead_layer_model
+    x = rng.normal(size=(30, 8)).astype(np.float32)
+    labels = np.arange(30) % 3
+    onnx.save(model, tmp_path / "dead.onnx")
+    onnx.save(model, tmp_path / "dead.textproto")
+    binary, text = (audit(tmp_path / name, x, labels) for name in ("dead.onnx", "dead.textproto"))
+    assert load_model(tmp_path / "dead.textproto").proto == model
+    assert [r.to_record(include_ids=True) for r in text] == [
+        r.to_record(include_ids=True) for r in binary]

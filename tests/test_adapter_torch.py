@@ -618,7 +618,7 @@ def test_memory_holds_no_output_beyond_its_use(rng, monkeypatch):
         if isinstance(module, nn.ReLU):
             module.register_forward_hook(
                 lambda m, args, out: produced.add(out.untyped_storage().data_ptr()))
-    take, end, update = LayerFeed.take, LayerFeed.end, StreamBatcher.update
+    take, end, update = LayerFeed.take, LayerFeed.end, StreamBatcher._update
 
     def taking(self, name, output):
         taken.append(output.untyped_storage().data_ptr())
@@ -628,15 +628,84 @@ def test_memory_holds_no_output_beyond_its_use(rng, monkeypatch):
         passes.append(self._size)
         end(self)
 
-    def updating(self, name, activations, labels):
-        update(self, name, activations, labels)
+    def updating(self, name, activations, labels, codes):
+        codes = update(self, name, activations, labels, codes)
         held.append(sum(block.buffer.nbytes for block in self._blocks.values()))
+        return codes
 
     monkeypatch.setattr(LayerFeed, "take", taking)
     monkeypatch.setattr(LayerFeed, "end", ending)
-    monkeypatch.setattr(StreamBatcher, "update", updating)
+    monkeypatch.setattr(StreamBatcher, "_update", updating)
     x, y = torch.randn(n, 8), rng.integers(0, 2, size=n)
     report = audit(model, x, y, inference_batch_size=batch)
     assert len(report) == depth and passes == [batch] * (n // batch)
     assert len(taken) == depth * n // batch and set(taken) <= produced  # no clone
     assert 0 < max(held) <= BUDGET_BYTES
+
+
+def test_blocks_are_fingerprinted_between_layers_when_torch_takes_every_core(rng, monkeypatch):
+    """A background fingerprint thread would take a core from torch's own thread pool, whose
+    threads wait for each other after every operation: with torch on every core the blocks
+    are fingerprinted in the calling thread instead; the report is the same either way."""
+    from bundlelab import adapters
+    from bundlelab.streaming import StreamBatcher
+
+    made = []
+    init = StreamBatcher.__init__
+
+    def recording(self, streams, **kwargs):
+        init(self, streams, **kwargs)
+        made.append(self.background)
+
+    monkeypatch.setattr(StreamBatcher, "__init__", recording)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                          nn.Linear(16, 3))
+    assert TorchAdapter().forward_threads(model) == torch.get_num_threads()
+    x, y = quantized_data(rng, n=600)
+    reports = {}
+    for spare in (0, 1):
+        monkeypatch.setattr(adapters, "_usable_cores", lambda: torch.get_num_threads() + spare)
+        reports[spare] = audit(model, x, y, n_samples=None, inference_batch_size=64)
+    assert made == [False, True]
+    for busy, free in zip(reports[0], reports[1]):
+        assert np.array_equal(busy.bundle_ids, free.bundle_ids)
+        assert (busy.n_bundles, busy.entropy) == (free.n_bundles, free.entropy)
+
+
+def test_an_audit_hooks_the_model_once_not_once_per_pass(rng, monkeypatch):
+    """Hooks and eval mode are set up once for every forward pass of a measurement (the
+    tracing pass has its own), and the model is left as it was."""
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+    registered = []
+    register = nn.Module.register_forward_hook
+
+    def counting(self, hook, *args, **kwargs):
+        registered.append(self)
+        return register(self, hook, *args, **kwargs)
+
+    x, y = quantized_data(rng, n=640)
+    trace_model(model, x)  # the tracing pass hooks every module once
+    monkeypatch.setattr(nn.Module, "register_forward_hook", counting)
+    trace_model(model, x)
+    traced = len(registered)
+    registered.clear()
+    model.train()
+    audit(model, x, y, n_samples=None, inference_batch_size=64)  # ten passes
+    assert len(registered) == traced + 1  # the tracing pass, then the one tapped ReLU once
+    assert no_hooks_left(model) and model.training
+
+
+def test_a_failing_progress_callback_leaves_the_model_as_it_was_at_once(rng):
+    """The hooks and eval mode last for all the passes: a failure between two passes (here
+    the caller's progress callback) restores the model before the error reaches the caller,
+    even while the caller still holds the error and its traceback."""
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)).train()
+    x, y = quantized_data(rng, n=256)
+
+    def failing(n_rows, shapes):
+        raise RuntimeError("progress display closed")
+
+    with pytest.raises(RuntimeError, match="display closed") as info:
+        measure_bundles(TorchAdapter(), model, x, y, inference_batch_size=64, progress=failing)
+    assert info.traceback  # held: the frames that ran the passes are still referenced
+    assert no_hooks_left(model) and model.training and torch.is_grad_enabled()

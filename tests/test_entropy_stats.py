@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bundlelab import entropy
+from bundlelab._validation import label_codes
 from bundlelab.entropy import bundle_stats
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -47,3 +48,34 @@ def test_stats_match_the_reference_on_both_ways(case, epsilon, dense):
     assert stats.n_conflicting == sum(k >= 2 for k in labels_per_bundle)
     assert stats.largest_bundle == sizes.max()
     assert stats.fully_conflicting == (stats.n_bundles == 1 and len(set(codes.tolist())) >= 2)
+
+
+def first_occurrence_codes(values: list) -> tuple[list[int], list]:
+    """Codes 0..k-1 by first occurrence, and the classes in that order: a plain dict."""
+    seen: dict = {}
+    return [seen.setdefault(v, len(seen)) for v in values], list(seen)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(),
+       dtype=st.sampled_from(["bool", "int8", "int16", "int32", "int64", "uint8", "uint16",
+                              "uint64"]),
+       n=st.integers(1, 400), wide=st.booleans())
+def test_integer_labels_are_coded_by_first_occurrence(data, dtype, n, wide):
+    """Integer and bool labels get the codes and classes of a plain first-occurrence dict,
+    both through the table over their range (a narrow range) and through the sort (a range
+    wider than the table allows), at the extremes of every integer type."""
+    info = np.iinfo(dtype) if dtype != "bool" else None
+    if info is None:
+        values = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    else:
+        low = data.draw(st.integers(int(info.min), int(info.max)))
+        reach = int(info.max) - low if wide else min(int(info.max) - low, 3 * n)
+        offsets = st.integers(0, reach)
+        values = [low + o for o in data.draw(st.lists(offsets, min_size=n, max_size=n))]
+    labels = np.array(values, dtype=dtype)
+    codes, classes = label_codes(labels, n)
+    want_codes, want_classes = first_occurrence_codes(labels.tolist())
+    assert codes.tolist() == want_codes
+    assert classes == want_classes
+    assert [type(c) for c in classes] == [type(c) for c in want_classes]

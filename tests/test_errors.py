@@ -287,6 +287,29 @@ def test_a_missing_argument_is_one_line():
     assert_names(error_of(lambda: bundlelab.find_bundles(A)), "find_bundles()", "labels")
 
 
+def test_checked_keywords_tells_bad_arguments_from_a_type_error_of_the_body():
+    """Arguments that do not fit are the one-line error and the body never runs; a TypeError
+    the body raises itself reaches the caller unchanged, after the body ran."""
+    from bundlelab._validation import checked_keywords
+
+    ran = []
+
+    @checked_keywords
+    def scale(values, *, factor=2):
+        ran.append(values)
+        return [v * factor for v in values]  # a TypeError for values that do not multiply
+
+    assert scale([1, 2], factor=3) == [3, 6]
+    for bad in (lambda: scale([1], fctor=3), lambda: scale(), lambda: scale([1], 2)):
+        ran.clear()
+        with pytest.raises(BundleLabError, match=r"scale\(\)"):
+            bad()
+        assert ran == []
+    with pytest.raises(TypeError, match="unsupported operand") as caught:
+        scale([None])
+    assert not isinstance(caught.value, BundleLabError) and ran == [[None]]
+
+
 def test_numpy_scalars_are_converted_so_results_serialise():
     import json
 

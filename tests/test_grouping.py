@@ -187,6 +187,53 @@ def test_fused_pass_never_proves_nan_rows(weight_amplitude):
     assert proven == (weight_amplitude != float("inf"))
 
 
+#: what a later value of a repeated row may become: nothing, one ulp up, the other zero, a NaN,
+#: an infinity
+TAIL_EDITS = ("same", "ulp", "signed zero", "nan", "inf")
+
+
+@settings(max_examples=60, **SETTINGS)
+@given(seed=st.integers(0, 2**32 - 1), dtype=st.sampled_from(["float32", "float64"]),
+       d=st.sampled_from([3, 1024, 1025, 2500]),
+       edits=st.lists(st.sampled_from(TAIL_EDITS), min_size=1, max_size=40),
+       weight_amplitude=st.sampled_from([1.0, float("inf")]))
+def test_near_duplicates_get_the_plain_fingerprints(seed, dtype, d, edits, weight_amplitude):
+    """Rows that repeat an earlier row but for one later value (one ulp, the sign of a zero, a
+    NaN, an infinity) get the fingerprints and non-finite flags of the plain pass from the
+    fused pass, and a proven partner is a row whose t equals its own in every value (never a
+    NaN row, also when w = inf makes t NaN)."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(3, d)).astype(dtype)
+    base[:, -1] = 0.0
+    rows = [base[k % 3].copy() for k in range(3)]
+    for edit in edits:
+        row = base[rng.integers(0, 3)].copy()
+        at = rng.integers(min(cpu.TILE, d - 1), d)  # past the first tile of the kernels
+        if edit == "ulp":
+            row[at] = np.nextafter(row[at], np.inf)
+        elif edit == "signed zero":
+            row[-1] = -0.0
+        elif edit == "nan":
+            row[at] = np.nan
+        elif edit == "inf":
+            row[at] = np.inf
+        rows.append(row)
+    a = np.stack(rows)
+    fmt = FORMATS[dtype]
+    transform = Transform.for_format(fmt, weight_amplitude, 1e-3, 64)
+    plain, plain_bad = cpu.CpuBackend().fingerprints(a, fmt, transform)
+    with every_row_fused():
+        fused, fused_bad, partner = cpu.CpuBackend().fingerprints_partners(a, fmt, transform)
+    np.testing.assert_array_equal(fused, plain)
+    np.testing.assert_array_equal(fused_bad, plain_bad)
+    w, alpha, invb = cpu._native_constants(fmt, transform)
+    with np.errstate(all="ignore"):
+        t = w - (a * alpha) * invb
+    for i, j in enumerate(partner):
+        if j >= 0:
+            assert j != i and (t[i] == t[j]).all(), (i, j)
+
+
 @pytest.mark.parametrize("d", [4096, 8192])  # 16 KiB rows: no shortcut; 32 KiB: the shortcut
 def test_an_alpha_that_overflows_leaves_zero_rows_apart(d):
     """A learning rate finite in float64 but infinite in float32 gives 0 * inf = NaN for a zero

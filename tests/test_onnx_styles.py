@@ -177,7 +177,7 @@ def test_all_nodes_skips_tensors_without_a_batch_axis_and_names_them(vit_file, i
     x, labels = images
     report = audit(path, x, labels, all_nodes=True, weight_amplitude=1.0)
     skipped = report.params["selection"]
-    assert "tensors skipped, their first axis is not the batch" in skipped
+    assert "skipped, their first axis is not the batch" in skipped
     assert "/blocks/blocks.0/attn/Transpose_output_0" in skipped
     assert "/blocks/blocks.0/attn/Transpose_output_0" not in report.names
     assert all(result.n_samples == len(x) for result in report)
@@ -450,10 +450,19 @@ def test_all_nodes_names_what_shape_inference_rules_out_in_a_fixed_batch_export(
 # -- shape inference without the weights: the same types, the same reports ------------------------
 
 
-def full_inference_types(proto):
-    """The plain reference: onnx's shape inference over the whole model, weights and all."""
+def full_inference_types(proto, declared=True):
+    """The plain reference: onnx's shape inference over the whole model, weights and all
+    (``declared=False``: over a copy without the file's value_info and output shapes)."""
     from bundlelab.adapters.onnx._graph import _dims
 
+    if not declared:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(proto)
+        del copy.graph.value_info[:]
+        for output in copy.graph.output:
+            if output.type.HasField("tensor_type"):
+                output.type.tensor_type.ClearField("shape")
+        proto = copy
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
     except Exception:  # noqa: BLE001

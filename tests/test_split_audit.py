@@ -351,9 +351,9 @@ def test_torch_split_in_processes_equals_the_cloning_single_pass(monkeypatch):
                   learning_rate=0.05, batch_size=32, nonfinite="keep")
     split = torch_audit(model, x, y, executor="processes", workers=2, **kwargs)
     monkeypatch.delattr(TorchAdapter, "feed_layer_outputs")
-    monkeypatch.setattr(StreamBatcher, "update",
-                        lambda self, name, output, labels: self.streams[name].update(output,
-                                                                                      labels))
+    monkeypatch.setattr(StreamBatcher, "_update",  # what LayerFeed.take calls
+                        lambda self, name, output, labels, codes: self.streams[name].update(
+                            output, labels))
     single = torch_audit(model, x, y, **kwargs)
     assert_same_report(split, single)
     assert max(r.largest_bundle for r in single) > 1

@@ -126,3 +126,104 @@ def test_at_most_one_block_is_in_flight(monkeypatch):
     batcher.flush()
     assert most == 1
     assert all(stream.result().n_samples == 240 for stream in streams.values())
+
+
+def test_later_batches_of_a_layer_equal_plain_updates_whatever_their_type_or_layout():
+    """A layer's later batches skip the checks its first batch passed (the layer's lane) only
+    when they have the same array type, dtype and per-sample shape; torch tensors, strided
+    (non-contiguous) arrays, a switch of type and a batch too large for a block all give the
+    plain updates' result, and a batch of another width is still refused."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    values = np.array([0.0, -0.0, 1.0, np.nan, np.inf], np.float32)
+
+    def rows(n, shape=(3, 4)):
+        return values[rng.integers(0, 5, size=(n, *shape))]
+
+    batches = [
+        rows(4), rows(3),  # numpy: the first opens the lane, the second takes it
+        torch.from_numpy(rows(5)),  # another type: checked again, a new lane
+        torch.from_numpy(rows(2)),
+        torch.from_numpy(rows(6)).transpose(1, 2).contiguous().transpose(1, 2),  # strided
+        rows(3, (4, 3)).transpose(0, 2, 1),  # strided numpy, same per-sample shape
+        rows(40),  # too large for a block (direct_bytes below): straight to the stream
+        rows(1),
+    ]
+    plain = BundleStream(layer="x", nonfinite="keep")
+    gathered = BundleStream(layer="x", nonfinite="keep")
+    batcher = StreamBatcher({"x": gathered}, direct_bytes=1000, block_bytes=300,
+                            background=False)
+    for batch in batches:
+        labels = rng.integers(0, 3, batch.shape[0])
+        plain.update(batch, labels)
+        batcher.update("x", batch, labels)
+    refused = [
+        (rows(2, (4, 4)), [0, 1], "batch has 16 float32 values per sample"),
+        (rows(2).astype(np.float64), [0, 1], "earlier batches had 12 float32"),
+        (rows(2), [0], "labels"),  # a lane's batch still has its labels checked
+    ]
+    for batch, labels, message in refused:
+        ok, ok_labels = rows(2), [1, 2]  # (re)opens the lane the refused batch meets
+        plain.update(ok, ok_labels)
+        batcher.update("x", ok, ok_labels)
+        with pytest.raises(BundleLabError, match=message):
+            batcher.update("x", batch, labels)
+    batcher.flush()
+    assert_same_result(gathered.result(), plain.result())
+
+
+def test_blocks_reuse_the_memory_of_fingerprinted_blocks():
+    """A fresh buffer costs a page fault per 4 KiB on its first fill: a block takes the
+    memory of the last fingerprinted one, so a long measurement allocates its blocks once."""
+
+    def memory_of(block):
+        array = block.buffer
+        while array.base is not None:
+            array = array.base
+        return array
+
+    for background in (False, True):
+        stream, plain = BundleStream(layer="a"), BundleStream(layer="a")
+        batcher = StreamBatcher({"a": stream}, direct_bytes=10_000, block_bytes=400,
+                                background=background)
+        rng = np.random.default_rng(0)
+        buffers = []  # every block's memory, kept alive so that none is another's by address
+        for _ in range(30):  # a 20-row block per update: 30 blocks
+            rows, labels = rng.random((20, 5), dtype=np.float32), rng.integers(0, 3, 20)
+            batcher.update("a", rows, labels)
+            plain.update(rows, labels)
+            memory = memory_of(batcher._blocks[next(iter(batcher._blocks))])
+            if not any(memory is seen for seen in buffers):
+                buffers.append(memory)
+        batcher.flush()
+        assert len(buffers) <= 2  # the block being filled and the one in flight
+        assert_same_result(stream.result(), plain.result())
+        assert batcher._spare is None  # flush() lets the memory go
+
+
+def test_fingerprinting_in_the_calling_thread_leaves_its_numba_threads_as_they_were(
+        monkeypatch):
+    """Without the background thread, a block's kernel runs on one Numba thread (the other
+    cores are the forward pass's) and the calling thread's count is put back after."""
+    numba = pytest.importorskip("numba")
+    import bundlelab.kernels.cpu  # noqa: F401  (the Numba kernels, as in a long-running process)
+
+    before = numba.config.NUMBA_NUM_THREADS
+    if before < 2:
+        pytest.skip("Numba runs on one thread here")
+    numba.set_num_threads(before)
+    counts, set_threads = [], numba.set_num_threads
+
+    def spy(count):
+        counts.append(count)
+        set_threads(count)
+
+    monkeypatch.setattr(numba, "set_num_threads", spy)
+    stream = BundleStream(layer="a")
+    batcher = StreamBatcher({"a": stream}, block_bytes=40, background=False)
+    batcher.update("a", np.ones((4, 5), np.float32), [0, 1, 0, 1])  # fills a block
+    batcher.update("a", np.ones((4, 5), np.float32), [0, 1, 0, 1])  # fingerprints it
+    batcher.flush()
+    assert counts[:2] == [1, before] and len(counts) % 2 == 0
+    assert counts[::2] == [1] * (len(counts) // 2)
+    assert numba.get_num_threads() == before and stream.result().n_bundles == 1

@@ -612,9 +612,9 @@ def previous_path(monkeypatch):
     from bundlelab.streaming import StreamBatcher
 
     monkeypatch.delattr(TorchAdapter, "feed_layer_outputs")
-    monkeypatch.setattr(StreamBatcher, "update",
-                        lambda self, name, output, labels: self.streams[name].update(output,
-                                                                                      labels))
+    monkeypatch.setattr(StreamBatcher, "_update",  # what LayerFeed.take calls
+                        lambda self, name, output, labels, codes: self.streams[name].update(
+                            output, labels))
 
 
 def repeated_digits(n=150):
@@ -678,8 +678,8 @@ def test_every_stream_path_gives_the_cloning_path_report(case, monkeypatch):
         labels = None
     else:  # blocks of one batch, a budget of one block: blocks retired as new ones start
         init = StreamBatcher.__init__
-        monkeypatch.setattr(StreamBatcher, "__init__", lambda self, streams: init(
-            self, streams, direct_bytes=1 << 14, block_bytes=1, budget_bytes=1))
+        monkeypatch.setattr(StreamBatcher, "__init__", lambda self, streams, **kwargs: init(
+            self, streams, **kwargs, direct_bytes=1 << 14, block_bytes=1, budget_bytes=1))
     report = audit(model, data, labels, n_samples=None, **options)
     with monkeypatch.context() as patch:
         previous_path(patch)

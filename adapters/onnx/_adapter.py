@@ -192,13 +192,17 @@ class OnnxAdapter:
                         inputs: Any) -> list[tuple[str, tuple]]:
         """(layer, shape) of the taps whose first axis is not the batch in probe batches of
         2 and 3 samples (one probe of the fixed size for a fixed-batch export): a tensor
-        whose first axis merely equals one probe size cannot equal both."""
+        whose first axis merely equals one probe size cannot equal both.  Only the taps
+        whose batch axis shape inference has not proven are probed; none, no probe runs."""
         feeds, n_samples = onnx_model.feeds(inputs)
+        tensors = [tensor for tensor in dict.fromkeys(tap.tensor for tap in taps)
+                   if not onnx_model.batch_first_known(tensor)]
+        if not tensors:
+            return []
         fixed = onnx_model.fixed_batch_size
         sizes = [fixed] if fixed else [2, 3]
         candidates = onnx_model.candidate_taps(all_nodes=self.all_nodes)
         session = onnx_model.session(candidates, self.providers)
-        tensors = list(dict.fromkeys(tap.tensor for tap in taps))
         shapes: dict[str, tuple] = {}
         for size in sizes:
             rows = np.arange(size) % n_samples  # repeat samples when there are fewer

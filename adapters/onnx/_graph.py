@@ -73,12 +73,21 @@ _FLOAT_DATA_TYPES = frozenset({
 })
 
 
-def inferred_types(proto: Any) -> dict[str, tuple[int | None, tuple | None]]:
+def inferred_types(proto: Any, *, declared: bool = True
+                   ) -> dict[str, tuple[int | None, tuple | None]]:
     """tensor -> (elem type, dims) from onnx's shape inference; gaps where it cannot tell.
 
     Inference runs on :func:`without_weights` of ``proto``: onnx serializes the model it is
-    given, and the weights are nearly all of a model's bytes."""
+    given, and the weights are nearly all of a model's bytes.  ``declared=False`` leaves out
+    what the file itself says of its tensors (its value_info, the shapes of its outputs),
+    which inference otherwise keeps and builds on: the dims are then derived from the inputs
+    through the ops alone, so a faulty declaration cannot pass for a proof."""
     skeleton, stubs = without_weights(proto)
+    if not declared:
+        del skeleton.graph.value_info[:]
+        for output in skeleton.graph.output:
+            if output.type.HasField("tensor_type"):
+                output.type.tensor_type.ClearField("shape")
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False)
     except Exception:  # noqa: BLE001 - inference is a hint: onnxruntime types the taps anyway

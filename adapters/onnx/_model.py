@@ -21,7 +21,14 @@ from ..._validation import checked_keywords, short_repr
 from ._external_data import check_external_data
 from ._graph import FLOAT_TYPES, inferred_types, model_input, model_tensors, topological_order
 from ._runtime import check_feeds, new_session, resolve_providers, run_session
-from ._taps import Tap, find_taps, float_layers, no_layer_message, sample_bytes
+from ._taps import (
+    Tap,
+    batch_first_known,
+    find_taps,
+    float_layers,
+    no_layer_message,
+    sample_bytes,
+)
 
 #: op -> positions of inputs that hold settings, not trained weights (left out of ``w``)
 SETTING_INPUTS = {
@@ -167,6 +174,8 @@ class OnnxModel:
         self.unbatched: dict[bool, list[tuple[str, tuple]]] = {}
         self._sessions: dict[tuple, Any] = {}
         self._layers: dict[tuple, list[Tap]] = {}
+        #: types inferred from the inputs through the ops alone (see batch_first_known)
+        self._derived_types: dict | None = None
 
     def __repr__(self) -> str:
         return f"OnnxModel({self.name!r}, inputs: {', '.join(i.describe() for i in self.inputs)})"
@@ -203,6 +212,24 @@ class OnnxModel:
                 raise BundleLabError(no_layer_message(self.name, all_nodes))
             self._layers[key] = layers
         return self._layers[key]
+
+    def batch_first_known(self, tensor: str) -> bool:
+        """Whether shape inference proves ``tensor``'s first axis is the batch (no probe
+        batch needed): its first dimension is the fixed batch size of a fixed-size export,
+        or one of the symbols the inputs of a dynamic one have first, as inference derives it
+        from the inputs through the ops, without the file's own declarations of its tensors
+        (which a faulty export may get wrong, and which inference would build on)."""
+        fixed = self.fixed_batch_size
+        if fixed is not None:
+            batch = {fixed}
+        else:
+            firsts = {i.dims[0] if i.dims else None for i in self.inputs}
+            if not all(isinstance(d, str) and d for d in firsts):
+                return False  # an unnamed or fixed first axis among dynamic ones: run probes
+            batch = firsts
+        if self._derived_types is None:
+            self._derived_types = inferred_types(self.proto, declared=False)
+        return batch_first_known(self._derived_types, tensor, batch)
 
     def sample_bytes(self, taps: Sequence[Tap]) -> int | None:
         """Bytes the tapped outputs of one sample take, or None where a shape is not known."""

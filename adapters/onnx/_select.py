@@ -114,8 +114,8 @@ def _skipped_note(skipped: Sequence[tuple[str, tuple]]) -> str:
         return ""
     shown = ", ".join(f"{name!r} {tuple(shape)}" for name, shape in skipped[:3])
     more = f", ... ({len(skipped) - 3} more)" if len(skipped) > 3 else ""
-    return (f"; {len(skipped)} tensors skipped, their first axis is not the batch: "
-            f"{shown}{more}")
+    what = "tensor skipped, its" if len(skipped) == 1 else "tensors skipped, their"
+    return f"; {len(skipped)} {what} first axis is not the batch: {shown}{more}"
 
 
 def _no_activation(where: str, others: Sequence[Tap]) -> str:

@@ -229,6 +229,14 @@ def _may_be_per_sample(types: dict, tensor: str, batch: int | str | None) -> boo
     return not isinstance(first, int) or first == batch
 
 
+def batch_first_known(types: dict, tensor: str, batch: set) -> bool:
+    """True when shape inference proves the tensor's first axis is the batch: its first
+    dimension is one of ``batch``, the symbols (or the fixed size) the model's inputs have
+    first, each fed the same number of samples."""
+    dims = types.get(tensor, (None, None))[1]
+    return bool(dims) and dims[0] in batch
+
+
 def float_layers(candidates: Sequence[Tap], session: Any) -> list[Tap]:
     """The candidates that onnxruntime's ``session`` (which outputs them all) types as float."""
     types = {output.name: output.type for output in session.get_outputs()}

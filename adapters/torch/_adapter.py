@@ -12,7 +12,7 @@ from torch import nn
 from ..._errors import BundleLabError
 from ..._validation import check_positive_int, checked_keywords
 from ._data import _as_data, _DictKeys
-from ._forward import _check_model, _device, _plan, _tap_outputs, _to_device
+from ._forward import _check_model, _device, _plan, _tap_outputs, _tapping, _to_device
 from ._tracing import Tap, Trace, trace_model
 
 
@@ -99,11 +99,19 @@ class TorchAdapter:
         data = _as_data(inputs, model, self.keys)
         device = _device(model, self.device)
         plan = _plan(model, layers)
-        for x, y in data.batches(check_positive_int("inference_batch_size", inference_batch_size)):
-            feed.begin(y)
-            called = _tap_outputs(model, _to_device(x, device), plan, take=feed.take)
-            _check_called(layers, called)
-            yield
+        batches = data.batches(check_positive_int("inference_batch_size", inference_batch_size))
+        # hooks and eval mode once for every pass (they stay while the caller takes a pass)
+        with _tapping(model, plan, feed.take) as run:
+            for x, y in batches:
+                feed.begin(y)
+                _check_called(layers, run(_to_device(x, device)))
+                yield
+
+    def forward_threads(self, model: nn.Module) -> int:
+        """CPU threads a forward pass keeps busy: torch's intra-op threads on the CPU, one (the
+        launching thread) on a GPU."""
+        _check_model(model)
+        return 1 if _device(model, self.device).type == "cuda" else torch.get_num_threads()
 
     def weight_amplitude(self, model: nn.Module) -> float:
         """``w``: max ``|w|`` over the model's trainable parameters (all if none is trainable)."""

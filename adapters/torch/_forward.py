@@ -132,8 +132,21 @@ def _tap_outputs(model: nn.Module, x: Any, plan: _Plan,
 
     ``take`` must read the output before it returns: later in-place operations of the pass
     may change it (a shared ``ReLU(inplace=True)``, ``out += identity``)."""
-    outputs: dict = {} if take is None else _Taken(take)
+    with _tapping(model, plan, take) as run:
+        return run(x)
+
+
+@contextlib.contextmanager
+def _tapping(model: nn.Module, plan: _Plan,
+             take: Callable[[str, torch.Tensor], None] | None = None):
+    """``run(x)``: :func:`_tap_outputs` of one pass, for as many passes as the caller makes.
+
+    The hooks and eval mode without gradients are set up once for all the passes (each
+    module's own training flag restored at the end), not once per pass; a pass that taps a
+    functional call enters its capturing mode for that pass only, so no torch call between
+    passes goes through it."""
     calls: dict[nn.Module, int] = {}
+    outputs: dict = {}
 
     def after(module, args, output):
         calls[module] = call = calls.get(module, 0) + 1
@@ -149,18 +162,24 @@ def _tap_outputs(model: nn.Module, x: Any, plan: _Plan,
         # a clone: later in-place ops of the forward pass must not change what we measure
         outputs[tap] = output.detach().clone(memory_format=torch.contiguous_format)
 
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(_hooks(plan.modules, None, after))
-        stack.enter_context(_inference(model))
-        if plan.functions:
-            # only when a functional call is tapped: the mode sees every torch call of the pass
-            names = {module: name for name, module in model.named_modules() if name}
-            running = stack.enter_context(module_stack(names))
-            layer_modules = {n for m, n in names.items() if module_role(m) is not None}
-            # with take, the mode's clone of a functional tap is consumed at once (_Taken)
-            stack.enter_context(CapturingMode(running, layer_modules, plan.functions, outputs))
-        _call(model, x)
-    return outputs
+    def run(x: Any) -> dict:
+        nonlocal outputs
+        calls.clear()
+        outputs = {} if take is None else _Taken(take)
+        with contextlib.ExitStack() as stack:
+            if plan.functions:
+                # only when a functional call is tapped: the mode sees every torch call
+                names = {module: name for name, module in model.named_modules() if name}
+                running = stack.enter_context(module_stack(names))
+                layer_modules = {n for m, n in names.items() if module_role(m) is not None}
+                # with take, the mode's clone of a functional tap is consumed at once (_Taken)
+                stack.enter_context(
+                    CapturingMode(running, layer_modules, plan.functions, outputs))
+            _call(model, x)
+        return outputs
+
+    with _hooks(plan.modules, None, after), _inference(model):
+        yield run
 
 
 class _Taken(dict):

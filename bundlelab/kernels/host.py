@@ -53,13 +53,15 @@ def _native_constants(fmt, transform):
             cast(transform.inverse_batch_size))
 
 
-def _word_keys(n_words: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every word's key per lane, and its high half: two (2, n_words) uint64 arrays."""
+def _word_keys(n_words: int) -> np.ndarray:
+    """Every word's key per lane as 32-bit halves: uint32 of shape (2, 2 * n_words), the
+    memory of the (2, n_words) uint64 keys, so its halves sit where the halves of the row's
+    words do (whatever the byte order)."""
     base, tweak = _hashing.word_keys(n_words)
     n_blocks = tweak.shape[1]
     keys = (np.tile(base, (1, n_blocks))[:, :n_words]
             * np.repeat(tweak, _hashing.BLOCK_WORDS, axis=1)[:, :n_words])
-    return keys, keys >> _SHIFT_32
+    return np.ascontiguousarray(keys).view(np.uint32)
 
 
 def _transformed(rows: np.ndarray, w, alpha, invb, out: np.ndarray) -> None:
@@ -96,14 +98,18 @@ def fingerprints(rows: np.ndarray, fmt, transform) -> tuple[np.ndarray, np.ndarr
     n_samples, n_features = rows.shape
     per_word = 8 // work.itemsize
     n_words = -(-n_features // per_word)
-    keys, keys_high = _word_keys(n_words)
+    keys = _word_keys(n_words)
     sums = np.empty((n_samples, 2), dtype=np.uint64)
     nonfinite = np.empty(n_samples, dtype=np.bool_)
     step = max(1, BLOCK_WORDS // max(n_words, 1))
 
     def hash_rows(first: int, last: int) -> None:
+        count = min(step, max(last - first, 1))
         # zeros: the padding half-word of an odd float32 row stays zero, as in the kernels
-        buffer = np.zeros((min(step, max(last - first, 1)), n_words * per_word), dtype=work)
+        buffer = np.zeros((count, n_words * per_word), dtype=work)
+        halves = np.empty((count, 2 * n_words), dtype=np.uint32)
+        product = np.empty((count, n_words), dtype=np.uint64)
+        low = np.empty_like(product)
         for start in range(first, last, step):
             block = rows[start:min(start + step, last)]
             count = block.shape[0]
@@ -111,16 +117,19 @@ def fingerprints(rows: np.ndarray, fmt, transform) -> tuple[np.ndarray, np.ndarr
             values = buffer[:count]
             _transformed(block, w, alpha, invb, values)
             words = values.view(np.uint64)
-            high = words >> _SHIFT_32
+            # term(x, k) = ((x + k) mod 2**32) * ((x >> 32) + (k >> 32) mod 2**32) + x: both
+            # sums mod 2**32 at once, as the 32-bit halves of x and k added in uint32 (which
+            # wraps), then the halves of each word multiplied; the "+ x" of every term is one
+            # row sum shared by the lanes (sums mod 2**64 split as they please)
+            plain = words.sum(axis=1, dtype=np.uint64)
+            added, prod, mask = halves[:count], product[:count], low[:count]
             for lane in range(2):
-                # term(x, k) = ((x + k) mod 2**32) * ((x >> 32) + (k >> 32) mod 2**32) + x
-                low = words + keys[lane]
-                low &= _LOW_32
-                top = high + keys_high[lane]
-                top &= _LOW_32
-                low *= top
-                low += words
-                sums[start:start + count, lane] = low.sum(axis=1, dtype=np.uint64)
+                np.add(values.view(np.uint32), keys[lane], out=added)
+                packed = added.view(np.uint64)
+                np.right_shift(packed, _SHIFT_32, out=prod)
+                np.bitwise_and(packed, _LOW_32, out=mask)
+                prod *= mask
+                sums[start:start + count, lane] = prod.sum(axis=1, dtype=np.uint64) + plain
 
     # numpy releases the GIL inside each operation: threads over contiguous row ranges use
     # every core, each with its own buffer (the rows are independent)
