@@ -251,7 +251,6 @@ def _short(layers: Any) -> str:
     return "[" + ", ".join(shown) + (", ..." if len(items) > 3 else "") + "]"
 
 
-_unchecked_tap_init = Tap.__init__
 Tap.__init__ = checked_keywords(Tap.__init__)  # type: ignore[method-assign]
 Trace.__init__ = checked_keywords(Trace.__init__)  # type: ignore[method-assign]
 
@@ -343,7 +342,7 @@ def trace_model(model: nn.Module, inputs: Any, *, device: Any = None) -> Trace:
             continue
         role = "attention" if function == "softmax" else (
             "activation" if function is not None else roles[module])
-        taps.append(_new_tap(
+        taps.append(Tap(
             name=tap, module=module, kind=kind, shape=tuple(output.shape[1:]),
             is_output=_storage(output) in outputs, source=source, function=function,
             role=role, gate=_gate(role, tap, mode.gates),
@@ -352,14 +351,6 @@ def trace_model(model: nn.Module, inputs: Any, *, device: Any = None) -> Trace:
     if isinstance(model, SpecModule):
         spec_layers = [model.layer_names[node] for node in measured_layers(model.spec)]
     return Trace(taps, untappable, blocks=find_blocks(model), spec_layers=spec_layers)
-
-
-def _new_tap(**fields) -> Tap:
-    """A Tap of the tracing pass: its fields are bundlelab's own, so the keyword check of a
-    user's ``Tap(...)`` (tens of microseconds, once per module call) is left out."""
-    tap = object.__new__(Tap)
-    _unchecked_tap_init(tap, **fields)
-    return tap
 
 
 def _gate(role: str | None, tap: str, gates: dict[str, bool]) -> str | None:

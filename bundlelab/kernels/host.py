@@ -104,11 +104,11 @@ def fingerprints(rows: np.ndarray, fmt, transform) -> tuple[np.ndarray, np.ndarr
     step = max(1, BLOCK_WORDS // max(n_words, 1))
 
     def hash_rows(first: int, last: int) -> None:
-        count = min(step, max(last - first, 1))
+        capacity = min(step, max(last - first, 1))  # rows per block at most
         # zeros: the padding half-word of an odd float32 row stays zero, as in the kernels
-        buffer = np.zeros((count, n_words * per_word), dtype=work)
-        halves = np.empty((count, 2 * n_words), dtype=np.uint32)
-        product = np.empty((count, n_words), dtype=np.uint64)
+        buffer = np.zeros((capacity, n_words * per_word), dtype=work)
+        halves = np.empty((capacity, 2 * n_words), dtype=np.uint32)
+        product = np.empty((capacity, n_words), dtype=np.uint64)
         low = np.empty_like(product)
         for start in range(first, last, step):
             block = rows[start:min(start + step, last)]
