@@ -180,9 +180,12 @@ def test_same_weights_same_outputs_as_torch(spec, training):
         expected = torch_model.node_outputs(torch.from_numpy(x))
     names = measured_layers(spec) + [spec.output]
     taps = keras.Model(model.input, [model.get_layer(_layer_name(n)).output for n in names])
+    # float32 through ten layers, batch norm on six samples: the two frameworks' convolutions
+    # round differently (seen: 2.6e-5 relative on one of 384 values, on one CPU and not
+    # another); a wrong padding or layout is off by 1e-1 and more
     for name, got in zip(names, taps(x, training=training)):
         np.testing.assert_allclose(
-            keras.ops.convert_to_numpy(got), expected[name].numpy(), rtol=1e-5, atol=1e-5,
+            keras.ops.convert_to_numpy(got), expected[name].numpy(), rtol=1e-4, atol=1e-4,
             err_msg=name,
         )
 

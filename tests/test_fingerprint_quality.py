@@ -61,15 +61,15 @@ def _reference(rows):
         warnings.simplefilter("ignore")  # uint64 wrap-around is the arithmetic
         for lane in (0, 1):
             # splitmix64 outputs: base from SEED_BASE (lane a first), tweaks from SEED_TWEAK
-            # (lanes interleaved), forced odd
+            # (lanes interleaved), forced odd: one weight per block
             base = _splitmix64(np.uint64(_hashing.SEED_BASE) + golden * (
                 np.uint64(lane * 512 + 1) + position % np.uint64(512)))
             tweak = _splitmix64(np.uint64(_hashing.SEED_TWEAK) + golden * (
                 np.uint64(2) * (position // np.uint64(512)) + np.uint64(lane + 1))) | np.uint64(1)
-            key = base * tweak
-            low = (words + key) & np.uint64(0xFFFFFFFF)
-            high = ((words >> np.uint64(32)) + (key >> np.uint64(32))) & np.uint64(0xFFFFFFFF)
-            out[:, lane] = _splitmix64((low * high + words).sum(axis=1, dtype=np.uint64))
+            low = (words + base) & np.uint64(0xFFFFFFFF)
+            high = ((words >> np.uint64(32)) + (base >> np.uint64(32))) & np.uint64(0xFFFFFFFF)
+            # each word's term times the weight of its block, summed (mod 2**64)
+            out[:, lane] = _splitmix64(((low * high + words) * tweak).sum(axis=1, dtype=np.uint64))
     return out
 
 
@@ -193,4 +193,18 @@ def test_values_exchanged_between_key_blocks(dtype):
         else:
             row[[j1 + b1, j2 + b2, j1 + b2, j2 + b1]] = row[[j1 + b2, j2 + b1, j1 + b1, j2 + b2]]
         rows.append(row)
+    _assert_no_collision(np.array(rows))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_key_blocks_swapped_wholesale(dtype):
+    """Rows whose 512-word key blocks are the same blocks in another order, each block a
+    rotation of one small-integer pattern (equal plain sums in every block): every block uses
+    the same keys, so only the block weights tell these rows apart."""
+    per_word = 2 if dtype == np.float32 else 1
+    block = 512 * per_word
+    pattern = np.random.default_rng(6).integers(0, 3, block).astype(dtype)
+    blocks = [np.roll(pattern, shift) for shift in (0, 1, 7, 100)]
+    rows = [np.concatenate([blocks[k] for k in order])
+            for order in itertools.permutations(range(4))]
     _assert_no_collision(np.array(rows))

@@ -69,6 +69,7 @@ _device_fn = cuda.jit(device=True)
 term = _device_fn(_hashing.term)
 finish = _device_fn(_hashing.finish)
 key = _device_fn(_hashing.key)
+weight = _device_fn(_hashing.weight)
 round_to_format = _device_fn(_formats.round_to_format)
 
 
@@ -297,8 +298,8 @@ def _fingerprints_native(rows, w, alpha, invb, base_a, base_b, tweak_a, tweak_b,
             if bad_word:
                 flag = np.uint8(1)
             pos = np.uint64(m)
-            lane_a += term(x, key(base_a, tweak_a, pos))
-            lane_b += term(x, key(base_b, tweak_b, pos))
+            lane_a += term(x, key(base_a, pos)) * weight(tweak_a, pos)
+            lane_b += term(x, key(base_b, pos)) * weight(tweak_b, pos)
     _store_fingerprint(sum_a, sum_b, bad, slot, lane, lanes, valid, row, lane_a, lane_b, flag,
                        out, nonfinite)
 
@@ -321,8 +322,8 @@ def _fingerprints_emulated(rows, w, alpha, invb, precision, emin, max_finite, ro
             if bad_word:
                 flag = np.uint8(1)
             pos = np.uint64(m)
-            lane_a += term(x, key(base_a, tweak_a, pos))
-            lane_b += term(x, key(base_b, tweak_b, pos))
+            lane_a += term(x, key(base_a, pos)) * weight(tweak_a, pos)
+            lane_b += term(x, key(base_b, pos)) * weight(tweak_b, pos)
     _store_fingerprint(sum_a, sum_b, bad, slot, lane, lanes, valid, row, lane_a, lane_b, flag,
                        out, nonfinite)
 

@@ -36,8 +36,10 @@ from . import _hashing
 #: small batches loses at most about one Numba load to the slower numpy path.
 NUMPY_BUDGET_BYTES = 512 << 20
 
-#: 64-bit words per block of rows the numpy path works on (its temporaries stay in L2)
-BLOCK_WORDS = 1 << 15
+#: 64-bit words per block of rows the numpy path works on: fewer numpy calls per row than
+#: smaller blocks, its temporaries (both lanes: about 3 MiB a thread) still in the L3 cache
+#: (measured on 2 cores, 128k x 256 float32: 80-120 ms, 130-170 ms at 1 << 15)
+BLOCK_WORDS = 1 << 16
 #: bytes of rows per thread of the numpy fingerprint at least (below, one thread)
 THREAD_BYTES = 4 << 20
 
@@ -53,15 +55,29 @@ def _native_constants(fmt, transform):
             cast(transform.inverse_batch_size))
 
 
-def _word_keys(n_words: int) -> np.ndarray:
+def _word_keys(n_words: int) -> tuple[np.ndarray, np.ndarray]:
     """Every word's key per lane as 32-bit halves: uint32 of shape (2, 2 * n_words), the
     memory of the (2, n_words) uint64 keys, so its halves sit where the halves of the row's
-    words do (whatever the byte order)."""
+    words do (whatever the byte order); and the block weights, ``tweak`` of
+    :func:`~bundlelab.kernels._hashing.word_keys`."""
     base, tweak = _hashing.word_keys(n_words)
-    n_blocks = tweak.shape[1]
-    keys = (np.tile(base, (1, n_blocks))[:, :n_words]
-            * np.repeat(tweak, _hashing.BLOCK_WORDS, axis=1)[:, :n_words])
-    return np.ascontiguousarray(keys).view(np.uint32)
+    keys = np.tile(base, (1, tweak.shape[1]))[:, :n_words]
+    return np.ascontiguousarray(keys).view(np.uint32), tweak
+
+
+def _block_sums(words: np.ndarray) -> np.ndarray:
+    """Sums (uint64, mod 2**64) of the words along the last axis per key block of
+    ``_hashing.BLOCK_WORDS``: shape ``words.shape[:-1] + (n_blocks,)``, the last block possibly
+    partial.  Whole blocks are summed as a reshaped view (faster than ``np.add.reduceat``)."""
+    *lead, n_words = words.shape
+    whole = n_words - n_words % _hashing.BLOCK_WORDS
+    parts = []
+    if whole:
+        parts.append(words[..., :whole].reshape(*lead, -1, _hashing.BLOCK_WORDS).sum(
+            axis=-1, dtype=np.uint64))
+    if whole < n_words:
+        parts.append(words[..., whole:].sum(axis=-1, dtype=np.uint64, keepdims=True))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
 
 
 def _transformed(rows: np.ndarray, w, alpha, invb, out: np.ndarray) -> None:
@@ -98,7 +114,8 @@ def fingerprints(rows: np.ndarray, fmt, transform) -> tuple[np.ndarray, np.ndarr
     n_samples, n_features = rows.shape
     per_word = 8 // work.itemsize
     n_words = -(-n_features // per_word)
-    keys = _word_keys(n_words)
+    keys, tweak = _word_keys(n_words)
+    keys, tweak = keys[:, None, :], tweak[:, None, :]  # lane, row, word (block)
     sums = np.empty((n_samples, 2), dtype=np.uint64)
     nonfinite = np.empty(n_samples, dtype=np.bool_)
     step = max(1, BLOCK_WORDS // max(n_words, 1))
@@ -107,8 +124,9 @@ def fingerprints(rows: np.ndarray, fmt, transform) -> tuple[np.ndarray, np.ndarr
         capacity = min(step, max(last - first, 1))  # rows per block at most
         # zeros: the padding half-word of an odd float32 row stays zero, as in the kernels
         buffer = np.zeros((capacity, n_words * per_word), dtype=work)
-        halves = np.empty((capacity, 2 * n_words), dtype=np.uint32)
-        product = np.empty((capacity, n_words), dtype=np.uint64)
+        # both lanes in each operation (lane first): half the calls of one lane at a time
+        halves = np.empty((2, capacity, 2 * n_words), dtype=np.uint32)
+        product = np.empty((2, capacity, n_words), dtype=np.uint64)
         low = np.empty_like(product)
         for start in range(first, last, step):
             block = rows[start:min(start + step, last)]
@@ -120,16 +138,17 @@ def fingerprints(rows: np.ndarray, fmt, transform) -> tuple[np.ndarray, np.ndarr
             # term(x, k) = ((x + k) mod 2**32) * ((x >> 32) + (k >> 32) mod 2**32) + x: both
             # sums mod 2**32 at once, as the 32-bit halves of x and k added in uint32 (which
             # wraps), then the halves of each word multiplied; the "+ x" of every term is one
-            # row sum shared by the lanes (sums mod 2**64 split as they please)
-            plain = words.sum(axis=1, dtype=np.uint64)
-            added, prod, mask = halves[:count], product[:count], low[:count]
-            for lane in range(2):
-                np.add(values.view(np.uint32), keys[lane], out=added)
-                packed = added.view(np.uint64)
-                np.right_shift(packed, _SHIFT_32, out=prod)
-                np.bitwise_and(packed, _LOW_32, out=mask)
-                prod *= mask
-                sums[start:start + count, lane] = prod.sum(axis=1, dtype=np.uint64) + plain
+            # sum per key block shared by the lanes (sums mod 2**64 split as they please)
+            added, prod, mask = halves[:, :count], product[:, :count], low[:, :count]
+            np.add(values.view(np.uint32), keys, out=added)
+            packed = added.view(np.uint64)
+            np.right_shift(packed, _SHIFT_32, out=prod)
+            np.bitwise_and(packed, _LOW_32, out=mask)
+            prod *= mask
+            blocks = _block_sums(prod)  # (2, count, n_blocks)
+            blocks += _block_sums(words)
+            blocks *= tweak
+            sums[start:start + count] = blocks.sum(axis=2, dtype=np.uint64).T
 
     # numpy releases the GIL inside each operation: threads over contiguous row ranges use
     # every core, each with its own buffer (the rows are independent)
