@@ -58,6 +58,7 @@ from .bundles import (
     update_format_of,
 )
 from .kernels import get_kernel_backend
+from .kernels import _hashing
 from .kernels._formats import FORMATS
 from .report import LayerResult
 
@@ -300,6 +301,7 @@ class BundleStream:
         if self.options.mode == "resolution":
             state["fingerprints"] = self._fingerprints[0]
             state["nan_rows"] = self._nan_rows[0]
+            state["fingerprint_version"] = _hashing.VERSION
         else:
             leader_rows = self._leader_rows
             if leader_rows is not None and not isinstance(leader_rows, np.ndarray):
@@ -311,6 +313,15 @@ class BundleStream:
         return state
 
     def __setstate__(self, state: dict) -> None:
+        if state["options"].mode == "resolution" and (
+            state.get("fingerprint_version") != _hashing.VERSION
+        ):
+            raise BundleLabError(
+                f"layer {state['layer']!r}: this stream's state holds fingerprints of another "
+                f"bundlelab version (definition {state.get('fingerprint_version', 1)}, this one "
+                f"{_hashing.VERSION}), which would not merge with this version's; compute it "
+                "again with this bundlelab"
+            )
         self.__init__(layer=state["layer"])  # every field at its start value, then the state's
         self.options = state["options"]
         self._n_samples = state["n_samples"]

@@ -241,6 +241,20 @@ def test_pickling_is_compact_and_round_trips():
     assert empty.n_samples == 0 and empty.layer == "x"
 
 
+def test_state_of_another_fingerprint_definition_is_refused(monkeypatch):
+    """A stream pickled by a bundlelab whose fingerprints differ (or by one from before the
+    definition was versioned) would split equal rows when merged: unpickling it says so."""
+    from bundlelab.kernels import _hashing
+
+    stream = BundleStream(layer="block")
+    stream.update(np.ones((4, 3), np.float32), [0, 1, 0, 1])
+    payload = pickle.dumps(stream)
+    assert pickle.loads(payload).n_samples == 4
+    monkeypatch.setattr(_hashing, "VERSION", _hashing.VERSION + 1)
+    with pytest.raises(BundleLabError, match="layer 'block'.*another bundlelab version"):
+        pickle.loads(payload)
+
+
 def test_threshold_streams_pickle_but_refuse_to_merge():
     a = np.array([[0.0], [1e-6], [1.0]], np.float64)
     stream = BundleStream(mode="threshold", gamma=1e-8)

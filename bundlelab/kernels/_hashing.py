@@ -31,16 +31,20 @@ xor-ed or added to each key is as cheap but not as good: it leaves the keys of o
 two blocks a fixed xor or difference apart, and moved values then collide, as the tests show.)
 
 Collisions.  NH over equal-length inputs is 2**-32-almost-Delta-universal for uniformly random
-keys (Black et al.), and adding ``sum x_m``, a function of the row alone, keeps that bound: two
-different rows of the same length collide in one lane with probability at most 2**-32, and in
-both lanes (independent keys) at most 2**-64.  The plain sum also covers NH's weak spot, a word
-whose key makes one factor zero and so drops out of the product.  The bound is the one of the
-random-key model, not a proof for these keys: they are fixed pseudo-random constants, and the
-keys of different blocks are related (the same base keys in every block, told apart by the block
-weights).  It describes rows that are not
-constructed against these constants, as activations are not; ``tests/test_fingerprint_quality.py``
-checks the structured rows activations do produce (zeros, patterns, permutations, one-ulp and
-one-bit changes, values moved between blocks).
+keys (Black et al.), and adding ``sum x_m``, a function of the row alone, keeps that bound for
+the sum of one block.  Rows that differ in one block differ in that block's sum with that
+probability, and an odd weight keeps a non-zero difference non-zero; rows that differ in
+several blocks collide only if the weighted differences cancel, which for random odd weights
+has probability about 2**-63 when the blocks' differences are not all zero.  So two different
+rows of the same length collide in one lane with probability about 2**-32 at most, and in both
+lanes (independent keys) about 2**-64.  The plain sum also covers NH's weak spot, a word whose
+key makes one factor zero and so drops out of the product.  The bound is the one of the
+random-key model, not a proof for these keys: they are fixed pseudo-random constants, and
+every block uses the same base keys, told apart by its weight.  It describes rows that are
+not constructed against these constants, as activations are not;
+``tests/test_fingerprint_quality.py`` checks the structured rows activations do produce
+(zeros, patterns, permutations, one-ulp and one-bit changes, values moved between blocks,
+blocks swapped wholesale).
 
 Being sums, the lanes can be accumulated in any order and split at any word: a row cut into
 tiles, warps or batches gives the same fingerprint on every backend, and ``mix`` is applied once
@@ -54,6 +58,9 @@ import warnings
 
 import numpy as np
 
+#: the fingerprint's definition: raised whenever a row's fingerprint changes, so that a stream's
+#: pickled state from another definition is refused instead of merged (equal rows would split)
+VERSION = 2
 #: words per key block: ``base`` has this many keys per lane, ``tweak`` one per block
 BLOCK_WORDS = 512
 BLOCK_SHIFT = np.uint64(9)
