@@ -313,14 +313,15 @@ class BundleStream:
         return state
 
     def __setstate__(self, state: dict) -> None:
-        if state["options"].mode == "resolution" and (
-            state.get("fingerprint_version") != _hashing.VERSION
+        # states pickled before the definition was recorded hold definition 1
+        version = state.get("fingerprint_version", 1)
+        if state["options"].mode == "resolution" and state["n_samples"] and (
+            version != _hashing.VERSION
         ):
             raise BundleLabError(
-                f"layer {state['layer']!r}: this stream's state holds fingerprints of another "
-                f"bundlelab version (definition {state.get('fingerprint_version', 1)}, this one "
-                f"{_hashing.VERSION}), which would not merge with this version's; compute it "
-                "again with this bundlelab"
+                f"layer {state['layer']!r}: this stream's state holds fingerprints of definition "
+                f"{version}, this bundlelab computes definition {_hashing.VERSION}; they would "
+                "not meet when merged: fingerprint these samples again with this bundlelab"
             )
         self.__init__(layer=state["layer"])  # every field at its start value, then the state's
         self.options = state["options"]

@@ -185,7 +185,7 @@ def test_same_weights_same_outputs_as_torch(spec, training):
     # another); a wrong padding or layout is off by 1e-1 and more
     for name, got in zip(names, taps(x, training=training)):
         np.testing.assert_allclose(
-            keras.ops.convert_to_numpy(got), expected[name].numpy(), rtol=1e-4, atol=1e-4,
+            keras.ops.convert_to_numpy(got), expected[name].numpy(), rtol=1e-4, atol=1e-5,
             err_msg=name,
         )
 

@@ -61,15 +61,15 @@ def _reference(rows):
         warnings.simplefilter("ignore")  # uint64 wrap-around is the arithmetic
         for lane in (0, 1):
             # splitmix64 outputs: base from SEED_BASE (lane a first), tweaks from SEED_TWEAK
-            # (lanes interleaved), forced odd: one weight per block
+            # (lanes interleaved), forced odd
             base = _splitmix64(np.uint64(_hashing.SEED_BASE) + golden * (
                 np.uint64(lane * 512 + 1) + position % np.uint64(512)))
             tweak = _splitmix64(np.uint64(_hashing.SEED_TWEAK) + golden * (
                 np.uint64(2) * (position // np.uint64(512)) + np.uint64(lane + 1))) | np.uint64(1)
-            low = (words + base) & np.uint64(0xFFFFFFFF)
-            high = ((words >> np.uint64(32)) + (base >> np.uint64(32))) & np.uint64(0xFFFFFFFF)
-            # each word's term times the weight of its block, summed (mod 2**64)
-            out[:, lane] = _splitmix64(((low * high + words) * tweak).sum(axis=1, dtype=np.uint64))
+            key = base * tweak
+            low = (words + key) & np.uint64(0xFFFFFFFF)
+            high = ((words >> np.uint64(32)) + (key >> np.uint64(32))) & np.uint64(0xFFFFFFFF)
+            out[:, lane] = _splitmix64((low * high + words).sum(axis=1, dtype=np.uint64))
     return out
 
 
@@ -200,7 +200,7 @@ def test_values_exchanged_between_key_blocks(dtype):
 def test_key_blocks_swapped_wholesale(dtype):
     """Rows whose 512-word key blocks are the same blocks in another order, each block a
     rotation of one small-integer pattern (equal plain sums in every block): every block uses
-    the same keys, so only the block weights tell these rows apart."""
+    the same base keys, so only their tweaks tell these rows apart."""
     per_word = 2 if dtype == np.float32 else 1
     block = 512 * per_word
     pattern = np.random.default_rng(6).integers(0, 3, block).astype(dtype)
@@ -208,3 +208,24 @@ def test_key_blocks_swapped_wholesale(dtype):
     rows = [np.concatenate([blocks[k] for k in order])
             for order in itertools.permutations(range(4))]
     _assert_no_collision(np.array(rows))
+
+
+PINNED = {  # fingerprints of definition 1 (``_hashing.VERSION``), as computed on 2026-12-04
+    "float32": [(0xF4E36E4AB95650F4, 0x673FD17A6660908D), (0x44926DFB3915C19D, 0x17CB9998B0FD1E4E),
+                (0x432E63B690D12F1A, 0xBE3A4FEAE871B2A3)],
+    "float64": [(0xC8DAC171E161E66F, 0x7D652C5F51241FE1), (0x5345271D77D14384, 0xB891D818DEB7C749),
+                (0x127C01F92A32EAC9, 0xB5E48F9FE67C019D)],
+}
+
+
+@pytest.mark.parametrize("dtype", sorted(PINNED))
+def test_fingerprints_are_pinned_to_their_definition(dtype):
+    """Fixed rows (three key blocks in float64) keep their fingerprints: a change of the
+    definition must raise ``_hashing.VERSION`` (and update these values), so that pickled
+    stream states of the old definition are refused rather than merged."""
+    assert _hashing.VERSION == 1, "update PINNED to the new definition's values"
+    fmt = FORMATS[dtype]
+    rows = np.stack([np.arange(1031), np.zeros(1031), np.full(1031, -0.5)]).astype(dtype)
+    out, _ = CpuBackend().fingerprints(rows, fmt, Transform.for_format(fmt, 1.0, 1e-3, 64))
+    expected = np.array(PINNED[dtype], dtype=np.uint64)
+    assert (out == expected).all(), "the fingerprint changed: raise _hashing.VERSION"

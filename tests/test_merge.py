@@ -242,8 +242,9 @@ def test_pickling_is_compact_and_round_trips():
 
 
 def test_state_of_another_fingerprint_definition_is_refused(monkeypatch):
-    """A stream pickled by a bundlelab whose fingerprints differ (or by one from before the
-    definition was versioned) would split equal rows when merged: unpickling it says so."""
+    """A stream pickled by a bundlelab whose fingerprints differ would split equal rows when
+    merged: unpickling it says so.  A state from before the definition was recorded counts as
+    definition 1 (the NH hash)."""
     from bundlelab.kernels import _hashing
 
     stream = BundleStream(layer="block")
@@ -251,8 +252,16 @@ def test_state_of_another_fingerprint_definition_is_refused(monkeypatch):
     payload = pickle.dumps(stream)
     assert pickle.loads(payload).n_samples == 4
     monkeypatch.setattr(_hashing, "VERSION", _hashing.VERSION + 1)
-    with pytest.raises(BundleLabError, match="layer 'block'.*another bundlelab version"):
+    with pytest.raises(BundleLabError, match="layer 'block'.*definition 1, this bundlelab "
+                       "computes definition 2"):
         pickle.loads(payload)
+    # a state pickled before the definition was recorded is definition 1
+    state = stream.__getstate__()
+    del state["fingerprint_version"]
+    old = BundleStream.__new__(BundleStream)
+    monkeypatch.setattr(_hashing, "VERSION", 1)
+    old.__setstate__(state)
+    assert old.n_samples == 4
 
 
 def test_threshold_streams_pickle_but_refuse_to_merge():

@@ -201,3 +201,24 @@ def test_kernel_cache_is_written_to_the_user_cache_never_into_the_package(tmp_pa
     assert {(p, p.stat().st_mtime_ns) for p in _cache_files(package)} == before
     written = _cache_files(tmp_path / "bundlelab" / "numba" / bundlelab.__version__)
     assert any(p.suffix == ".nbi" for p in written)
+
+
+def test_kernel_cache_stamp_covers_the_modules_the_kernels_inline(tmp_path):
+    """A cached kernel is recompiled when a sibling module it inlines changes (the fingerprint
+    lives in _hashing.py, not in cpu.py): Numba alone stamps it with its own file only."""
+    import numba.core.caching as caching
+
+    from bundlelab.kernels import _cache, cpu
+
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl")
+    locator = next(cls for cls in impl._locator_classes
+                   if cls.__name__ == "BundlelabCacheLocator")
+    function = cpu.fingerprints_native.py_func
+    stamp = locator.from_function(function, cpu.__file__).get_source_stamp()
+    assert stamp[1] == _cache.folder_stamp(Path(cpu.__file__).parent)
+    assert "_hashing.py" in {name for name, *_ in stamp[1]}
+    module = tmp_path / "sibling.py"
+    module.write_text("X = 1\n")
+    before = _cache.folder_stamp(tmp_path)
+    module.write_text("X = 12\n")
+    assert _cache.folder_stamp(tmp_path) != before

@@ -36,6 +36,18 @@ def user_cache_dir() -> Path:
     return base / "bundlelab" / "numba" / __version__
 
 
+def folder_stamp(folder: Path) -> tuple:
+    """``(name, mtime, size)`` of every Python file in ``folder``, sorted by name."""
+    stamps = []
+    for path in sorted(folder.glob("*.py")):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        stamps.append((path.name, stat.st_mtime, stat.st_size))
+    return tuple(stamps)
+
+
 def _locator_class(caching):
     """A Numba cache locator for the functions defined in bundlelab's own files."""
     # Numba's locator base classes are internal (no public hook exists for this); the
@@ -51,6 +63,12 @@ def _locator_class(caching):
 
         def get_cache_path(self):
             return self._cache_path
+
+        def get_source_stamp(self):
+            # Numba stamps a cached kernel with its own file only, but bundlelab's kernels
+            # inline functions of their sibling modules (the fingerprint of _hashing.py, the
+            # rounding of _formats.py): a change to any of them must recompile the kernels
+            return super().get_source_stamp(), folder_stamp(Path(self._py_file).parent)
 
         @classmethod
         def from_function(cls, py_func, py_file):

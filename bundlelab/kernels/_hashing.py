@@ -6,45 +6,40 @@ A row of transformed values ``t_0 .. t_{D-1}`` (canonical bit patterns: ``-0.0``
 ``t_{2m}`` in the low half and ``t_{2m+1}`` in the high half (little-endian packing), with a
 zero high half after the last value of an odd-length row.  Two 64-bit lanes, each an NH sum
 (the universal hash of UMAC: Black, Halevi, Krawczyk, Krovetz and Rogaway, CRYPTO 1999) plus the
-plain sum of the words, summed per block of 512 words, the blocks weighted and added, finished by
-one strong mix per row::
+plain sum of the words, finished by one strong mix per row::
 
     nh(x, k)  = ((lo(x) + lo(k)) mod 2**32) * ((hi(x) + hi(k)) mod 2**32)     (exact, < 2**64)
-    S_L(c)    = sum over the words m of block c (m div 512 = c) of nh(x_m, base_L[m mod 512]) + x_m
-    lane_L    = mix(sum_c tweak_L[c] * S_L(c))                (sums, products mod 2**64; L = a, b)
+    lane_L    = mix(sum_m nh(x_m, key_L(m)) + x_m)                  (sums mod 2**64; L = a, b)
+    key_L(m)  = base_L[m mod 512] * tweak_L[m div 512]                                (mod 2**64)
 
 ``base`` (512 words per lane) and ``tweak`` (one odd word per lane and block of 512 words) are
-splitmix64 outputs (:func:`word_keys`), so every word of a block has its own pseudo-random key;
-the base table stays in L1 while the row streams past.  Keys must look random: keys that follow a
+splitmix64 outputs (:func:`word_keys`), so every word of a row has its own pseudo-random key; the
+base table stays in L1 while the row streams past.  Keys must look random: keys that follow a
 pattern in the position (a Weyl sequence ``m * C``, say) make permuted rows collide by the
-thousand, because NH is linear in each key.  Blocks reuse the base keys, so the same offset of
-two blocks has the same key; the block weights keep values moved between blocks from cancelling:
-two rows that differ in block ``c`` only differ by ``tweak[c] * (S(c) - S'(c))``, which is not
-zero whenever the block sums differ (an odd weight is invertible mod 2**64), and a difference
-spread over blocks cancels only if the weighted differences do.  ``mix`` is the splitmix64
-finaliser, a bijection: it spreads the bits of the sums (for the sorting that follows) without
-creating or removing collisions.  Per 64-bit word a lane costs one 32x32->64 multiply
-(``vpmuludq``) and a few adds, all of which vectorise, and one 64-bit multiply per block: the
-pass runs near memory speed.  (The keys once were ``base * tweak`` per word: AVX2 has no 64-bit
-multiply, and its emulation in every word made the pass 1.4x slower on one core.  A tweak
-xor-ed or added to each key is as cheap but not as good: it leaves the keys of one offset in
-two blocks a fixed xor or difference apart, and moved values then collide, as the tests show.)
+thousand, because NH is linear in each key.  ``mix`` is the splitmix64 finaliser, a bijection:
+it spreads the bits of the sums (for the sorting that follows) without creating or removing
+collisions.  Per 64-bit word a lane costs one 32x32->64 multiply (``vpmuludq``), one 64-bit
+multiply for the key and a few adds, all of which vectorise: the pass runs near memory speed
+instead of being bound by two splitmix64 mixes per word.  (AVX2 has no 64-bit multiply: on one
+core its emulation for the key makes the pass about 1.5x slower than without it.  Cheaper
+keys were tried and rejected: a tweak
+xor-ed or added to the base key lets values moved between blocks collide, failing
+``test_values_exchanged_between_key_blocks``; weighting each block's sum by an odd tweak once,
+instead of per word, leaves a moved value's difference times ``tweak[c] - tweak[c']``, whose
+factors of 2 (up to 2**21 between 1024 blocks) made one lane collide about once in 2**21
+random moves in a review.)
 
 Collisions.  NH over equal-length inputs is 2**-32-almost-Delta-universal for uniformly random
-keys (Black et al.), and adding ``sum x_m``, a function of the row alone, keeps that bound for
-the sum of one block.  Rows that differ in one block differ in that block's sum with that
-probability, and an odd weight keeps a non-zero difference non-zero; rows that differ in
-several blocks collide only if the weighted differences cancel, which for random odd weights
-has probability about 2**-63 when the blocks' differences are not all zero.  So two different
-rows of the same length collide in one lane with probability about 2**-32 at most, and in both
-lanes (independent keys) about 2**-64.  The plain sum also covers NH's weak spot, a word whose
-key makes one factor zero and so drops out of the product.  The bound is the one of the
-random-key model, not a proof for these keys: they are fixed pseudo-random constants, and
-every block uses the same base keys, told apart by its weight.  It describes rows that are
-not constructed against these constants, as activations are not;
-``tests/test_fingerprint_quality.py`` checks the structured rows activations do produce
-(zeros, patterns, permutations, one-ulp and one-bit changes, values moved between blocks,
-blocks swapped wholesale).
+keys (Black et al.), and adding ``sum x_m``, a function of the row alone, keeps that bound: two
+different rows of the same length collide in one lane with probability at most 2**-32, and in
+both lanes (independent keys) at most 2**-64.  The plain sum also covers NH's weak spot, a word
+whose key makes one factor zero and so drops out of the product.  The bound is the one of the
+random-key model, not a proof for these keys: they are fixed pseudo-random constants, and the
+keys of different blocks are related (the same base times different odd tweaks; the tweak is
+what keeps values moved between blocks from cancelling).  It describes rows that are not
+constructed against these constants, as activations are not; ``tests/test_fingerprint_quality.py``
+checks the structured rows activations do produce (zeros, patterns, permutations, one-ulp and
+one-bit changes, values moved between blocks, blocks swapped wholesale).
 
 Being sums, the lanes can be accumulated in any order and split at any word: a row cut into
 tiles, warps or batches gives the same fingerprint on every backend, and ``mix`` is applied once
@@ -58,9 +53,10 @@ import warnings
 
 import numpy as np
 
-#: the fingerprint's definition: raised whenever a row's fingerprint changes, so that a stream's
-#: pickled state from another definition is refused instead of merged (equal rows would split)
-VERSION = 2
+#: the fingerprint's definition: to be raised whenever a row's fingerprint changes (a test pins
+#: fingerprints of fixed rows), so that a stream's pickled state from another definition is
+#: refused instead of merged, where its equal rows would be split; 1 is the NH hash above
+VERSION = 1
 #: words per key block: ``base`` has this many keys per lane, ``tweak`` one per block
 BLOCK_WORDS = 512
 BLOCK_SHIFT = np.uint64(9)
@@ -81,16 +77,9 @@ SEED_TWEAK = 0x13198A2E03707344
 # The compiled functions are built by two different JITs and must not call a Python global.
 
 
-def key(base, pos):
-    """Key of the word at position ``pos`` (uint64) from one lane's ``base``."""
-    return base[pos & BLOCK_MASK]
-
-
-def weight(tweak, pos):
-    """Weight of the block holding the word at position ``pos`` (uint64): a lane adds
-    ``term(x, key(base, pos)) * weight(tweak, pos)`` per word, or a block's terms times its
-    weight once (the same sum: a row may be split at any word)."""
-    return tweak[pos >> BLOCK_SHIFT]
+def key(base, tweak, pos):
+    """Key of the word at position ``pos`` (uint64) from one lane's ``base`` and ``tweak``."""
+    return base[pos & BLOCK_MASK] * tweak[pos >> BLOCK_SHIFT]
 
 
 def term(bits, key):

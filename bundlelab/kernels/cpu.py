@@ -66,16 +66,13 @@ def _hash_tile(words, first_word, n_words, keys, lane_a, lane_b):
     base_a, base_b, tweak_a, tweak_b = keys
     for offset in range(0, n_words, BLOCK_WORDS):
         block = (first_word + offset) // BLOCK_WORDS
+        tweak_to_a = tweak_a[block]
+        tweak_to_b = tweak_b[block]
         chunk = words[offset:offset + min(BLOCK_WORDS, n_words - offset)]
-        sum_a = np.uint64(0)
-        sum_b = np.uint64(0)
         for k in range(chunk.shape[0]):
             x = chunk[k]
-            sum_a += term(x, base_a[k])
-            sum_b += term(x, base_b[k])
-        # the block's weight once per block, not per word (see _hashing.py)
-        lane_a += sum_a * tweak_a[block]
-        lane_b += sum_b * tweak_b[block]
+            lane_a += term(x, base_a[k] * tweak_to_a)
+            lane_b += term(x, base_b[k] * tweak_to_b)
     return lane_a, lane_b
 
 

@@ -57,8 +57,6 @@ _SIMULATOR = bool(config.ENABLE_CUDASIM)
 BLOCK = 256
 #: values each lane should at least handle before a row gets more lanes (amortises the reduction)
 VALUES_PER_LANE = 8
-#: words per key block of the fingerprint (a row's lanes, at most BLOCK, cover one at a time)
-KEY_BLOCK = _hashing.BLOCK_WORDS
 #: rows of threshold mode assigned per round of GPU work + host greedy
 CHUNK = 1024
 #: threads per block scanning the leaders for one row (threshold mode)
@@ -71,7 +69,6 @@ _device_fn = cuda.jit(device=True)
 term = _device_fn(_hashing.term)
 finish = _device_fn(_hashing.finish)
 key = _device_fn(_hashing.key)
-weight = _device_fn(_hashing.weight)
 round_to_format = _device_fn(_formats.round_to_format)
 
 
@@ -295,19 +292,13 @@ def _fingerprints_native(rows, w, alpha, invb, base_a, base_b, tweak_a, tweak_b,
     flag = np.uint8(0)
     if valid:
         n_words = -(-rows.shape[1] // _values_per_word(w))
-        # key block by key block: the block's weight once per block, not per word
-        for first in range(0, n_words, KEY_BLOCK):
-            block_a = np.uint64(0)
-            block_b = np.uint64(0)
-            for m in range(first + lane, min(first + KEY_BLOCK, n_words), lanes):
-                x, bad_word = _native_word(rows, row, m, w, alpha, invb)
-                if bad_word:
-                    flag = np.uint8(1)
-                pos = np.uint64(m)
-                block_a += term(x, key(base_a, pos))
-                block_b += term(x, key(base_b, pos))
-            lane_a += block_a * weight(tweak_a, np.uint64(first))
-            lane_b += block_b * weight(tweak_b, np.uint64(first))
+        for m in range(lane, n_words, lanes):
+            x, bad_word = _native_word(rows, row, m, w, alpha, invb)
+            if bad_word:
+                flag = np.uint8(1)
+            pos = np.uint64(m)
+            lane_a += term(x, key(base_a, tweak_a, pos))
+            lane_b += term(x, key(base_b, tweak_b, pos))
     _store_fingerprint(sum_a, sum_b, bad, slot, lane, lanes, valid, row, lane_a, lane_b, flag,
                        out, nonfinite)
 
@@ -324,20 +315,14 @@ def _fingerprints_emulated(rows, w, alpha, invb, precision, emin, max_finite, ro
     lane_b = np.uint64(0)
     flag = np.uint8(0)
     if valid:
-        n_words = -(-rows.shape[1] // 2)
-        for first in range(0, n_words, KEY_BLOCK):
-            block_a = np.uint64(0)
-            block_b = np.uint64(0)
-            for m in range(first + lane, min(first + KEY_BLOCK, n_words), lanes):
-                x, bad_word = _emulated_word(rows, row, m, w, alpha, invb, precision, emin,
-                                             max_finite, round_input)
-                if bad_word:
-                    flag = np.uint8(1)
-                pos = np.uint64(m)
-                block_a += term(x, key(base_a, pos))
-                block_b += term(x, key(base_b, pos))
-            lane_a += block_a * weight(tweak_a, np.uint64(first))
-            lane_b += block_b * weight(tweak_b, np.uint64(first))
+        for m in range(lane, -(-rows.shape[1] // 2), lanes):
+            x, bad_word = _emulated_word(rows, row, m, w, alpha, invb, precision, emin, max_finite,
+                                         round_input)
+            if bad_word:
+                flag = np.uint8(1)
+            pos = np.uint64(m)
+            lane_a += term(x, key(base_a, tweak_a, pos))
+            lane_b += term(x, key(base_b, tweak_b, pos))
     _store_fingerprint(sum_a, sum_b, bad, slot, lane, lanes, valid, row, lane_a, lane_b, flag,
                        out, nonfinite)
 

@@ -55,29 +55,15 @@ def _native_constants(fmt, transform):
             cast(transform.inverse_batch_size))
 
 
-def _word_keys(n_words: int) -> tuple[np.ndarray, np.ndarray]:
+def _word_keys(n_words: int) -> np.ndarray:
     """Every word's key per lane as 32-bit halves: uint32 of shape (2, 2 * n_words), the
     memory of the (2, n_words) uint64 keys, so its halves sit where the halves of the row's
-    words do (whatever the byte order); and the block weights, ``tweak`` of
-    :func:`~bundlelab.kernels._hashing.word_keys`."""
+    words do (whatever the byte order)."""
     base, tweak = _hashing.word_keys(n_words)
-    keys = np.tile(base, (1, tweak.shape[1]))[:, :n_words]
-    return np.ascontiguousarray(keys).view(np.uint32), tweak
-
-
-def _block_sums(words: np.ndarray) -> np.ndarray:
-    """Sums (uint64, mod 2**64) of the words along the last axis per key block of
-    ``_hashing.BLOCK_WORDS``: shape ``words.shape[:-1] + (n_blocks,)``, the last block possibly
-    partial.  Whole blocks are summed as a reshaped view (faster than ``np.add.reduceat``)."""
-    *lead, n_words = words.shape
-    whole = n_words - n_words % _hashing.BLOCK_WORDS
-    parts = []
-    if whole:
-        parts.append(words[..., :whole].reshape(*lead, -1, _hashing.BLOCK_WORDS).sum(
-            axis=-1, dtype=np.uint64))
-    if whole < n_words:
-        parts.append(words[..., whole:].sum(axis=-1, dtype=np.uint64, keepdims=True))
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+    n_blocks = tweak.shape[1]
+    keys = (np.tile(base, (1, n_blocks))[:, :n_words]
+            * np.repeat(tweak, _hashing.BLOCK_WORDS, axis=1)[:, :n_words])
+    return np.ascontiguousarray(keys).view(np.uint32)
 
 
 def _transformed(rows: np.ndarray, w, alpha, invb, out: np.ndarray) -> None:
@@ -114,19 +100,22 @@ def fingerprints(rows: np.ndarray, fmt, transform) -> tuple[np.ndarray, np.ndarr
     n_samples, n_features = rows.shape
     per_word = 8 // work.itemsize
     n_words = -(-n_features // per_word)
-    keys, tweak = _word_keys(n_words)
-    keys, tweak = keys[:, None, :], tweak[:, None, :]  # lane, row, word (block)
+    keys = _word_keys(n_words)[:, None, :]  # lane, row, word
     sums = np.empty((n_samples, 2), dtype=np.uint64)
     nonfinite = np.empty(n_samples, dtype=np.bool_)
     step = max(1, BLOCK_WORDS // max(n_words, 1))
+
+    # words per operation: a row longer than a block is hashed in pieces (the lane sums add),
+    # so the temporaries stay at a block's size whatever the row's length
+    piece = min(n_words, BLOCK_WORDS)
 
     def hash_rows(first: int, last: int) -> None:
         capacity = min(step, max(last - first, 1))  # rows per block at most
         # zeros: the padding half-word of an odd float32 row stays zero, as in the kernels
         buffer = np.zeros((capacity, n_words * per_word), dtype=work)
         # both lanes in each operation (lane first): half the calls of one lane at a time
-        halves = np.empty((2, capacity, 2 * n_words), dtype=np.uint32)
-        product = np.empty((2, capacity, n_words), dtype=np.uint64)
+        halves = np.empty((2, capacity, 2 * piece), dtype=np.uint32)
+        product = np.empty((2, capacity, piece), dtype=np.uint64)
         low = np.empty_like(product)
         for start in range(first, last, step):
             block = rows[start:min(start + step, last)]
@@ -138,17 +127,22 @@ def fingerprints(rows: np.ndarray, fmt, transform) -> tuple[np.ndarray, np.ndarr
             # term(x, k) = ((x + k) mod 2**32) * ((x >> 32) + (k >> 32) mod 2**32) + x: both
             # sums mod 2**32 at once, as the 32-bit halves of x and k added in uint32 (which
             # wraps), then the halves of each word multiplied; the "+ x" of every term is one
-            # sum per key block shared by the lanes (sums mod 2**64 split as they please)
-            added, prod, mask = halves[:, :count], product[:, :count], low[:, :count]
-            np.add(values.view(np.uint32), keys, out=added)
-            packed = added.view(np.uint64)
-            np.right_shift(packed, _SHIFT_32, out=prod)
-            np.bitwise_and(packed, _LOW_32, out=mask)
-            prod *= mask
-            blocks = _block_sums(prod)  # (2, count, n_blocks)
-            blocks += _block_sums(words)
-            blocks *= tweak
-            sums[start:start + count] = blocks.sum(axis=2, dtype=np.uint64).T
+            # row sum shared by the lanes (sums mod 2**64 split as they please)
+            lanes = np.zeros((2, count), dtype=np.uint64)
+            lanes += words.sum(axis=1, dtype=np.uint64)
+            for lo in range(0, n_words, piece):
+                hi = min(lo + piece, n_words)
+                size = hi - lo
+                added = halves[:, :count, :2 * size]
+                prod, mask = product[:, :count, :size], low[:, :count, :size]
+                np.add(values.view(np.uint32)[:, 2 * lo:2 * hi], keys[..., 2 * lo:2 * hi],
+                       out=added)
+                packed = added.view(np.uint64)
+                np.right_shift(packed, _SHIFT_32, out=prod)
+                np.bitwise_and(packed, _LOW_32, out=mask)
+                prod *= mask
+                lanes += prod.sum(axis=2, dtype=np.uint64)
+            sums[start:start + count] = lanes.T
 
     # numpy releases the GIL inside each operation: threads over contiguous row ranges use
     # every core, each with its own buffer (the rows are independent)
