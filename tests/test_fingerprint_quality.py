@@ -199,7 +199,7 @@ def test_values_exchanged_between_key_blocks(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_key_blocks_swapped_wholesale(dtype):
     """Rows whose 512-word key blocks are the same blocks in another order, each block a
-    rotation of one small-integer pattern (equal plain sums in every block): every block uses
+    rotation of one small-integer pattern (the same values in every block): every block uses
     the same base keys, so only their tweaks tell these rows apart."""
     per_word = 2 if dtype == np.float32 else 1
     block = 512 * per_word

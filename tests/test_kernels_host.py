@@ -92,6 +92,21 @@ def test_blocks_of_many_rows_and_one_ulp_apart(rng, monkeypatch, threads):
     assert (got[2] != got[3]).any() and (got[4] == got[5]).all()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("block_words", [1, 3, 512])
+def test_rows_longer_than_a_block_are_hashed_in_pieces(rng, monkeypatch, dtype, block_words):
+    """A row longer than the numpy path's block is hashed in pieces whose lane sums add up to
+    the kernel's (odd float32 widths: the padding half-word falls in the last piece)."""
+    monkeypatch.setattr(host, "BLOCK_WORDS", block_words)
+    fmt = FORMATS[dtype]
+    transform = Transform.for_format(fmt, 1.0, 1e-3, 64)
+    for n_features in (1, 2, 7, 1031):
+        rows = rng.standard_normal((4, n_features)).astype(dtype)
+        expected, _ = COMPILED.fingerprints(rows, fmt, transform)
+        got, _ = host.fingerprints(rows, fmt, transform)
+        np.testing.assert_array_equal(got, expected, err_msg=f"{n_features} values")
+
+
 SCRIPT = r"""
 import json, sys
 import numpy as np

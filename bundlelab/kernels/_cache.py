@@ -15,6 +15,8 @@ package are redirected; other packages' caches are untouched.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -36,15 +38,18 @@ def user_cache_dir() -> Path:
     return base / "bundlelab" / "numba" / __version__
 
 
+@functools.lru_cache(maxsize=8)
 def folder_stamp(folder: Path) -> tuple:
-    """``(name, mtime, size)`` of every Python file in ``folder``, sorted by name."""
+    """``(name, sha256 of the content)`` of every Python file in ``folder``, sorted by name
+    (by content, as Numba stamps a kernel's own file: an edit that keeps a file's size and
+    time still counts, a copy that only touches the times does not).  Read once per process
+    and folder."""
     stamps = []
     for path in sorted(folder.glob("*.py")):
         try:
-            stat = path.stat()
+            stamps.append((path.name, hashlib.sha256(path.read_bytes()).hexdigest()))
         except OSError:
             continue
-        stamps.append((path.name, stat.st_mtime, stat.st_size))
     return tuple(stamps)
 
 

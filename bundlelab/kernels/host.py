@@ -7,7 +7,7 @@ import, its lowering registries with SciPy's BLAS, the cache load), which is mos
 the native formats (float32, float64) are short enough to write in vectorised numpy, bit for bit
 the same: the same IEEE operations in the same order (``w - (a * alpha) * invb``, then ``+ 0.0``
 for ``-0.0``), the same words and keys (``_hashing.py``), and sums mod 2**64, which do not
-depend on their order.  numpy runs them four to ten times slower per byte than the compiled
+depend on their order.  numpy runs them two to ten times slower per byte than the compiled
 kernels, so :class:`HostBackend` uses them only while the process has not loaded the compiled
 kernels and only for the first :data:`NUMPY_BUDGET_BYTES` of rows it fingerprints (the exact
 confirmation of a pass runs where the pass ran); after that (and
@@ -30,10 +30,11 @@ import numpy as np
 from . import _hashing
 
 #: rows (bytes) a process hashes with numpy before it loads the compiled kernels instead.
-#: Measured on 2 cores, a fresh process: numpy costs about 1.2-1.5 ms per MiB, loading Numba
-#: about 0.6-1 s and its kernels about 0.3 ms per MiB, so numpy wins up to about 800 MiB
-#: (256 MiB: 0.4 s against 1.1 s; 1 GiB: 1.5 s against 1.3 s).  At this budget a stream of
-#: small batches loses at most about one Numba load to the slower numpy path.
+#: Measured on 2 cores, a fresh process: numpy cost about 1.2-1.5 ms per MiB (0.5-0.7 since
+#: it computes both lanes per call), loading Numba about 0.6-1 s and its kernels about 0.3 ms
+#: per MiB, so numpy wins up to about 800 MiB at the older rate (256 MiB: 0.4 s against 1.1 s;
+#: 1 GiB: 1.5 s against 1.3 s), further now.  At this budget a stream of small batches loses
+#: at most about one Numba load to the slower numpy path.
 NUMPY_BUDGET_BYTES = 512 << 20
 
 #: 64-bit words per block of rows the numpy path works on: fewer numpy calls per row than
@@ -107,7 +108,7 @@ def fingerprints(rows: np.ndarray, fmt, transform) -> tuple[np.ndarray, np.ndarr
 
     # words per operation: a row longer than a block is hashed in pieces (the lane sums add),
     # so the temporaries stay at a block's size whatever the row's length
-    piece = min(n_words, BLOCK_WORDS)
+    piece = max(1, min(n_words, BLOCK_WORDS))
 
     def hash_rows(first: int, last: int) -> None:
         capacity = min(step, max(last - first, 1))  # rows per block at most
