@@ -57,8 +57,7 @@ from .bundles import (
     resolution_transform,
     update_format_of,
 )
-from .kernels import get_kernel_backend
-from .kernels import _hashing
+from .kernels import _hashing, get_kernel_backend
 from .kernels._formats import FORMATS
 from .report import LayerResult
 

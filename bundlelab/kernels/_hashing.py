@@ -22,13 +22,12 @@ collisions.  Per 64-bit word a lane costs one 32x32->64 multiply (``vpmuludq``),
 multiply for the key and a few adds, all of which vectorise: on two cores the pass runs near
 memory speed instead of being bound by two splitmix64 mixes per word.  (AVX2 has no 64-bit
 multiply: on one core its emulation for the key makes the pass about 1.5x slower than without
-it.  Cheaper
-keys were tried and rejected: a tweak
-xor-ed or added to the base key lets values moved between blocks collide, failing
-``test_values_exchanged_between_key_blocks``; weighting each block's sum by an odd tweak once,
-instead of per word, leaves a moved value's difference times ``tweak[c] - tweak[c']``, an
-even number with up to 2**12-2**16 in its factors of 2 between the 64-128 blocks of a
-65536-value row: a review found one lane colliding about once in 2**21 random moves.)
+it.  Cheaper keys were tried and rejected: a tweak xor-ed or added to the base key lets values
+moved between blocks collide, failing ``test_values_exchanged_between_key_blocks``; weighting
+each block's sum by an odd tweak once, instead of per word, leaves a moved value's difference
+times ``tweak[c] - tweak[c']``, an even number with up to 2**12-2**16 in its factors of 2
+between the 64-128 blocks of a 65536-value row: a review found one lane colliding about once in
+2**21 random moves.)
 
 Collisions.  NH over equal-length inputs is 2**-32-almost-Delta-universal for uniformly random
 keys (Black et al.), and adding ``sum x_m``, a function of the row alone, keeps that bound: two

@@ -131,13 +131,13 @@ def fingerprints(rows: np.ndarray, fmt, transform) -> tuple[np.ndarray, np.ndarr
             # row sum shared by the lanes (sums mod 2**64 split as they please)
             lanes = np.zeros((2, count), dtype=np.uint64)
             lanes += words.sum(axis=1, dtype=np.uint64)
+            halves_of_values = values.view(np.uint32)
             for lo in range(0, n_words, piece):
                 hi = min(lo + piece, n_words)
                 size = hi - lo
                 added = halves[:, :count, :2 * size]
                 prod, mask = product[:, :count, :size], low[:, :count, :size]
-                np.add(values.view(np.uint32)[:, 2 * lo:2 * hi], keys[..., 2 * lo:2 * hi],
-                       out=added)
+                np.add(halves_of_values[:, 2 * lo:2 * hi], keys[..., 2 * lo:2 * hi], out=added)
                 packed = added.view(np.uint64)
                 np.right_shift(packed, _SHIFT_32, out=prod)
                 np.bitwise_and(packed, _LOW_32, out=mask)
